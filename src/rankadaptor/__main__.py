@@ -1,0 +1,3 @@
+from rankadaptor.cli import main
+
+raise SystemExit(main())
