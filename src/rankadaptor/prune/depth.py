@@ -1,0 +1,148 @@
+"""How to cut, in depth: remove whole decoder blocks (Shortened LLaMA, ShortGPT).
+
+Block scores (lower = less needed, removed first), each a small class in ``BLOCK_SCORERS``:
+
+* ``shortened-ppl``: calibration perplexity of the model with that one block skipped
+  (Kim et al., "Shortened LLaMA", PPL criterion; one-shot);
+* ``shortened-taylor``: Taylor+ block score, Σ |g·w| over every weight of the block;
+  the "+" is the protected first/last blocks, which the layer range provides;
+* ``shortgpt``: block influence 1 − cos(h_in, h_out), averaged over calibration tokens
+  (Men et al., "ShortGPT").
+
+R decides how many blocks go: round(R · total parameters / parameters per block).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+
+from rankadaptor.errors import RankAdaptorError
+from rankadaptor.models.families import FamilyAdapter
+from rankadaptor.prune.width import count_params
+
+log = logging.getLogger(__name__)
+
+
+def block_params(fam: FamilyAdapter, i: int) -> int:
+    return sum(p.numel() for p in fam.layers[i].parameters())
+
+
+def blocks_to_remove(fam: FamilyAdapter, ratio: float, layers: range) -> int:
+    per_block = sum(block_params(fam, i) for i in layers) / max(len(layers), 1)
+    n = int(round(ratio * count_params(fam.model) / per_block)) if per_block else 0
+    if n >= len(layers):
+        raise RankAdaptorError(
+            f"--ratio {ratio} would remove {n} blocks, but layers {layers.start}:{layers.stop} hold only "
+            f"{len(layers)}; lower --ratio or widen --layers"
+        )
+    return n
+
+
+def _skip_hook(module, args, kwargs, output):
+    # a forward hook that returns the block's input as its output: the block is skipped
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
+@torch.no_grad()
+def _mean_loss(model, batches: torch.Tensor) -> float:
+    return sum(float(model(input_ids=row[None], labels=row[None]).loss) for row in batches) / len(batches)
+
+
+class BlockScorer:
+    name = ""
+    needs_grad = False
+
+    def scores(self, fam: FamilyAdapter, layers: range, batches: torch.Tensor, stats) -> dict[int, float]:
+        raise NotImplementedError
+
+
+class PerplexityScore(BlockScorer):
+    name = "shortened-ppl"
+
+    def scores(self, fam, layers, batches, stats):
+        out = {}
+        for i in layers:
+            handle = fam.layers[i].register_forward_hook(_skip_hook, with_kwargs=True)
+            try:
+                out[i] = math.exp(_mean_loss(fam.model, batches))
+            finally:
+                handle.remove()
+        return out
+
+
+class TaylorPlusScore(BlockScorer):
+    name = "shortened-taylor"
+    needs_grad = True
+
+    def scores(self, fam, layers, batches, stats):
+        names = {id(p): n for n, p in fam.model.named_parameters()}
+        out = {}
+        for i in layers:
+            total = 0.0
+            for p in fam.layers[i].parameters():
+                g = stats[names[id(p)]][0]
+                total += float((g * p.detach()).abs().sum())
+            out[i] = total
+        return out
+
+
+class BlockInfluenceScore(BlockScorer):
+    name = "shortgpt"
+
+    @torch.no_grad()
+    def scores(self, fam, layers, batches, stats):
+        sums = {i: 0.0 for i in layers}
+        count = 0
+        captured: dict[int, tuple] = {}
+
+        def hook(i):
+            def fn(module, args, kwargs, output):
+                h_in = args[0] if args else kwargs["hidden_states"]
+                h_out = output[0] if isinstance(output, tuple) else output
+                captured[i] = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
+
+            return fn
+
+        handles = [fam.layers[i].register_forward_hook(hook(i), with_kwargs=True) for i in layers]
+        try:
+            for row in batches:
+                fam.model(input_ids=row[None])
+                for i in layers:
+                    sums[i] += float((1 - captured[i]).sum())
+                count += row.numel()
+        finally:
+            for h in handles:
+                h.remove()
+        return {i: s / count for i, s in sums.items()}
+
+
+BLOCK_SCORERS: dict[str, type[BlockScorer]] = {
+    cls.name: cls for cls in (PerplexityScore, TaylorPlusScore, BlockInfluenceScore)
+}
+
+
+def remove_blocks(fam: FamilyAdapter, removed: list[int]) -> None:
+    """Drop blocks in place; fix the config and every block's ``layer_idx`` (the KV cache uses it)."""
+    removed_set = set(removed)
+    keep = [i for i in range(fam.n_layers) if i not in removed_set]
+    fam.backbone.layers = nn.ModuleList([fam.layers[i] for i in keep])
+    cfg = fam.config
+    cfg.num_hidden_layers = len(keep)
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    fam.renumber_layers()
+
+
+def prune_depth(fam: FamilyAdapter, method: str, ratio: float, layers: range, batches, stats) -> dict:
+    n = blocks_to_remove(fam, ratio, layers)
+    scorer = BLOCK_SCORERS[method]()
+    scores = scorer.scores(fam, layers, batches, stats) if n else {}
+    removed = sorted(sorted(scores, key=lambda i: (scores[i], i))[:n])
+    remove_blocks(fam, removed)
+    log.info("depth pruning (%s): removed blocks %s", method, removed)
+    return {"block_scores": {str(i): s for i, s in scores.items()}, "removed_layers": removed}
