@@ -1,0 +1,89 @@
+"""``rankadaptor prune MODEL --method M --ratio R --out DIR``: structured pruning to an artefact."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rankadaptor.errors import RankAdaptorError
+
+METHODS = ("llm-pruner", "shortened-ppl", "shortened-taylor", "shortgpt")
+IMPORTANCES = ("element1", "element2", "vector", "l1", "l2", "random")
+
+
+def _layers(text: str) -> tuple[int, int]:
+    try:
+        start, end = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers {text!r} must be START:END, e.g. 4:28") from None
+    return start, end
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prune", help="structurally prune a model (LLM-Pruner width, Shortened/ShortGPT depth)",
+                       description=__doc__)
+    p.add_argument("model", metavar="MODEL", help="alias (smollm2-135m), local HF directory, GGUF file or pruned artefact")
+    p.add_argument("--method", choices=METHODS, default="llm-pruner")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of the whole model's parameters to remove, in (0, 1)")
+    p.add_argument("--out", required=True, help="new output directory (appears only when complete)")
+    p.add_argument("--importance", choices=IMPORTANCES, default="element1", help="width pruning importance (default element1)")
+    p.add_argument("--layers", type=_layers, default=None, metavar="START:END",
+                   help="decoder blocks that may be pruned, END exclusive (default: all but the first 4 and last 2)")
+    p.add_argument("--calibration", type=int, default=10, metavar="N", help="calibration sequences (default 10)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
+    p.add_argument("--calibration-text", default=None, metavar="FILE",
+                   help="plain text file for calibration (default: the bundled offline corpus)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def _calibration_texts(path: str | None) -> list[str]:
+    if path is None:
+        try:
+            from rankadaptor.assets import text_corpus_path
+        except ImportError as exc:
+            raise RankAdaptorError("no default calibration corpus is available; pass --calibration-text FILE") from exc
+        path = text_corpus_path()
+    p = Path(path)
+    if not p.is_file():
+        raise RankAdaptorError(f"calibration text file {p} not found; pass --calibration-text FILE")
+    return [p.read_text(errors="replace")]
+
+
+def load_input(spec: str):
+    """(model, tokenizer, identity) through the shared loader, or a local HF directory."""
+    try:
+        from rankadaptor.models.loading import load_model
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        loaded = load_model(spec)
+        return loaded.model, loaded.tokenizer, dict(loaded.identity)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(spec).is_dir():
+        raise RankAdaptorError(f"MODEL {spec!r} is not a local model directory")
+    model = AutoModelForCausalLM.from_pretrained(spec).eval()
+    return model, AutoTokenizer.from_pretrained(spec), {"source": str(Path(spec).resolve())}
+
+
+def run(args) -> int:
+    from rankadaptor.fileio import refuse_same_path
+    from rankadaptor.prune.artefact import PruneConfig, prune_model, save_pruned
+
+    if not 0.0 < args.ratio < 1.0:
+        raise RankAdaptorError(f"--ratio {args.ratio} is outside (0, 1); give the fraction of parameters to remove, e.g. 0.2")
+    config = PruneConfig(method=args.method, ratio=args.ratio, importance=args.importance, layers=args.layers,
+                         calibration=args.calibration, seq_len=args.seq_len, seed=args.seed)
+    if Path(args.model).exists():
+        refuse_same_path(args.model, args.out)
+    if Path(args.out).exists():
+        raise RankAdaptorError(f"output directory {args.out} already exists; choose another --out or remove it")
+    texts = _calibration_texts(args.calibration_text)
+    model, tokenizer, identity = load_input(args.model)
+    model, manifest = prune_model(model, tokenizer, config, texts, identity=identity, inplace=True)
+    save_pruned(model, tokenizer, manifest, args.out)
+    print(f"pruned {args.method} ratio {args.ratio}: {manifest['params_before']:,} -> {manifest['params_after']:,} "
+          f"parameters ({100 * manifest['achieved_ratio']:.2f}% removed); removed layers {manifest['removed_layers']}; "
+          f"wrote {args.out}")
+    return 0
