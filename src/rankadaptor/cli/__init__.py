@@ -18,6 +18,7 @@ from rankadaptor.errors import RankAdaptorError
 
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
+    "assets": "rankadaptor.cli.assets",
     "compress": "rankadaptor.cli.compress",
     "prune": "rankadaptor.cli.prune",
 }
