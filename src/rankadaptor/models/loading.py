@@ -1,0 +1,191 @@
+"""Load a causal LM from whatever the user names: an alias, a directory, a GGUF file, a hub id.
+
+``load_model(spec)`` resolves ``spec`` in this order:
+
+1. an asset alias (``smollm2-135m``): the cached safetensors copy, fetched on first use;
+2. an existing ``.gguf`` file: dequantised to ``dtype`` by transformers;
+3. an existing directory with ``pruning.json``: a pruned artefact (``rankadaptor.prune.artefact``);
+4. an existing directory with ``config.json``: a Hugging Face model directory;
+5. something shaped like a hub id (``org/name``): ``from_pretrained`` when the hub is reachable,
+   otherwise an immediate error (no network time-outs) naming the offline alternatives.
+
+The returned ``identity`` dict is what results files record about the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rankadaptor import assets
+from rankadaptor.errors import RankAdaptorError
+
+log = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    identity: dict
+
+
+def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load ``spec`` (see the module docstring) in eval mode with its tokenizer."""
+    spec_str = str(spec)
+    model_aliases = [a.name for a in assets.ASSETS.values() if a.kind == "model"]
+    path = Path(spec_str).expanduser()
+    if spec_str in model_aliases and not path.exists():
+        path = assets.ensure(spec_str)
+        model, tok = _load_hf_dir(path, dtype)
+        sha = assets.manifest_sha256(spec_str, "model.safetensors")
+        return _finish(model, tok, spec_str, path, sha, "alias")
+    if path.is_file() and path.suffix == ".gguf":
+        model, tok = load_gguf(path, dtype)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf")
+    if path.is_dir() and (path / "pruning.json").is_file():
+        from rankadaptor.prune.artefact import load_pruned  # owned by prune; imported only when needed
+
+        model = load_pruned(path).to(dtype)
+        return _finish(model, _load_tokenizer(path), spec_str, path, weights_sha256(path), "pruned")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise RankAdaptorError(
+                f"{path} is a directory without config.json or pruning.json, so it is neither a "
+                "Hugging Face model directory nor a pruned artefact")
+        model, tok = _load_hf_dir(path, dtype)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "local")
+    if path.exists():
+        raise RankAdaptorError(f"{path} is a file but not a .gguf model; pass a model directory or a .gguf file")
+    if HUB_ID.fullmatch(spec_str) and not spec_str.startswith(("./", "../")):
+        return _load_hub(spec_str, dtype, model_aliases)
+    raise RankAdaptorError(
+        f"model {spec_str!r} is not an alias ({', '.join(model_aliases)}), not an existing path, and "
+        "not a hub id of the form org/name; check the spelling or the path")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    log.info("loading model from %s", path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    return model, _load_tokenizer(path)
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise RankAdaptorError(f"{path} has no loadable tokenizer ({exc}); save the tokenizer next to the model") from exc
+
+
+def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
+    """Dequantise a GGUF file into a plain (unquantised, serialisable) transformers model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantising GGUF %s", path)
+    kw = dict(gguf_file=path.name, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, **kw)
+        gmodel = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kw)
+    except (OSError, ValueError, KeyError) as exc:
+        raise RankAdaptorError(f"cannot load GGUF {path}: {exc}") from exc
+    # transformers marks a GGUF-loaded model as quantised and refuses to save it; rebuild the
+    # same architecture from a config without the quantisation entry and move the weights over.
+    cfg_dict = gmodel.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    config = type(gmodel.config).from_dict(cfg_dict)
+    model = type(gmodel)(config).to(dtype)
+    missing, unexpected = model.load_state_dict(gmodel.state_dict(), strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise RankAdaptorError(f"GGUF {path}: weights do not fit the architecture (missing {missing}, unexpected {unexpected})")
+    model.tie_weights()
+    return model.eval(), tok
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Write a GGUF model as an fp32 safetensors Hugging Face directory with its tokenizer."""
+    model, tok = load_gguf(gguf, torch.float32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str]) -> LoadedModel:
+    """A hub id: from the local HF cache or the network, never a long wait for a time-out."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    offline_hint = (f"no local path {spec!r} exists and the Hugging Face hub is not reachable from here, "
+                    f"so the hub id {spec!r} cannot be downloaded; "
+                    f"use an alias ({', '.join(aliases)}), a local Hugging Face model directory, or a .gguf file")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=offline)
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
+    except OSError as exc:
+        if offline:
+            raise RankAdaptorError(offline_hint) from exc
+        raise RankAdaptorError(f"cannot load {spec!r} from the hub: {exc}") from exc
+    path = Path(getattr(model.config, "_name_or_path", spec))
+    return _finish(model, tok, spec, path, None, "hub")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One short request to the hub endpoint (honours proxies); DNS failure returns at once."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint + "/api/models?limit=1", method="HEAD"), timeout=timeout)
+        return True
+    except urllib.error.HTTPError:
+        return True  # the server answered; the request itself is not what matters
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 of a weights file, or of the sorted (name, sha256) list of a directory's weights."""
+    if path.is_file():
+        return assets.sha256_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if len(files) == 1:
+        return assets.sha256_file(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(path)}\0{assets.sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _finish(model, tok, spec: str, path: Path, sha: str | None, source: str) -> LoadedModel:
+    model.eval()
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # batching needs a pad token; eos is the usual choice
+    cfg = model.config
+    identity = dict(
+        spec=spec, source=source, path=str(path.resolve()) if path.exists() else str(path),
+        sha256=sha, n_params=sum(p.numel() for p in model.parameters()),
+        model_type=getattr(cfg, "model_type", None),
+        architecture=(getattr(cfg, "architectures", None) or [type(model).__name__])[0],
+        n_layers=getattr(cfg, "num_hidden_layers", None), dtype=str(next(model.parameters()).dtype),
+    )
+    log.info("loaded %s (%s, %.1fM params)", spec, identity["architecture"], identity["n_params"] / 1e6)
+    return LoadedModel(model=model, tokenizer=tok, identity=identity)
