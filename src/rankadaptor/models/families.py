@@ -130,12 +130,8 @@ def family_for_model_type(model_type: str) -> type[FamilyAdapter]:
 
 def get_family(model) -> FamilyAdapter:
     """The adapter for ``model`` (a causal LM, possibly wrapped by PEFT), or a clear refusal."""
-    base = model
-    # PEFT wraps the causal LM twice (PeftModel -> LoraModel -> model); unwrap to the LM.
-    while hasattr(base, "base_model") and base.base_model is not base and not hasattr(base, "lm_head"):
-        base = base.base_model
-    if hasattr(base, "model") and not hasattr(base, "lm_head") and hasattr(base.model, "lm_head"):
-        base = base.model
+    # PEFT wraps the causal LM (PeftModel -> LoraModel -> LM); get_base_model() returns the LM.
+    base = model.get_base_model() if hasattr(type(model), "get_base_model") else model
     model_type = getattr(getattr(base, "config", None), "model_type", None)
     if model_type is None:
         raise RankAdaptorError(

@@ -75,6 +75,9 @@ def choose_units(fam: FamilyAdapter, plan: dict, imp: Importance, stats) -> dict
     """Per layer: sorted indices of the KV groups and channels to keep (highest importance)."""
     keep: dict[int, dict] = {}
     for i in plan["drop_groups"]:
+        if plan["drop_groups"][i] == 0 and plan["drop_channels"][i] == 0:  # nothing to choose (ratio 0)
+            keep[i] = {"kv_groups": list(range(fam.num_kv_heads(i))), "channels": list(range(fam.intermediate_size(i)))}
+            continue
         attn = unit_scores(fam, i, "attn", imp, stats)
         mlp = unit_scores(fam, i, "mlp", imp, stats)
         keep[i] = {
