@@ -37,17 +37,17 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _calibration_texts(path: str | None) -> list[str]:
+def _calibration_texts(path: str | None) -> tuple[list[str], str]:
     if path is None:
         try:
             from rankadaptor.assets import text_corpus_path
         except ImportError as exc:
             raise RankAdaptorError("no default calibration corpus is available; pass --calibration-text FILE") from exc
-        path = text_corpus_path()
+        path = text_corpus_path("train")
     p = Path(path)
     if not p.is_file():
         raise RankAdaptorError(f"calibration text file {p} not found; pass --calibration-text FILE")
-    return [p.read_text(errors="replace")]
+    return [p.read_text(errors="replace")], str(p.resolve())
 
 
 def load_input(spec: str):
@@ -79,9 +79,10 @@ def run(args) -> int:
         refuse_same_path(args.model, args.out)
     if Path(args.out).exists():
         raise RankAdaptorError(f"output directory {args.out} already exists; choose another --out or remove it")
-    texts = _calibration_texts(args.calibration_text)
+    texts, source = _calibration_texts(args.calibration_text)
     model, tokenizer, identity = load_input(args.model)
-    model, manifest = prune_model(model, tokenizer, config, texts, identity=identity, inplace=True)
+    model, manifest = prune_model(model, tokenizer, config, texts, identity=identity, inplace=True,
+                                  calibration_source=source)
     save_pruned(model, tokenizer, manifest, args.out)
     print(f"pruned {args.method} ratio {args.ratio}: {manifest['params_before']:,} -> {manifest['params_after']:,} "
           f"parameters ({100 * manifest['achieved_ratio']:.2f}% removed); removed layers {manifest['removed_layers']}; "

@@ -88,7 +88,8 @@ def state_dict_sha256(model) -> str:
     return h.hexdigest()
 
 
-def prune_model(model, tokenizer, config: PruneConfig, texts=None, identity: dict | None = None, inplace: bool = False):
+def prune_model(model, tokenizer, config: PruneConfig, texts=None, identity: dict | None = None, inplace: bool = False,
+                calibration_source: str | None = None):
     """Prune ``model`` (a copy unless ``inplace``); return ``(pruned_model, manifest)``.
 
     ``texts`` are calibration strings (or one string); they are needed by every method and
@@ -165,7 +166,8 @@ def prune_model(model, tokenizer, config: PruneConfig, texts=None, identity: dic
         "params_before": params_before,
         "params_after": params_after,
         "achieved_ratio": 1 - params_after / params_before,
-        "calibration": {"sequences": config.calibration, "seq_len": config.seq_len, "used": batches is not None},
+        "calibration": {"sequences": config.calibration, "seq_len": config.seq_len, "used": batches is not None,
+                        "source": calibration_source},
         "seed": config.seed,
         "pruning_wall_time_s": wall,
         "config_used": asdict(config),
