@@ -102,6 +102,24 @@ def test_hub_id_unreachable_hub_fails_with_alternatives(monkeypatch):
         load_model("some-org/some-model-that-is-not-cached")
 
 
+def test_hub_id_in_the_local_hf_cache_loads_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    repo = tmp_path / "models--tiny-org--tiny-llama"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    model = tiny_llama()
+    model.save_pretrained(snapshot)
+    tiny_tokenizer().save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_model("tiny-org/tiny-llama")
+    with torch.no_grad():
+        assert torch.equal(loaded.model(IDS).logits, model(IDS).logits)
+    assert loaded.identity["source"] == "hub" and loaded.identity["sha256"] == weights_sha256(snapshot)
+
+
 @pytest.fixture
 def tiny_gguf(tmp_path):
     tok = tiny_tokenizer()

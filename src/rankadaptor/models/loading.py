@@ -20,9 +20,10 @@ import os
 import re
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -136,15 +137,53 @@ def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str]) -> LoadedModel:
                     f"so the hub id {spec!r} cannot be downloaded; "
                     f"use an alias ({', '.join(aliases)}), a local Hugging Face model directory, or a .gguf file")
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable()
+    if offline and not _in_hf_cache(spec):
+        raise RankAdaptorError(offline_hint)  # before transformers retries the network for ~30 s
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=offline)
-        tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
+        with _hub_offline(offline):
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=offline)
+            tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
     except OSError as exc:
         if offline:
             raise RankAdaptorError(offline_hint) from exc
         raise RankAdaptorError(f"cannot load {spec!r} from the hub: {exc}") from exc
-    path = Path(getattr(model.config, "_name_or_path", spec))
-    return _finish(model, tok, spec, path, None, "hub")
+    snapshot = _hf_cache_snapshot(spec)  # where the hub files now lie, for the identity hash
+    sha = weights_sha256(snapshot) if snapshot else None
+    return _finish(model, tok, spec, snapshot or Path(spec), sha, "hub")
+
+
+def _hf_cache_snapshot(spec: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(spec, "config.json")
+    except ValueError:  # not a valid repo id after all
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _in_hf_cache(spec: str) -> bool:
+    return _hf_cache_snapshot(spec) is not None
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Some transformers look-ups (adapter config) ignore local_files_only; the hub flag stops them."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hf_constants
+
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], hf_constants.HF_HUB_OFFLINE = "1", True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
