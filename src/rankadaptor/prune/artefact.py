@@ -6,6 +6,22 @@ head counts in its config and the real per-layer shapes in ``pruning.json``. ``l
 builds the model on the meta device, resizes every pruned projection from the manifest,
 assigns the saved tensors (``load_state_dict(assign=True)``), re-ties the embeddings and
 re-creates the rotary embedding, whose buffer is not saved.
+
+``pruning.json`` (format ``rankadaptor-pruned-model``, format_version 1):
+
+* ``family``, ``dtype``, ``config`` (the transformers config dict after pruning: base head counts,
+  ``num_hidden_layers`` and ``layer_types`` after block removal), ``tied_embeddings``;
+* ``base_model``: the loader's identity (spec, path, file hash ...) plus ``state_dict_sha256``
+  (hash of every base tensor) and ``num_layers``;
+* ``method``, ``importance``, ``ratio`` (asked, whole model), ``layer_range`` [start, end),
+  ``layer_ratio`` (derived per-layer ratio, width only), ``achieved_ratio``,
+  ``params_before`` / ``params_after``;
+* ``layers``: one entry per remaining block: ``index``, ``base_index``, ``pruned``,
+  ``num_heads``, ``num_key_value_heads``, ``intermediate_size``, ``kept_kv_groups`` and
+  ``kept_channels`` (base indices, ``null`` for blocks outside the range or depth pruning);
+* ``removed_layers`` (base indices), ``block_scores`` (depth), ``calibration``
+  {sequences, seq_len, used, source}, ``seed``, ``pruning_wall_time_s``, ``config_used``,
+  ``provenance``.
 """
 
 from __future__ import annotations

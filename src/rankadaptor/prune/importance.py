@@ -98,13 +98,16 @@ class L2(Importance):
 
 
 class Random(Importance):
-    """A control: uniform random scores, reproducible from the seed."""
+    """A control: uniform random scores, reproducible from the seed (one stream over all layers)."""
 
     name = "random"
 
+    def __init__(self, seed: int = 0):
+        super().__init__(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+
     def score(self, s):
-        gen = torch.Generator().manual_seed(self.seed + s.w.shape[0] * 7919 + s.w.shape[1])
-        return torch.rand(s.w.shape[0], generator=gen)
+        return torch.rand(s.w.shape[0], generator=self.gen)
 
 
 IMPORTANCES: dict[str, type[Importance]] = {
