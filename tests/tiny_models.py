@@ -22,7 +22,7 @@ TINY_TEXT = [
 
 def tiny_llama_config(**overrides) -> LlamaConfig:
     cfg = dict(
-        vocab_size=256,
+        vocab_size=320,  # >= len(tiny_tokenizer()): ids never overflow the embedding
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=4,
@@ -46,7 +46,7 @@ def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return model.eval()
 
 
-def tiny_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on a few sentences; ids fit ``tiny_llama``'s vocab."""
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
