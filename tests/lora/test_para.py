@@ -181,3 +181,25 @@ def test_input_never_modified_and_output_atomic(adapter, tmp_path, monkeypatch):
     with pytest.raises(RankAdaptorError, match="input itself"):
         compress(adapter, adapter, CompressConfig(keep_fraction=0.3))
     assert tree_hash(adapter) == before
+
+
+def test_baseline_allocations_fit_budget(adapter):
+    from rankadaptor.lora.para import (compress_to_ranks, decompose_adapter, energy_rule_ranks_for_budget,
+                                       uniform_ranks_for_budget)
+
+    old = read_adapter(adapter)
+    spectra, costs = decompose_adapter(old)
+    budget = old.params // 2 + 1000
+    uni = uniform_ranks_for_budget(spectra, costs, budget)
+    assert len(set(uni.values())) == 1 and sum(uni[n] * costs[n] for n in uni) <= budget
+    assert sum((uni[n] + 1) * costs[n] for n in uni) > budget  # the largest uniform rank that fits
+    ene, tau = energy_rule_ranks_for_budget(spectra, costs, budget)
+    assert 0 < tau < 1 and sum(ene[n] * costs[n] for n in ene) <= budget
+    for name, s in spectra.items():  # PEFT's rule: smallest k reaching tau of the module's energy
+        k = ene[name]
+        e = s.S.pow(2).cumsum(0) / s.S.pow(2).sum()
+        assert e[k - 1] >= tau - 1e-12 and (k == 1 or e[k - 2] < tau)
+    new, rep = compress_to_ranks(old, uni, spectra)
+    assert rep["totals"]["params_after"] == sum(uni[n] * costs[n] for n in uni)
+    for name, m in new.modules.items():
+        assert torch.allclose(_delta(m), _dense_truncation(_delta(old.modules[name]), uni[name]), atol=1e-5)

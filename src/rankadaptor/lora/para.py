@@ -192,22 +192,49 @@ def truncate(spectrum: Spectrum, rank: int, dtype: torch.dtype) -> tuple[torch.T
     return B.to(dtype), A.to(dtype)
 
 
-def compress_adapter(adapter: LoraAdapter, config: CompressConfig) -> tuple[LoraAdapter, dict]:
-    """Compress an in-memory adapter; returns the new adapter and the per-module report."""
+def decompose_adapter(adapter: LoraAdapter) -> tuple[dict[str, Spectrum], dict[str, int]]:
+    """Exact spectra of every module and the parameter cost of one rank of each."""
+    from tqdm.auto import tqdm
+
     spectra, costs = {}, {}
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = lambda it, **_: it  # noqa: E731
     for name, m in tqdm(adapter.modules.items(), desc="SVD per module", total=len(adapter.modules)):
         spectra[name] = decompose(m.B, m.A, m.scale)
         costs[name] = m.d_in + m.d_out
-    ranks, detail = select_ranks(spectra, costs, config)
+    return spectra, costs
 
+
+def compress_adapter(
+    adapter: LoraAdapter, config: CompressConfig, spectra: dict[str, Spectrum] | None = None
+) -> tuple[LoraAdapter, dict]:
+    """Compress an in-memory adapter with PARA's global cut; returns the new adapter and the report."""
+    if spectra is None:
+        spectra, costs = decompose_adapter(adapter)
+    else:
+        costs = {n: m.d_in + m.d_out for n, m in adapter.modules.items()}
+    ranks, detail = select_ranks(spectra, costs, config)
+    return compress_to_ranks(adapter, ranks, spectra, settings=config.describe(), cut=detail)
+
+
+def compress_to_ranks(
+    adapter: LoraAdapter,
+    ranks: dict[str, int],
+    spectra: dict[str, Spectrum] | None = None,
+    settings: dict | None = None,
+    cut: dict | None = None,
+) -> tuple[LoraAdapter, dict]:
+    """Best rank-``ranks[m]`` approximation of every module (any allocation rule, e.g. uniform)."""
+    if spectra is None:
+        spectra, _ = decompose_adapter(adapter)
+    unknown = set(ranks) - set(adapter.modules)
+    if unknown:
+        raise RankAdaptorError(f"ranks name modules the adapter does not have: {sorted(unknown)[:5]}")
     new_modules: dict[str, LoraModule] = {}
     rows = []
     for name, m in adapter.modules.items():
-        new_r, S = ranks[name], spectra[name].S
+        S = spectra[name].S
+        new_r = int(ranks.get(name, 0))
+        if not 0 <= new_r <= S.numel():
+            raise RankAdaptorError(f"rank {new_r} for {name} is outside 0..{S.numel()} (its exact rank bound)")
         total_e = float(S.pow(2).sum())
         dropped_e = float(S[new_r:].pow(2).sum())
         rows.append(
@@ -218,7 +245,7 @@ def compress_adapter(adapter: LoraAdapter, config: CompressConfig) -> tuple[Lora
                 "old_rank": m.r,
                 "new_rank": new_r,
                 "params_before": m.params,
-                "params_after": new_r * costs[name],
+                "params_after": new_r * (m.d_in + m.d_out),
                 "energy": total_e,
                 "discarded_energy": dropped_e,
                 "discarded_energy_fraction": dropped_e / total_e if total_e > 0 else 0.0,
@@ -237,8 +264,8 @@ def compress_adapter(adapter: LoraAdapter, config: CompressConfig) -> tuple[Lora
     total_e = sum(r["energy"] for r in rows)
     dropped_e = sum(r["discarded_energy"] for r in rows)
     report = {
-        "settings": config.describe(),
-        "cut": detail,
+        "settings": settings or {"ranks": "explicit"},
+        "cut": cut or {},
         "totals": {
             "modules_before": len(adapter.modules),
             "modules_after": len(new_modules),
@@ -256,9 +283,18 @@ def compress_adapter(adapter: LoraAdapter, config: CompressConfig) -> tuple[Lora
     return new_adapter, report
 
 
+def save_compressed(out_dir: str | Path, adapter: LoraAdapter, report: dict, overwrite: bool = False) -> None:
+    """Write the adapter and compress.json; the directory appears only when both are complete."""
+    from rankadaptor.fileio import atomic_directory, write_json_atomic
+
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        write_adapter(tmp, adapter)
+        write_json_atomic(tmp / "compress.json", report)
+
+
 def compress(adapter_dir: str | Path, out_dir: str | Path, config: CompressConfig, overwrite: bool = False) -> dict:
     """Read a PEFT LoRA adapter, compress it, write a new adapter + compress.json atomically."""
-    from rankadaptor.fileio import atomic_directory, refuse_same_path, write_json_atomic
+    from rankadaptor.fileio import refuse_same_path
     from rankadaptor.provenance import provenance, sha256_file
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
@@ -277,7 +313,51 @@ def compress(adapter_dir: str | Path, out_dir: str | Path, config: CompressConfi
     }
     report["method"] = "PARA (exact SVD via QR, one global threshold)"
     report["provenance"] = provenance(None)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        write_adapter(tmp, new_adapter)
-        write_json_atomic(tmp / "compress.json", report)
+    save_compressed(out_dir, new_adapter, report, overwrite=overwrite)
     return report
+
+
+# ----------------------------------------------------------------------------- baselines
+# Allocation rules PARA is compared against at the same parameter budget (benchmarks/para_quality).
+
+
+def uniform_ranks_for_budget(spectra: dict[str, Spectrum], costs: dict[str, int], budget: int) -> dict[str, int]:
+    """The largest single rank r (capped by each module's rank bound) with sum r * cost <= budget."""
+    for r in range(max(s.S.numel() for s in spectra.values()), 0, -1):
+        ranks = {n: min(r, s.S.numel()) for n, s in spectra.items()}
+        if sum(ranks[n] * costs[n] for n in ranks) <= budget:
+            return ranks
+    raise RankAdaptorError(f"budget {budget} is below rank 1 in every module ({sum(costs.values())} parameters)")
+
+
+def _peft_cutoff(S: torch.Tensor, tau: float) -> int:
+    """PEFT's per-layer energy rule (peft.tuners.lora.conversion._find_cutoff_index): smallest k with
+    the top-k squared singular values >= tau of the module's total."""
+    try:
+        from peft.tuners.lora.conversion import _find_cutoff_index
+    except ImportError:  # older/newer PEFT: the same rule, written out
+        cs = torch.cumsum(S**2, 0)
+        return min(int(torch.searchsorted(cs, tau * cs[-1]).item()) + 1, S.numel())
+    return min(_find_cutoff_index(S, tau), S.numel())
+
+
+def energy_rule_ranks_for_budget(
+    spectra: dict[str, Spectrum], costs: dict[str, int], budget: int, iterations: int = 50
+) -> tuple[dict[str, int], float]:
+    """PEFT's per-module energy threshold tau, bisected to the largest tau whose ranks fit ``budget``."""
+    def ranks_at(tau: float) -> dict[str, int]:
+        return {n: _peft_cutoff(s.S, tau) for n, s in spectra.items()}
+
+    def cost(ranks: dict[str, int]) -> int:
+        return sum(ranks[n] * costs[n] for n in ranks)
+
+    lo, hi = 0.0, 1.0
+    if cost(ranks_at(lo)) > budget:
+        raise RankAdaptorError(f"budget {budget} is below the energy rule's minimum (rank 1 everywhere)")
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if cost(ranks_at(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return ranks_at(lo), lo
