@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -26,22 +25,11 @@ RESULTS = HERE / "results"
 WORK = HERE / "work" / "prune_table9"
 
 
-def _perplexity(model, tok, text: str, n_seq: int, seq_len: int) -> tuple[float, str]:
-    """Held-out perplexity via the shared evaluator when present, else a plain fixed-window mean."""
-    import torch
+def _perplexity(model, tok, text: str, n_seq: int, seq_len: int) -> float:
+    """Held-out perplexity by the shared evaluator on the first n_seq x seq_len tokens."""
+    from rankadaptor.eval import perplexity
 
-    try:
-        from rankadaptor.eval import perplexity
-    except ImportError:
-        perplexity = None
-    ids = tok(text, add_special_tokens=False)["input_ids"][: n_seq * seq_len]
-    if perplexity is not None:
-        chunks = [tok.decode(ids[i:i + seq_len]) for i in range(0, len(ids), seq_len)]
-        return float(perplexity(model, tok, chunks, seq_len=seq_len)), "rankadaptor.eval.perplexity"
-    x = torch.tensor(ids).view(n_seq, seq_len)
-    with torch.no_grad():
-        losses = [float(model(input_ids=r[None], labels=r[None]).loss) for r in x]
-    return math.exp(sum(losses) / len(losses)), "benchmark-local fixed windows"
+    return float(perplexity(model, tok, [text], seq_len=seq_len, max_tokens=n_seq * seq_len))
 
 
 def one(args) -> dict:
@@ -76,21 +64,24 @@ def one(args) -> dict:
     row["peak_rss_mib_after_prune"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     held = text_corpus_path("heldout").read_text()
     t0 = time.perf_counter()
-    row["ppl"], row["ppl_impl"] = _perplexity(model, tok, held, args.ppl_seqs, args.ppl_len)
+    row["ppl"] = _perplexity(model, tok, held, args.ppl_seqs, args.ppl_len)
     row["ppl_wall_s"] = time.perf_counter() - t0
     if args.limit > 0:
-        try:
-            from rankadaptor.eval import evaluate
-        except ImportError:
-            evaluate = None
-        if evaluate is not None:
-            t0 = time.perf_counter()
-            res = evaluate(model, tok, limit=args.limit, seed=args.seed, batch_size=args.batch_size)
-            row["eval_wall_s"] = time.perf_counter() - t0
-            row["tasks"] = {k: v.get("acc_norm", v.get("acc")) for k, v in res["tasks"].items()}
-            row["tasks_n"] = {k: v.get("n") for k, v in res["tasks"].items()}
-            row["average"] = res["average"]
+        from rankadaptor.eval import evaluate
+
+        t0 = time.perf_counter()
+        res = evaluate(model, tok, limit=args.limit, seed=args.seed, batch_size=args.batch_size)
+        row["eval_wall_s"] = time.perf_counter() - t0
+        row["tasks"] = {k: _main_metric(v) for k, v in res["tasks"].items()}
+        row["tasks_full"] = {k: {m: v.get(m) for m in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n")}
+                             for k, v in res["tasks"].items()}
+        row["average"] = res["average"]
     return row
+
+
+def _main_metric(v: dict) -> float:
+    """acc_norm where the task defines it (lm-eval convention for papers' tables), else acc."""
+    return v["acc_norm"] if v.get("acc_norm") is not None else v["acc"]
 
 
 def main() -> int:
@@ -100,7 +91,7 @@ def main() -> int:
     p.add_argument("--methods", default="llm-pruner,shortgpt")
     p.add_argument("--importance", default="element1")
     p.add_argument("--calibration", type=int, default=10)
-    p.add_argument("--ppl-seqs", type=int, default=32, help="held-out windows for perplexity")
+    p.add_argument("--ppl-seqs", type=int, default=16, help="held-out windows for perplexity")
     p.add_argument("--ppl-len", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help="documents per task for accuracy (0: perplexity only)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -139,7 +130,8 @@ def main() -> int:
         "notes": ("No recovery. Perplexity: brown-corpus held-out split, first ppl_seqs x ppl_len tokens. "
                   "Peak memory: max RSS of the child process that loads the base model, prunes it (and computes "
                   "gradients for Taylor importance), measured right after pruning. Accuracy (if present): "
-                  "acc_norm where defined else acc, on the first `limit` documents per task."),
+                  "acc_norm where defined else acc, on the first `limit` documents per task; avg = mean of those "
+                  "seven numbers (tasks_full has acc, acc_norm, stderr and n per task)."),
         "rows": rows,
         "provenance": provenance(args.seed),
     }
@@ -161,10 +153,10 @@ def table(out: dict) -> str:
         avg = r.get("average", {})
         cells = [r["method"], f"{r['ratio']:.2f}", f"{r['params'] / 1e6:.2f}", f"{100 * r['achieved_ratio']:.2f}",
                  f"{r['ppl']:.2f}", f"{r['prune_wall_s']:.1f}", f"{r['peak_rss_mib_after_prune']:.0f}"]
+        accs = [r["tasks"][t] for t in tasks if r.get("tasks", {}).get(t) is not None]
         cells += [f"{100 * r['tasks'][t]:.1f}" if r.get("tasks", {}).get(t) is not None else "-" for t in tasks]
         if tasks:
-            a = avg.get("acc_norm", avg.get("acc")) if isinstance(avg, dict) else avg
-            cells.append(f"{100 * a:.1f}" if isinstance(a, (int, float)) else "-")
+            cells.append(f"{100 * sum(accs) / len(accs):.1f}" if accs else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
