@@ -73,9 +73,9 @@ def make_variants(adapter_dir: Path, seed_dir: Path, reductions, normalize: str)
     """Write every compressed adapter (idempotent); return [{method, reduction, dir, ranks}]."""
     import math as _m
 
+    from rankadaptor.errors import RankAdaptorError
     from rankadaptor.lora.adapter_io import read_adapter
-    from rankadaptor.lora.para import (CompressConfig, compress_adapter, compress_to_ranks, decompose_adapter,
-                                       energy_rule_ranks_for_budget, save_compressed, uniform_ranks_for_budget)
+    from rankadaptor.lora.para import decompose_adapter
 
     adapter = read_adapter(adapter_dir)
     spectra, costs = decompose_adapter(adapter)
@@ -84,23 +84,35 @@ def make_variants(adapter_dir: Path, seed_dir: Path, reductions, normalize: str)
         budget = int(_m.floor((1 - red) * adapter.params))
         for method in METHODS:
             out = seed_dir / f"{method}-{int(round(red * 100))}"
-            if not out.exists():
-                if method == "para":
-                    new, rep = compress_adapter(adapter, CompressConfig(target_params=budget, normalize=normalize), spectra)
-                elif method == "uniform":
-                    new, rep = compress_to_ranks(adapter, uniform_ranks_for_budget(spectra, costs, budget), spectra,
-                                                 settings={"rule": "uniform", "budget": budget})
-                else:
-                    ranks, tau = energy_rule_ranks_for_budget(spectra, costs, budget)
-                    new, rep = compress_to_ranks(adapter, ranks, spectra,
-                                                 settings={"rule": "peft-energy", "budget": budget, "tau": tau})
-                save_compressed(out, new, rep)
+            try:
+                _write_variant(adapter, spectra, costs, method, budget, normalize, out)
+            except RankAdaptorError as exc:  # e.g. uniform rank 1 everywhere is over a tiny budget
+                print(f"skipping {method} at -{red:.0%}: {exc}")
+                continue
             rep = json.loads((out / "compress.json").read_text())
             variants.append({"method": method, "reduction": red, "dir": str(out), "budget": budget,
                              "params": rep["totals"]["params_after"],
                              "ranks": {r["module"]: r["new_rank"] for r in rep["modules"]},
                              "discarded_energy_fraction": rep["totals"]["discarded_energy_fraction"]})
     return variants
+
+
+def _write_variant(adapter, spectra, costs, method: str, budget: int, normalize: str, out: Path) -> None:
+    from rankadaptor.lora.para import (CompressConfig, compress_adapter, compress_to_ranks,
+                                       energy_rule_ranks_for_budget, save_compressed, uniform_ranks_for_budget)
+
+    if out.exists():
+        return
+    if method == "para":
+        new, rep = compress_adapter(adapter, CompressConfig(target_params=budget, normalize=normalize), spectra)
+    elif method == "uniform":
+        new, rep = compress_to_ranks(adapter, uniform_ranks_for_budget(spectra, costs, budget), spectra,
+                                     settings={"rule": "uniform", "budget": budget})
+    else:
+        ranks, tau = energy_rule_ranks_for_budget(spectra, costs, budget)
+        new, rep = compress_to_ranks(adapter, ranks, spectra,
+                                     settings={"rule": "peft-energy", "budget": budget, "tau": tau})
+    save_compressed(out, new, rep)
 
 
 def heldout_chunks(tok, n_seq: int, seq_len: int) -> list[str]:
