@@ -1,0 +1,191 @@
+"""``rankadaptor search MODEL --study NAME --trials N --out ranks.json``: RankAdaptor rank search.
+
+Resumable: the study lives in Optuna storage (SQLite file by default, any database URL), so running
+the same command again continues it, and several processes may run it on one study at once (add
+``--no-finalize`` to all but one). ``--strategy random|tpe`` runs the baselines through the same
+engine. ``--objective synthetic`` is a hidden, documented test objective (a known function of the
+rank vector plus noise, no model) used by the tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from rankadaptor.errors import RankAdaptorError
+
+log = logging.getLogger(__name__)
+TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers, e.g. 2,4,6,8") from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("search", help="search per-layer LoRA ranks with a performance model (RankAdaptor)",
+                       description=__doc__)
+    p.add_argument("model", metavar="MODEL", help="model spec (alias, directory, GGUF, pruned artefact)")
+    p.add_argument("--study", required=True, help="study name in the storage (resumed if it exists)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<study>.db)")
+    p.add_argument("--trials", type=int, required=True, help="total completed trials for the study (all processes)")
+    p.add_argument("--strategy", choices=("rankadaptor", "random", "tpe"), default="rankadaptor")
+    p.add_argument("--objective", choices=("average", "loss", *TASKS, "synthetic"), default="average",
+                   help="seven-task average accuracy, one task's accuracy, or held-out loss")
+    p.add_argument("--budget", default="uniform:8",
+                   help="LoRA parameter budget: 'uniform:R' (the count of uniform rank R), a number, or 'none'")
+    p.add_argument("--budget-tolerance", type=float, default=0.05, help="relative budget tolerance (default 0.05)")
+    p.add_argument("--candidates", type=_ints, default=(2, 4, 6, 8, 10, 12))
+    p.add_argument("--fixed-first", type=int, default=4, help="first layers kept at --fixed-rank (default 4)")
+    p.add_argument("--fixed-last", type=int, default=2, help="last layers kept at --fixed-rank (default 2)")
+    p.add_argument("--fixed-rank", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20, help="recovery steps per trial (full fidelity)")
+    p.add_argument("--limit", type=int, default=200, help="evaluation examples per task (full fidelity)")
+    p.add_argument("--multi-fidelity", action="store_true",
+                   help="screen trials with --screen-steps/--screen-limit; finalists get the full budget")
+    p.add_argument("--screen-steps", type=int, default=None)
+    p.add_argument("--screen-limit", type=int, default=None)
+    p.add_argument("--n-initial", type=int, default=8, help="initial design size incl. the uniform baseline")
+    p.add_argument("--pool", type=int, default=10_000, help="random valid candidates scored per round")
+    p.add_argument("--acquisition", choices=("ucb", "ei"), default="ucb")
+    p.add_argument("--kappa", type=float, default=1.0, help="UCB exploration weight")
+    p.add_argument("--ensemble", type=int, default=5, help="performance-model ensemble size")
+    p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP hidden sizes (default 32,32,32)")
+    p.add_argument("--patience", type=int, default=8, help="convergence: trials without improvement")
+    p.add_argument("--model-tolerance", type=float, default=0.5,
+                   help="convergence: mean |pred-measured| / std(measured) over the last --patience trials")
+    p.add_argument("--meta", default=None, metavar="FILE",
+                   help="rank-measurements JSON for offline meta-learning (all settings are source tasks)")
+    p.add_argument("--meta-method", choices=("reptile", "pooled"), default="reptile")
+    p.add_argument("--final-seeds", type=int, default=3, help="seeds re-evaluating best and uniform (>= 3)")
+    p.add_argument("--finalists", type=int, default=1, help="top measured plans re-evaluated at full budget")
+    p.add_argument("--no-finalize", action="store_true", help="only search (extra worker processes)")
+    p.add_argument("--out", default=None, help="best plan JSON (RankPlan format for `recover --ranks`)")
+    p.add_argument("--report", default=None, help="summary + plots directory (default <out>.search)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cv-every", type=int, default=1, help="report the model's CV Spearman every N trials")
+    p.add_argument("--epochs", type=int, default=300, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-layers", type=int, default=16, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-noise", type=float, default=0.005, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def layer_costs(model, n_layers: int, targets=DEFAULT_TARGETS) -> list[float]:
+    """LoRA parameters per unit rank in each decoder layer: sum of in+out features of its target Linears."""
+    import re
+
+    import torch
+
+    costs = [0.0] * n_layers
+    for name, mod in model.named_modules():
+        m = re.search(r"layers\.(\d+)\..*?([a-z_]+)$", name)
+        if m and isinstance(mod, torch.nn.Linear) and m.group(2) in targets and int(m.group(1)) < n_layers:
+            costs[int(m.group(1))] += mod.in_features + mod.out_features
+    if any(c == 0 for c in costs):
+        raise RankAdaptorError(f"could not find LoRA target modules {list(targets)} in every decoder layer")
+    return costs
+
+
+def _budget(text: str, space_kwargs: dict):
+    from rankadaptor.search.space import SearchSpace
+
+    if text == "none":
+        return None
+    if text.startswith("uniform:"):
+        try:
+            r = int(text.split(":", 1)[1])
+        except ValueError:
+            raise RankAdaptorError(f"--budget {text!r}: use uniform:R with an integer R") from None
+        return SearchSpace(**space_kwargs).uniform_budget(r)
+    try:
+        return float(text)
+    except ValueError:
+        raise RankAdaptorError(f"--budget {text!r} must be 'uniform:R', a parameter count or 'none'") from None
+
+
+def _validate(args) -> None:
+    if args.trials < 1:
+        raise RankAdaptorError(f"--trials {args.trials} must be >= 1")
+    if not args.no_finalize and not args.out:
+        raise RankAdaptorError("--out FILE is required unless --no-finalize is given")
+    if args.out and Path(args.out).exists():
+        raise RankAdaptorError(f"--out {args.out} already exists; choose a new file (results are never overwritten)")
+    if args.meta and not Path(args.meta).is_file():
+        raise RankAdaptorError(f"--meta file {args.meta} not found")
+
+
+def run(args) -> int:
+    import optuna
+    import torch
+
+    from rankadaptor.search import engine
+    from rankadaptor.search.objective import RecoverEvalObjective, SyntheticObjective
+    from rankadaptor.search.perf_model import MLPConfig
+    from rankadaptor.search.sampler import make_sampler
+    from rankadaptor.search.space import SearchSpace
+
+    _validate(args)
+    if not getattr(args, "threads", None):
+        # the performance model is tiny and CPUs here are shared: extra threads only add contention
+        torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shape = dict(candidates=args.candidates, fixed_first=args.fixed_first, fixed_last=args.fixed_last,
+                 fixed_rank=args.fixed_rank)
+    if args.objective == "synthetic":
+        base = dict(n_layers=args.synthetic_layers, **shape)
+        space = SearchSpace(**base, budget=_budget(args.budget, base), tolerance=args.budget_tolerance)
+        objective = SyntheticObjective(space, noise=args.synthetic_noise, seed=args.seed)
+        identity = {"model": args.model, **objective.identity()}
+    else:
+        from rankadaptor.models.loading import load_model
+
+        loaded = load_model(args.model)
+        n_layers = loaded.model.config.num_hidden_layers
+        base = dict(n_layers=n_layers, layer_costs=tuple(layer_costs(loaded.model, n_layers)), **shape)
+        space = SearchSpace(**base, budget=_budget(args.budget, base), tolerance=args.budget_tolerance)
+        objective = RecoverEvalObjective(args.model, args.objective, args.steps, args.screen_steps,
+                                         args.limit, args.screen_limit)
+        identity = {"model": args.model, "model_identity": getattr(loaded, "identity", None),
+                    **objective.identity()}
+        del loaded
+    mlp = MLPConfig(hidden=args.hidden, epochs=args.epochs, partial_epochs=max(1, args.epochs // 3))
+    init_state = _meta_prior(args, space, mlp)
+    kwargs = dict(n_initial=args.n_initial, pool_size=args.pool, acquisition=args.acquisition, kappa=args.kappa,
+                  ensemble_size=args.ensemble, mlp=mlp, init_state=init_state,
+                  cv_every=args.cv_every)
+    sampler = make_sampler(args.strategy, space, seed=args.seed + torch.randint(0, 1 << 30, ()).item()
+                           if args.no_finalize else args.seed, **kwargs)
+    storage = args.storage or f"sqlite:///{args.study}.db"
+    study = engine.open_study(args.study, storage, space, identity, args.strategy, objective.direction, sampler)
+    config = engine.SearchConfig(n_trials=args.trials, patience=args.patience, tolerance=args.model_tolerance,
+                                 final_seeds=args.final_seeds, finalists=args.finalists,
+                                 multi_fidelity=args.multi_fidelity, seed=args.seed)
+    state = engine.run_search(study, space, objective, config)
+    print(f"study {args.study}: {state.get('n_complete')} completed trials, converged={state.get('converged')}")
+    if args.no_finalize:
+        return 0
+    from rankadaptor.search.outputs import write_outputs
+
+    report = engine.finalize(study, space, objective, config, mlp, init_state)
+    paths = write_outputs(study, space, report, args.out, args.report, config, identity)
+    for msg in report["messages"]:
+        print(msg)
+    print(f"best plan: {paths['plan']}\nreport: {paths['report']}")
+    return 0
+
+
+def _meta_prior(args, space, mlp):
+    if not args.meta or args.strategy != "rankadaptor":
+        return None
+    from rankadaptor.search import meta
+
+    objective = "average" if args.objective in ("synthetic", "loss") else args.objective
+    tasks = list(meta.load_measurements(args.meta, objective).values())
+    log.info("meta-learning (%s) on %d source settings from %s", args.meta_method, len(tasks), args.meta)
+    fn = meta.reptile if args.meta_method == "reptile" else meta.pooled_pretrain
+    return fn(tasks, space.n_free, mlp, seed=args.seed)
