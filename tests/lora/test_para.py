@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.lora.adapter_io import read_adapter
+from rankadaptor.lora.adapter_io import pattern_value, read_adapter
 from rankadaptor.lora.para import CompressConfig, compress, decompose
 from tests.lora.para_helpers import load_peft, make_adapter, merged_deltas, tree_hash
 from tests.tiny_models import tiny_llama
@@ -98,7 +98,7 @@ def test_rslora_and_patterns_full_rank(tmp_path, kwargs):
     peft_model = load_peft(tmp_path / "out")
     for name, module in peft_model.base_model.model.named_modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:
-            assert module.r["default"] == cfg["rank_pattern"][name]
+            assert module.r["default"] == pattern_value(cfg["rank_pattern"], name, None)
             assert module.scaling["default"] == 1.0
 
 
@@ -149,7 +149,8 @@ def test_weak_modules_are_dropped(tmp_path):
     dropped = set(rep["totals"]["modules_dropped"])
     assert dropped == {k.split(".lora_B")[0].removeprefix("base_model.model.") for k in weak}
     cfg = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
-    assert not dropped & set(cfg["target_modules"]) and not dropped & set(cfg["rank_pattern"])
+    assert not dropped & set(cfg["target_modules"])
+    assert all(pattern_value(cfg["rank_pattern"], n, None) is None for n in dropped)
     model = load_peft(tmp_path / "out")
     lora_names = {n for n, m in model.base_model.model.named_modules() if hasattr(m, "lora_A")}
     assert lora_names and not lora_names & dropped
@@ -203,3 +204,21 @@ def test_baseline_allocations_fit_budget(adapter):
     assert rep["totals"]["params_after"] == sum(uni[n] * costs[n] for n in uni)
     for name, m in new.modules.items():
         assert torch.allclose(_delta(m), _dense_truncation(_delta(old.modules[name]), uni[name]), atol=1e-5)
+
+
+def test_embedding_target_and_extra_tensors_carried(tmp_path):
+    import warnings
+
+    from safetensors.torch import load_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src = make_adapter(tmp_path / "in", r=4, target_modules=["embed_tokens", "q_proj"])
+    compress(src, tmp_path / "out", CompressConfig(threshold=0.0))
+    old, new = load_file(src / "adapter_model.safetensors"), load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert set(old) == set(new)  # lora_embedding_A/B names and the saved embedding base layer
+    assert torch.equal(old["base_model.model.model.embed_tokens.base_layer.weight"],
+                       new["base_model.model.model.embed_tokens.base_layer.weight"])
+    ids = torch.randint(3, 256, (1, 9))
+    with torch.no_grad():
+        assert torch.allclose(load_peft(src)(ids).logits, load_peft(tmp_path / "out")(ids).logits, atol=1e-4)
