@@ -102,3 +102,11 @@ def test_cli_prunes_local_dir_without_touching_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "outside (0, 1)" in err and "already exists" in err and "calibration text has" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cli_choices_match_library():
+    from rankadaptor.cli import prune as cli_prune
+    from rankadaptor.prune.importance import IMPORTANCES
+
+    assert tuple(cli_prune.METHODS) == artefact.METHODS
+    assert tuple(cli_prune.IMPORTANCES) == tuple(IMPORTANCES)
