@@ -1,0 +1,298 @@
+"""LoRA recovery: fine-tune a (pruned) model with per-layer ranks, nanoGPT-style.
+
+``recover(model, tokenizer, plan, config, data=None, callbacks=(), method=None, out=None)``
+wraps the model (``apply_plan`` or a registered method such as AdaLoRA / PrunedLoRA), trains
+it and returns a ``RecoveryResult`` (``.model`` is the PeftModel, ``.record`` the results dict).
+With ``out`` it also writes a standard PEFT adapter directory plus ``recovery.json``, atomically.
+
+Callbacks are plain objects; any of these methods is called if present:
+
+* ``on_train_begin(model, optimizer, total_steps)``
+* ``on_after_backward(step, model)``          gradients of the whole step are accumulated
+* ``on_step_end(step, model, optimizer)``     after ``optimizer.step()``, gradients still present
+* ``on_train_end(model)``
+
+A method (``METHODS`` registry) has ``prepare(model, config, total_steps) -> (peft_model,
+callbacks, info)`` and ``expected_ranks(peft_model) -> {module: r} | None``; other parts register
+theirs with ``register_method(name, cls)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rankadaptor.errors import RankAdaptorError
+from rankadaptor.lora.ranks import RankPlan, apply_plan, count_lora_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecoveryConfig:
+    """Hyper-parameters of one recovery run (LLM-Pruner's recipe scaled down: lr 1e-4, AdamW)."""
+
+    max_steps: int | None = 20  # optimizer steps; ignored when ``epochs`` is set
+    epochs: float | None = None
+    lr: float = 1e-4
+    batch_size: int = 8  # examples per optimizer step
+    micro_batch_size: int | None = None  # examples per forward pass (grad accumulation); None = batch_size
+    seq_len: int = 128
+    seed: int = 0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    eval_every: int = 0  # steps between validation losses; 0 = only at the end
+    max_grad_norm: float | None = 1.0
+    threads: int | None = None
+    max_val: int = 32  # held-out examples used for the validation loss
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and (self.max_steps is None or self.max_steps < 1):
+            raise RankAdaptorError(f"max_steps {self.max_steps!r} must be >= 1 (or set epochs)")
+        if self.epochs is not None and not self.epochs > 0:
+            raise RankAdaptorError(f"epochs {self.epochs!r} must be > 0")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RankAdaptorError(f"lr {self.lr!r} must be a positive number")
+        if self.batch_size < 1:
+            raise RankAdaptorError(f"batch_size {self.batch_size} must be >= 1")
+        if self.micro_batch_size is None:
+            self.micro_batch_size = self.batch_size
+        if not 1 <= self.micro_batch_size <= self.batch_size or self.batch_size % self.micro_batch_size:
+            raise RankAdaptorError(
+                f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}"
+            )
+        if self.seq_len < 8:
+            raise RankAdaptorError(f"seq_len {self.seq_len} must be >= 8")
+        for name in ("warmup_steps", "weight_decay", "eval_every"):
+            if getattr(self, name) < 0:
+                raise RankAdaptorError(f"{name} {getattr(self, name)} must be >= 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise RankAdaptorError(f"max_grad_norm {self.max_grad_norm} must be > 0 or None")
+        if self.threads is not None and self.threads < 1:
+            raise RankAdaptorError(f"threads {self.threads} must be >= 1")
+        if self.max_val < 1:
+            raise RankAdaptorError(f"max_val {self.max_val} must be >= 1")
+
+    def total_steps(self, n_train: int) -> int:
+        if self.epochs is None:
+            return int(self.max_steps)
+        return max(1, math.ceil(self.epochs * n_train / self.batch_size))
+
+
+@dataclass
+class RecoveryResult:
+    model: Any  # the trained PeftModel
+    record: dict = field(default_factory=dict)
+
+
+# ---- methods: how the model is wrapped -----------------------------------------------------------
+class PlanMethod:
+    """Plain LoRA with the ranks of a ``RankPlan`` (uniform, LoRA*, a plan file, a search result)."""
+
+    name = "plan"
+
+    def __init__(self, plan: RankPlan):
+        self.plan = plan
+
+    def validate(self, model) -> None:
+        self.plan.module_ranks(model)  # raises on wrong layer count, unknown module, rank too big
+
+    def prepare(self, model, config: RecoveryConfig, total_steps: int):
+        info = {"plan": self.plan.to_dict(), "planned_params": count_lora_params(model, self.plan)}
+        return apply_plan(model, self.plan), [], info
+
+
+METHODS: dict[str, type] = {"plan": PlanMethod}
+
+
+def register_method(name: str, cls: type) -> None:
+    """Add a recovery method (e.g. ``prunedlora``); its constructor takes keyword options."""
+    METHODS[name] = cls
+
+
+def get_method(name: str) -> type:
+    if name not in METHODS:
+        _load_plugins()
+    if name not in METHODS:
+        raise RankAdaptorError(f"recovery method {name!r} unknown; valid: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def _load_plugins() -> None:
+    """Import the modules that register methods (AdaLoRA here, PrunedLoRA from its own module)."""
+    import importlib
+
+    for module in ("rankadaptor.lora.adalora", "rankadaptor.lora.pruned_lora"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            log.debug("recovery method module %s not available: %s", module, exc)
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConfig | None = None, data=None,
+            callbacks=(), method=None, out=None, overwrite: bool = False) -> RecoveryResult:
+    """Train LoRA on ``model`` (modified in place) and return the PeftModel with its record."""
+    import torch
+
+    from rankadaptor.data import RecoveryData, load_recovery_data
+
+    config = config or RecoveryConfig()
+    if method is None:
+        if plan is None:
+            raise RankAdaptorError("recover needs a rank plan or a method")
+        method = PlanMethod(plan)
+    if hasattr(method, "validate"):
+        method.validate(model)  # bad ranks / modules fail before any data is read or trained
+    if out is not None:
+        from pathlib import Path
+
+        if Path(out).exists() and not overwrite:
+            raise RankAdaptorError(f"output directory {out} already exists; choose another --out or remove it")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if not isinstance(data, RecoveryData):
+        data = load_recovery_data(data, tokenizer, seq_len=config.seq_len, max_val=config.max_val)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    total_steps = config.total_steps(len(data.train))
+
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)  # LoRA's A init and dropout masks follow the seed
+    peft_model, method_callbacks, info = method.prepare(model, config, total_steps)
+    callbacks = list(method_callbacks) + list(callbacks)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    _call(callbacks, "on_train_begin", peft_model, optimizer, total_steps)
+
+    order = _batches(len(data.train), config.batch_size, total_steps, config.seed)
+    accum = config.batch_size // config.micro_batch_size
+    curve, val_curve, t0 = [], [], time.perf_counter()
+    peft_model.train()
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(total_steps), desc="recover", unit="step"):
+        t_step = time.perf_counter()
+        lr = _lr_at(step, total_steps, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = order[step]
+        step_loss = 0.0
+        for m in range(accum):
+            batch = _collate([data.train[i] for i in idx[m::accum]], pad_id)
+            loss = peft_model(**batch).loss / accum
+            loss.backward()
+            step_loss += float(loss.detach())
+        _call(callbacks, "on_after_backward", step, peft_model)
+        grad_norm = None
+        if config.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        optimizer.step()
+        _call(callbacks, "on_step_end", step, peft_model, optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(step_loss):
+            raise RankAdaptorError(f"training loss became {step_loss} at step {step}; lower --lr")
+        curve.append({"step": step + 1, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                      "seconds": time.perf_counter() - t_step})
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
+            val_curve.append({"step": step + 1, "val_loss": validation_loss(peft_model, data.val, pad_id, config)})
+            peft_model.train()
+    train_seconds = time.perf_counter() - t0
+    val_loss = validation_loss(peft_model, data.val, pad_id, config)
+    val_curve.append({"step": total_steps, "val_loss": val_loss})
+    _call(callbacks, "on_train_end", peft_model)
+    peft_model.eval()
+
+    record = {
+        "method": getattr(method, "name", type(method).__name__),
+        **info,
+        "trainable_params": trainable,
+        "data": data.identity,
+        "config": asdict(config),
+        "total_steps": total_steps,
+        "loss_curve": curve,
+        "val_curve": val_curve,
+        "val_loss": val_loss,
+        "seed": config.seed,
+        "train_seconds": train_seconds,
+        "seconds_per_step": train_seconds / total_steps,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    for cb in callbacks:  # callbacks may add their own results (e.g. final AdaLoRA ranks)
+        if hasattr(cb, "record"):
+            record.update(cb.record())
+    result = RecoveryResult(model=peft_model, record=record)
+    if out is not None:
+        save_recovery(result, out, overwrite=overwrite)
+    return result
+
+
+def _call(callbacks, hook: str, *args) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(*args)
+
+
+def _lr_at(step: int, total: int, config: RecoveryConfig) -> float:
+    """Linear warm-up, then linear decay to 0 (the schedule of LLM-Pruner's HF Trainer)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    remaining = max(1, total - config.warmup_steps)
+    return config.lr * max(0.0, 1.0 - (step - config.warmup_steps) / remaining)
+
+
+def _batches(n: int, batch_size: int, total_steps: int, seed: int) -> list[list[int]]:
+    """Index lists per step: seeded epoch-wise shuffles, concatenated (drops no example)."""
+    rng = random.Random(seed)
+    stream: list[int] = []
+    while len(stream) < total_steps * batch_size:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        stream.extend(perm)
+    return [stream[i * batch_size:(i + 1) * batch_size] for i in range(total_steps)]
+
+
+def _collate(examples: list[list[int]], pad_id: int) -> dict:
+    """Right-padded batch; padding is masked from attention and loss (labels -100)."""
+    import torch
+
+    width = max(map(len, examples))
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, ex in enumerate(examples):
+        ids[i, : len(ex)] = torch.tensor(ex, dtype=torch.long)
+        mask[i, : len(ex)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def validation_loss(model, examples: list[list[int]], pad_id: int, config: RecoveryConfig) -> float:
+    """Token-weighted mean next-token loss over the held-out examples."""
+    import torch
+
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), config.micro_batch_size):
+            batch = _collate(examples[i:i + config.micro_batch_size], pad_id)
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch).loss) * n
+            tokens += n
+    return total / max(tokens, 1)
+
+
+def save_recovery(result: RecoveryResult, out, overwrite: bool = False):
+    """Adapter (``save_pretrained``) + ``recovery.json`` in one atomic directory."""
+    from rankadaptor.fileio import atomic_directory, write_json_atomic
+    from rankadaptor.provenance import provenance
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        result.model.save_pretrained(str(tmp))
+        write_json_atomic(tmp / "recovery.json", {**result.record, "provenance": provenance(result.record.get("seed"))})
+    return out
