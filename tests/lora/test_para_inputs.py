@@ -146,3 +146,4 @@ def test_truncation_error_equals_discarded_singular_values(d, k, r, keep, scale,
     err = torch.linalg.matrix_norm(delta - Bk @ Ak)
     assert err.item() == pytest.approx(spec.S[keep:].norm().item(), rel=1e-7, abs=1e-9)
     assert torch.allclose(spec.S, torch.linalg.svdvals(delta)[: spec.S.numel()], atol=1e-9)
+    assert torch.allclose(decompose(B, A, scale, vectors=False).S, spec.S, atol=1e-9)

@@ -84,21 +84,29 @@ class CompressConfig:
 
 @dataclass
 class Spectrum:
-    """Exact thin SVD of one module's dW = U diag(S) V^T (float64, S descending)."""
+    """Exact thin SVD of one module's dW = U diag(S) V^T (float64, S descending).
 
-    U: torch.Tensor  # d_out x q
+    ``U`` / ``V`` are None for a values-only spectrum: the global cut needs only S, and keeping
+    the float64 singular vectors of every module at once would cost twice the adapter's memory.
+    """
+
     S: torch.Tensor  # q
-    V: torch.Tensor  # d_in x q
+    U: torch.Tensor | None = None  # d_out x q
+    V: torch.Tensor | None = None  # d_in x q
 
 
-def decompose(B: torch.Tensor, A: torch.Tensor, scale: float) -> Spectrum:
+def decompose(B: torch.Tensor, A: torch.Tensor, scale: float, vectors: bool = True) -> Spectrum:
     """SVD of scale * B @ A through QR factors; never forms the d_out x d_in product."""
     B64, A64 = B.detach().to(torch.float64), A.detach().to(torch.float64)
+    if not vectors:  # R factors only: the Q factors are never materialised
+        RB = torch.linalg.qr(B64, mode="r").R
+        RA = torch.linalg.qr(A64.T, mode="r").R
+        return Spectrum(S=torch.linalg.svdvals(scale * (RB @ RA.T)))
     QB, RB = torch.linalg.qr(B64)  # d x q1, q1 x r
     QA, RA = torch.linalg.qr(A64.T)  # k x q2, q2 x r
     core = scale * (RB @ RA.T)  # q1 x q2, at most r x r
     Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)
-    return Spectrum(U=QB @ Uc, S=S, V=QA @ Vch.T)
+    return Spectrum(S=S, U=QB @ Uc, V=QA @ Vch.T)
 
 
 def scores(S: torch.Tensor, normalize: str) -> torch.Tensor:
@@ -192,13 +200,13 @@ def truncate(spectrum: Spectrum, rank: int, dtype: torch.dtype) -> tuple[torch.T
     return B.to(dtype), A.to(dtype)
 
 
-def decompose_adapter(adapter: LoraAdapter) -> tuple[dict[str, Spectrum], dict[str, int]]:
-    """Exact spectra of every module and the parameter cost of one rank of each."""
+def decompose_adapter(adapter: LoraAdapter, vectors: bool = False) -> tuple[dict[str, Spectrum], dict[str, int]]:
+    """Exact spectra of every module (values only unless ``vectors``) and the cost of one rank of each."""
     from tqdm.auto import tqdm
 
     spectra, costs = {}, {}
     for name, m in tqdm(adapter.modules.items(), desc="SVD per module", total=len(adapter.modules)):
-        spectra[name] = decompose(m.B, m.A, m.scale)
+        spectra[name] = decompose(m.B, m.A, m.scale, vectors=vectors)
         costs[name] = m.d_in + m.d_out
     return spectra, costs
 
@@ -255,7 +263,8 @@ def compress_to_ranks(
         )
         if new_r == 0:
             continue
-        B, A = truncate(spectra[name], new_r, m.A.dtype)
+        spectrum = spectra[name] if spectra[name].U is not None else decompose(m.B, m.A, m.scale)
+        B, A = truncate(spectrum, new_r, m.A.dtype)  # one module's vectors alive at a time
         new_modules[name] = LoraModule(name=name, A=A, B=B, r=new_r, alpha=float(new_r), scale=1.0, embedding=m.embedding)
 
     new_config = output_config(adapter.config, new_modules)
