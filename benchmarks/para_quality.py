@@ -62,10 +62,9 @@ def train_adapter(args, pruned: Path, seed: int, out: Path) -> Path:
     model, tok = load_pruned(pruned), load_pruned_tokenizer(pruned)
     n_layers = model.config.num_hidden_layers
     plan = RankPlan.uniform(n_layers, args.rank)
-    cfg = RecoveryConfig(seed=seed, max_steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len)
-    peft_model = recover(model, tok, plan, cfg, data=str(text_corpus_path("train")))
-    peft_model = getattr(peft_model, "model", peft_model)  # a result object or the PeftModel itself
-    peft_model.save_pretrained(str(out))
+    cfg = RecoveryConfig(seed=seed, max_steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                         lr=args.lr, threads=args.threads)
+    recover(model, tok, plan, cfg, data=text_corpus_path("train"), out=out)  # adapter + recovery.json
     return out
 
 
@@ -135,8 +134,20 @@ def measure(args, pruned: Path, variant: dict, seed: int, texts: list[str]) -> d
     results = evaluate(model, tok, tasks=args.tasks, limit=args.limit, batch_size=args.eval_batch, seed=seed) if args.limit else {"tasks": {}}
     results["perplexity"] = ppl
     return {"method": f"{variant['method']} -{int(round(variant['reduction'] * 100))}%" if variant["reduction"] else "uncompressed",
-            "seed": seed, "results": results, "params": variant["params"], "wall_s": time.perf_counter() - t0,
+            "seed": seed, "limit": args.limit, "results": results, "params": variant["params"], "wall_s": time.perf_counter() - t0,
             **{k: variant[k] for k in ("reduction", "budget", "discarded_energy_fraction") if k in variant}}
+
+
+def paired_ppl(runs: list[dict]) -> dict:
+    """Perplexity difference to the uncompressed adapter of the same seed, mean with 95 % t-interval."""
+    from rankadaptor.stats import paired_difference
+
+    base = {r["seed"]: r["results"]["perplexity"] for r in runs if r["method"] == "uncompressed"}
+    by_method: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if r["method"] != "uncompressed" and r["seed"] in base:
+            by_method.setdefault(r["method"], {})[r["seed"]] = r["results"]["perplexity"]
+    return {m: paired_difference([v[s] for s in sorted(v)], [base[s] for s in sorted(v)]) for m, v in by_method.items()}
 
 
 def main() -> None:
@@ -148,6 +159,7 @@ def main() -> None:
     p.add_argument("--reductions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 0.9])
     p.add_argument("--normalize", choices=("none", "scale", "fro"), default="none")
     p.add_argument("--steps", type=int, default=200, help="recovery training steps per seed")
+    p.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate (short runs need more than 1e-4)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--limit", type=int, default=50, help="documents per task (0 = perplexity only)")
@@ -171,18 +183,19 @@ def main() -> None:
     texts = heldout_chunks(load_pruned_tokenizer(pruned), args.ppl_seqs, args.seq_len)
     partial = args.work / "runs.json"
     runs = json.loads(partial.read_text()) if partial.exists() else []
-    done = {(r["method"], r["seed"]) for r in runs}
+    done = {(r["method"], r["seed"], r["limit"]) for r in runs}
     for seed in args.seeds:
         seed_dir = args.work / f"seed{seed}"
         adapter = train_adapter(args, pruned, seed, seed_dir / "adapter")
         for variant in make_variants(adapter, seed_dir, args.reductions, args.normalize):
             name = "uncompressed" if not variant["reduction"] else f"{variant['method']} -{int(round(variant['reduction'] * 100))}%"
-            if (name, seed) in done:
+            if (name, seed, args.limit) in done:
                 continue
             runs.append(measure(args, pruned, variant, seed, texts))
             write_json_atomic(partial, runs)
 
     order = ["uncompressed"] + [f"{m} -{int(round(r * 100))}%" for r in args.reductions for m in METHODS]
+    runs = [r for r in runs if r["limit"] == args.limit]  # one table per evaluation size
     summary = summarise(runs)
     paired = compare_to(runs, "uncompressed")
     params = {r["method"]: r["params"] for r in runs}
@@ -199,15 +212,23 @@ def main() -> None:
         "",
         markdown_table(summary, [m for m in order if m in summary]),
         "",
-        "| method | LoRA params | avg acc − uncompressed (paired, 95 % CI) |",
-        "|---|---|---|",
+        "| method | LoRA params | discarded energy | PPL − uncompressed (paired) | avg acc − uncompressed (paired) |",
+        "|---|---|---|---|---|",
     ]
+    ppl_paired = paired_ppl(runs)
+    energy = {r["method"]: r.get("discarded_energy_fraction") for r in runs}
     for m in order[1:]:
-        if m in paired:
-            d = paired[m]
-            lines.append(f"| {m} | {params.get(m)} | {100 * d['mean']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] |")
+        if m not in summary:
+            continue
+        acc = paired.get(m)
+        acc_cell = f"{100 * acc['mean']:+.2f} [{100 * acc['ci_low']:+.2f}, {100 * acc['ci_high']:+.2f}]" if acc else "–"
+        pp = ppl_paired.get(m)
+        ppl_cell = f"{pp['mean']:+.2f} [{pp['ci_low']:+.2f}, {pp['ci_high']:+.2f}]" if pp else "–"
+        lines.append(f"| {m} | {params.get(m)} | {energy.get(m, 0):.1%} | {ppl_cell} | {acc_cell} |")
+    result["paired_ppl_vs_uncompressed"] = ppl_paired
+    write_json_atomic(RESULTS / "para_quality.json", result)
     lines += ["", f"Command: `/tmp/heavy .venv/bin/python benchmarks/para_quality.py --seeds {' '.join(map(str, args.seeds))} "
-              f"--limit {args.limit} --steps {args.steps}`; git {result['provenance']['git_commit']}."]
+              f"--limit {args.limit} --steps {args.steps} --lr {args.lr} --ppl-seqs {args.ppl_seqs}`; git {result['provenance']['git_commit']}."]
     (RESULTS / "para_quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
