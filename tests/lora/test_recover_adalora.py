@@ -38,7 +38,7 @@ def test_adalora_reallocates_to_the_uniform_budget(tmp_path):
 
 def test_adalora_bad_input():
     with pytest.raises(RankAdaptorError, match="tinit"):
-        AdaLoraMethod().phases(2)
+        AdaLoraMethod().phases(1)
     with pytest.raises(RankAdaptorError, match="init_r"):
         AdaLoraMethod(uniform_r=30).budget(tiny_llama())  # 1.5 * 30 > k_proj's 32 outputs
     with pytest.raises(RankAdaptorError, match="valid: .*adalora"):
