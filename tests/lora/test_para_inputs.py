@@ -88,6 +88,9 @@ def test_budget_errors(adapter, tmp_path):
         compress(adapter, tmp_path / "o2", CompressConfig(target_params=smallest - 1))
     with pytest.raises(RankAdaptorError, match="min-rank 2 floor"):
         compress(adapter, tmp_path / "o3", CompressConfig(target_params=total // 3, min_rank=2))
+    floor1 = sum(r["d_in"] + r["d_out"] for r in report["modules"])
+    rep = compress(adapter, tmp_path / "o3b", CompressConfig(target_params=floor1, min_rank=1))
+    assert rep["totals"]["params_after"] == floor1 and all(r["new_rank"] == 1 for r in rep["modules"])
     rep = compress(adapter, tmp_path / "o4", CompressConfig(target_params=total))
     assert rep["totals"]["params_after"] == total
     top = max(report["modules"], key=lambda r: r["top_singular_value"])

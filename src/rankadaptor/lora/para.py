@@ -175,8 +175,8 @@ def select_ranks(
 def _check_budget(budget: int, full_params: int, floor: dict, costs: dict, first_cost: int, config: CompressConfig) -> None:
     """Refuse budgets the single global cut cannot meet: above the adapter, or below its first step.
 
-    The smallest useful budget is the floor plus the cost of the single highest-scoring
-    component (whose module may be wider than the narrowest module).
+    The smallest useful budget is the --min-rank floor or, without one, the cost of the single
+    highest-scoring component (whose module may be wider than the narrowest module).
     """
     if budget > full_params:
         raise RankAdaptorError(
@@ -184,9 +184,9 @@ def _check_budget(budget: int, full_params: int, floor: dict, costs: dict, first
             "full rank); choose a smaller --target-params, or use --threshold 0 to keep everything"
         )
     floor_cost = sum(floor[n] * costs[n] for n in floor)
-    need = floor_cost + first_cost
+    need = floor_cost or first_cost  # the floor alone is a valid adapter; without one, the first rank is needed
     if budget < need:
-        why = f"the --min-rank {config.min_rank} floor plus one rank" if floor_cost else "one rank of the highest-scoring module"
+        why = f"the --min-rank {config.min_rank} floor" if floor_cost else "one rank of the highest-scoring module"
         raise RankAdaptorError(
             f"target of {budget} parameters is below {why} ({need} parameters); ask for at least {need}"
         )
