@@ -17,7 +17,6 @@ from rankadaptor.errors import RankAdaptorError
 
 log = logging.getLogger(__name__)
 TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -72,23 +71,16 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=300, help=argparse.SUPPRESS)
     p.add_argument("--synthetic-layers", type=int, default=16, help=argparse.SUPPRESS)
     p.add_argument("--synthetic-noise", type=float, default=0.005, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-seed", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
-def layer_costs(model, n_layers: int, targets=DEFAULT_TARGETS) -> list[float]:
-    """LoRA parameters per unit rank in each decoder layer: sum of in+out features of its target Linears."""
-    import re
+def layer_costs(model, n_layers: int) -> list[float]:
+    """LoRA parameters per unit rank of each decoder layer, from the recover part's exact counter."""
+    from rankadaptor.lora.ranks import RankPlan, count_lora_params
 
-    import torch
-
-    costs = [0.0] * n_layers
-    for name, mod in model.named_modules():
-        m = re.search(r"layers\.(\d+)\..*?([a-z_]+)$", name)
-        if m and isinstance(mod, torch.nn.Linear) and m.group(2) in targets and int(m.group(1)) < n_layers:
-            costs[int(m.group(1))] += mod.in_features + mod.out_features
-    if any(c == 0 for c in costs):
-        raise RankAdaptorError(f"could not find LoRA target modules {list(targets)} in every decoder layer")
-    return costs
+    return [float(count_lora_params(model, RankPlan(ranks=[int(j == i) for j in range(n_layers)])))
+            for i in range(n_layers)]
 
 
 def _budget(text: str, space_kwargs: dict):
@@ -139,7 +131,7 @@ def run(args) -> int:
     if args.objective == "synthetic":
         base = dict(n_layers=args.synthetic_layers, **shape)
         space = SearchSpace(**base, budget=_budget(args.budget, base), tolerance=args.budget_tolerance)
-        objective = SyntheticObjective(space, noise=args.synthetic_noise, seed=args.seed)
+        objective = SyntheticObjective(space, noise=args.synthetic_noise, seed=args.synthetic_seed)
         identity = {"model": args.model, **objective.identity()}
     else:
         from rankadaptor.models.loading import load_model

@@ -17,11 +17,11 @@ from rankadaptor.search.space import SearchSpace
 log = logging.getLogger(__name__)
 
 
-def write_plan(path: str | Path, ranks: list[int]) -> Path:
+def write_plan(path: str | Path, ranks: list[int], model: dict | None = None) -> Path:
     """The plan in the recover engineer's RankPlan format, so ``recover --ranks FILE`` takes it as is."""
     from rankadaptor.lora.ranks import RankPlan
 
-    plan = RankPlan(ranks=[int(r) for r in ranks])
+    plan = RankPlan(ranks=[int(r) for r in ranks], model=model)
     plan.to_json(path)
     return Path(path)
 
@@ -44,5 +44,5 @@ def write_outputs(study: optuna.Study, space: SearchSpace, report: dict[str, Any
         plot_predicted_vs_measured(cv_points.get("pred"), cv_points.get("measured"), tmp / "predicted_vs_measured.png",
                                    report["model_cv"]["spearman"])
         plot_allocation(report["best"]["ranks"], tmp / "allocation.png", report["uniform"]["ranks"])
-    plan = write_plan(out, report["best"]["ranks"])
+    plan = write_plan(out, report["best"]["ranks"], identity)
     return {"plan": plan, "report": report_dir}

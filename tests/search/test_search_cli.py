@@ -1,0 +1,69 @@
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from rankadaptor.cli import main
+
+FAST = ["--objective", "synthetic", "--synthetic-layers", "10", "--fixed-first", "1", "--fixed-last", "1",
+        "--pool", "200", "--ensemble", "2", "--epochs", "30", "--n-initial", "3", "--cv-every", "100"]
+
+
+def _cmd(*args):
+    return [sys.executable, "-m", "rankadaptor", "--threads", "1", "search", "toy", *FAST, *args]
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_study_without_evaluating_a_plan_twice(tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    # create the study once before the workers start (Optuna's advice for SQLite)
+    assert main(["search", "toy", *FAST, "--study", "s", "--storage", url, "--trials", "1", "--no-finalize"]) == 0
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    procs = [subprocess.Popen(_cmd("--study", "s", "--storage", url, "--trials", "9", "--no-finalize",
+                                   "--seed", str(i)), cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    study = optuna.load_study(study_name="s", storage=url)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert 9 <= len(done) <= 10  # each worker may finish the trial it started when the budget was hit
+    hashes = [t.user_attrs["plan_hash"] for t in done]
+    assert len(hashes) == len(set(hashes))
+
+    # resume + finalise in this process: outputs are a RankPlan, a summary and plots
+    out = tmp_path / "ranks.json"
+    assert main(["search", "toy", *FAST, "--study", "s", "--storage", url, "--trials", "9",
+                 "--final-seeds", "3", "--out", str(out)]) == 0
+    from rankadaptor.lora.ranks import RankPlan
+
+    plan = RankPlan.from_json(out)
+    assert len(plan.ranks) == 10 and plan.ranks[0] == 8 and plan.ranks[-1] == 8
+    report = tmp_path / "ranks.search"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["result"]["best"]["ranks"] == plan.ranks
+    assert len(summary["result"]["uniform"]["scores"]) == 3
+    assert "provenance" in summary and summary["space"]["n_layers"] == 10
+    for png in ("history.png", "predicted_vs_measured.png", "allocation.png"):
+        assert (report / png).stat().st_size > 1000
+
+
+def test_bad_inputs_are_clean_errors(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/b.db"
+    assert main(["search", "toy", *FAST, "--study", "b", "--storage", url, "--trials", "2",
+                 "--budget", "1e9", "--no-finalize"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+    assert main(["search", "toy", *FAST, "--study", "b", "--storage", url, "--trials", "2",
+                 "--candidates", "0,4", "--no-finalize"]) == 2
+    assert "positive" in capsys.readouterr().err
+    assert main(["search", "toy", *FAST, "--study", "b", "--storage", url, "--trials", "2", "--no-finalize"]) == 0
+    assert main(["search", "other-model", *FAST, "--study", "b", "--storage", url, "--trials", "2",
+                 "--no-finalize"]) == 2
+    assert "different model" in capsys.readouterr().err
+    existing = tmp_path / "x.json"
+    existing.write_text("{}")
+    assert main(["search", "toy", *FAST, "--study", "b", "--storage", url, "--trials", "2",
+                 "--out", str(existing)]) == 2
+    assert existing.read_text() == "{}"
