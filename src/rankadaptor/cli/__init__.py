@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "compress": "rankadaptor.cli.compress",
     "eval": "rankadaptor.cli.eval",
     "prune": "rankadaptor.cli.prune",
+    "recover": "rankadaptor.cli.recover",
     "search": "rankadaptor.cli.search",
 }
 

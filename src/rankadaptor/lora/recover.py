@@ -136,7 +136,8 @@ def _load_plugins() -> None:
 
 # ---- the loop ------------------------------------------------------------------------------------
 def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConfig | None = None, data=None,
-            callbacks=(), method=None, out=None, overwrite: bool = False) -> RecoveryResult:
+            callbacks=(), method=None, out=None, overwrite: bool = False,
+            identity: dict | None = None) -> RecoveryResult:
     """Train LoRA on ``model`` (modified in place) and return the PeftModel with its record."""
     import torch
 
@@ -210,6 +211,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
 
     record = {
         "method": getattr(method, "name", type(method).__name__),
+        "model": identity,
         **info,
         "trainable_params": trainable,
         "data": data.identity,

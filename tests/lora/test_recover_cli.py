@@ -1,0 +1,58 @@
+"""``rankadaptor recover``: end to end on a tiny saved model, and bad input rejected before training."""
+
+import json
+
+import pytest
+
+from rankadaptor.cli import main
+from rankadaptor.lora.ranks import RankPlan
+from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model_dir = tmp_path / "m"
+    tiny_llama().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(TINY_TEXT * 20))
+    return model_dir, corpus
+
+
+def test_cli_lora_star_and_plan_file(tmp_path, saved, capsys):
+    model_dir, corpus = saved
+    out = tmp_path / "ad"
+    rc = main(["recover", str(model_dir), "--ranks", "lora-star", "--data", str(corpus), "--steps", "2",
+               "--batch-size", "2", "--seq-len", "16", "--out", str(out)])
+    assert rc == 0 and (out / "adapter_config.json").is_file()
+    rec = json.loads((out / "recovery.json").read_text())
+    assert rec["plan"]["ranks"] == [4, 6, 10, 12] and rec["total_steps"] == 2
+    assert isinstance(rec["model"], dict) and rec["model"]  # the loaded model's identity
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--ranks", "uniform:0"], "rank must be >= 1"),
+        (["--ranks", "uniform:40"], "exceeds min"),
+        (["--ranks", "PLAN3"], "3 layer ranks but the model has 4"),
+        (["--ranks", "PLANQKV"], "available"),
+        (["--ranks", "uniform:2", "--data", "BADJSONL"], "bad.jsonl:2"),
+        (["--method", "nope"], "valid:"),
+        (["--ranks", "uniform:2", "--batch-size", "4", "--micro-batch-size", "3"], "micro_batch_size"),
+    ],
+)
+def test_cli_bad_input_exit_2(tmp_path, saved, capsys, extra, words):
+    model_dir, corpus = saved
+    RankPlan(ranks=[1, 2, 3]).to_json(tmp_path / "p3.json")
+    RankPlan(ranks=[1] * 4, target_modules=("qkv_proj",)).to_json(tmp_path / "pq.json")
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "a", "output": "b"}\nnot json\n')
+    subst = {"PLAN3": str(tmp_path / "p3.json"), "PLANQKV": str(tmp_path / "pq.json"),
+             "BADJSONL": str(tmp_path / "bad.jsonl")}
+    extra = [subst.get(x, x) for x in extra]
+    if "--data" not in extra:
+        extra += ["--data", str(corpus)]
+    rc = main(["recover", str(model_dir), *extra, "--steps", "1", "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
