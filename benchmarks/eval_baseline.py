@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N docs per task (default: full splits)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("lm_eval", "fast"), default="lm_eval",
+                   help="lm_eval: simple_evaluate (default); fast: same requests, shared-context scorer")
     p.add_argument("--name", default="eval_baseline", help="output file stem under benchmarks/results/")
     p.add_argument("--threads", type=int, default=int(os.environ.get("RANKADAPTOR_THREADS", "1")))
     args = p.parse_args(argv)
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     loaded = load_model(args.model)
     start = time.perf_counter()
     ev = evaluate(loaded.model, loaded.tokenizer, tasks=args.tasks, limit=args.limit,
-                  batch_size=args.batch_size, seed=args.seed)
+                  batch_size=args.batch_size, seed=args.seed, backend=args.backend)
     res = build_results(ev, model_identity=loaded.identity, adapter_identity=None, seed=args.seed,
                         wall_s=time.perf_counter() - start)
     res["benchmark"] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "threads": args.threads,
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS / f"{args.name}.json", res)
     md = [f"# {args.name}: {args.model} zero-shot (lm-eval 0.4.13 task definitions, offline data)", "",
-          f"Size: {res['benchmark']['size']}; batch size {args.batch_size}; seed {args.seed}; "
+          f"Size: {res['benchmark']['size']}; backend {args.backend}; batch size {args.batch_size}; seed {args.seed}; "
           f"{args.threads} torch thread(s); wall {res['wall_s']:.0f} s; "
           f"model sha256 {str(loaded.identity.get('sha256'))[:12]}; git {res['provenance']['git_commit']}.", "",
           "acc / acc_norm in percent with lm-eval's standard error (sample std / sqrt(n)); "

@@ -29,7 +29,7 @@ def test_cli_eval_writes_results(setup, capsys):
     tmp, model_dir, text = setup
     get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["v_proj"])).save_pretrained(str(tmp / "ad"))
     out = tmp / "res.json"
-    rc = main(["eval", str(model_dir), "--tasks", "piqa,winogrande", "--limit", "2", "--batch-size", "4",
+    rc = main(["eval", str(model_dir), "--tasks", "piqa,winogrande", "--limit", "2", "--backend", "fast",
                "--adapter", str(tmp / "ad"), "--ppl", "--ppl-text", str(text), "--seed", "5", "--out", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())

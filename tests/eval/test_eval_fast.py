@@ -1,0 +1,48 @@
+"""The shared-context scorer gives lm-eval's numbers on the same documents."""
+
+from __future__ import annotations
+
+import pytest
+
+from rankadaptor.errors import RankAdaptorError
+from rankadaptor.eval import TASKS, evaluate
+from tests.eval.fixtures import build_olmo_eval
+from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def olmo_root(tmp_path_factory):
+    return build_olmo_eval(tmp_path_factory.mktemp("olmo"))
+
+
+def test_fast_backend_equals_lm_eval(olmo_root):
+    model, tok = tiny_llama(seed=7), tiny_tokenizer()
+    ref = evaluate(model, tok, batch_size=4, data_root=olmo_root)
+    fast = evaluate(model, tok, data_root=olmo_root, backend="fast")
+    for task in TASKS:
+        for key in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n"):
+            assert fast["tasks"][task][key] == ref["tasks"][task][key], (task, key)
+        assert fast["tasks"][task]["tokens"] == ref["tasks"][task]["tokens"]
+
+
+def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path):
+    from lm_eval.models.huggingface import HFLM
+
+    from rankadaptor.eval.fast import lm_eval_requests, score_document
+    from rankadaptor.eval.tasks import load_docs, write_task_files
+
+    model, tok = tiny_llama(seed=2), tiny_tokenizer()
+    lm = HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=4)
+    for task in ("hellaswag", "winogrande", "openbookqa"):
+        write_task_files(task, load_docs(task, olmo_root), tmp_path / task)
+        _, docs = lm_eval_requests(task, tmp_path / task)
+        for instances in docs:
+            ours = score_document(lm, model, instances, "cpu")
+            theirs = lm.loglikelihood(instances, disable_tqdm=True)
+            for (a, ga), (b, gb) in zip(ours, theirs, strict=True):
+                assert a == pytest.approx(b, abs=1e-4) and ga == gb
+
+
+def test_unknown_backend(olmo_root):
+    with pytest.raises(RankAdaptorError, match="valid: lm_eval, fast"):
+        evaluate(None, None, tasks=["piqa"], data_root=olmo_root, backend="vllm")
