@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument("--fixed-rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=20, help="recovery steps per trial (full fidelity)")
     p.add_argument("--limit", type=int, default=200, help="evaluation examples per task (full fidelity)")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="recovery data (Alpaca JSON or plain text; default: the bundled offline corpus)")
     p.add_argument("--multi-fidelity", action="store_true",
                    help="screen trials with --screen-steps/--screen-limit; finalists get the full budget")
     p.add_argument("--screen-steps", type=int, default=None)
@@ -141,7 +143,7 @@ def run(args) -> int:
         base = dict(n_layers=n_layers, layer_costs=tuple(layer_costs(loaded.model, n_layers)), **shape)
         space = SearchSpace(**base, budget=_budget(args.budget, base), tolerance=args.budget_tolerance)
         objective = RecoverEvalObjective(args.model, args.objective, args.steps, args.screen_steps,
-                                         args.limit, args.screen_limit)
+                                         args.limit, args.screen_limit, data=args.data)
         identity = {"model": args.model, "model_identity": getattr(loaded, "identity", None),
                     **objective.identity()}
         del loaded

@@ -5,8 +5,8 @@
   noise, so a search can be checked against the true optimum in seconds.
 * ``RecoverEvalObjective``: the real thing: recover the (pruned) model with LoRA at the given
   per-layer ranks (``rankadaptor.lora.recover``) and evaluate it (``rankadaptor.eval``): one task's
-  accuracy, the seven-task average, or held-out loss (negated so that larger is better is NOT
-  assumed: its ``direction`` is "minimize"). ``fidelity="screen"`` uses the short recovery and the
+  accuracy, the seven-task average, or the held-out validation loss of the recovery run (its
+  ``direction`` is "minimize"; the study stores the direction). ``fidelity="screen"`` uses the short recovery and the
   evaluation limit; ``"full"`` the full budget (finalists).
 """
 
@@ -68,6 +68,7 @@ class RecoverEvalObjective:
     limit: int | None = 200
     screen_limit: int | None = None
     recovery_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None  # recovery data file (None = the default offline corpus)
 
     def __post_init__(self) -> None:
         if self.target not in (*TASKS, "average", "loss"):
@@ -81,7 +82,8 @@ class RecoverEvalObjective:
 
     def identity(self) -> dict[str, Any]:
         return {"objective": self.target, "model": self.model_spec, "steps": self.steps,
-                "screen_steps": self.screen_steps, "limit": self.limit, "screen_limit": self.screen_limit}
+                "screen_steps": self.screen_steps, "limit": self.limit, "screen_limit": self.screen_limit,
+                "data": self.data, "recovery": self.recovery_kwargs}
 
     def __call__(self, ranks, seed: int = 0, fidelity: str = "full") -> float:
         import torch
@@ -99,17 +101,13 @@ class RecoverEvalObjective:
         loaded = load_model(self.model_spec)
         plan = RankPlan(ranks=[int(r) for r in ranks])
         config = RecoveryConfig(max_steps=steps, seed=seed, **self.recovery_kwargs)
-        model = recover(loaded.model, loaded.tokenizer, plan, config)
-        model = getattr(model, "model", model)
-        if self.target == "loss":
-            from rankadaptor.assets import text_corpus_path
-            from rankadaptor.eval import perplexity
-
-            text = open(text_corpus_path()).read().split("\n\n")
-            held_out = [t for t in text[-400:] if t.strip()][: (limit or 200)]
-            return float(np.log(perplexity(model, loaded.tokenizer, held_out)))
+        result = recover(loaded.model, loaded.tokenizer, plan, config, data=self.data)
+        if self.target == "loss":  # held-out loss on the recovery data's validation split
+            return float(result.record["val_loss"])
         from rankadaptor.eval import evaluate
 
+        model = result.model
+        model.eval()
         tasks = None if self.target == "average" else [self.target]
         res = evaluate(model, loaded.tokenizer, tasks=tasks, limit=limit, seed=seed)
         block = res["average"] if self.target == "average" else res["tasks"][self.target]
