@@ -64,3 +64,13 @@ def test_features_normalised_and_dict_roundtrip():
     assert plan_hash(vec) == plan_hash(vec.tolist()) != plan_hash(s.uniform(2))
     with pytest.raises(RankAdaptorError, match="not in the space"):
         s.validate([3] * 10)
+
+
+def test_rank_plan_json_roundtrip(tmp_path):
+    from rankadaptor.lora.ranks import RankPlan
+    from rankadaptor.search.space import to_rank_plan
+
+    s = SearchSpace(8, fixed_first=1, fixed_last=1)
+    vec = s.uniform(4)
+    to_rank_plan(vec, {"model": "toy"}).to_json(tmp_path / "p.json")
+    assert RankPlan.from_json(tmp_path / "p.json").ranks == vec.tolist()

@@ -22,7 +22,7 @@ from scipy import stats as st
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search.perf_model import Ensemble, MLPConfig, PerformanceModel
-from rankadaptor.search.sampler import completed_data, make_sampler, trial_ranks
+from rankadaptor.search.sampler import completed_data
 from rankadaptor.search.space import SearchSpace, plan_hash
 from rankadaptor.stats import mean_ci, paired_difference
 

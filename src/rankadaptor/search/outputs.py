@@ -12,17 +12,14 @@ import optuna
 from rankadaptor.fileio import atomic_directory, write_json_atomic
 from rankadaptor.provenance import provenance
 from rankadaptor.search.engine import SearchConfig, history
-from rankadaptor.search.space import SearchSpace
+from rankadaptor.search.space import SearchSpace, to_rank_plan
 
 log = logging.getLogger(__name__)
 
 
 def write_plan(path: str | Path, ranks: list[int], model: dict | None = None) -> Path:
     """The plan in the recover engineer's RankPlan format, so ``recover --ranks FILE`` takes it as is."""
-    from rankadaptor.lora.ranks import RankPlan
-
-    plan = RankPlan(ranks=[int(r) for r in ranks], model=model)
-    plan.to_json(path)
+    to_rank_plan(ranks, model).to_json(path)
     return Path(path)
 
 

@@ -239,8 +239,8 @@ def plan_hash(ranks: Sequence[int]) -> str:
     return hashlib.sha1(",".join(str(int(r)) for r in ranks).encode()).hexdigest()[:16]
 
 
-def to_rank_plan(ranks: Sequence[int]):
-    """The recover engineer's ``RankPlan`` for this vector (what ``recover --ranks FILE`` reads)."""
+def to_rank_plan(ranks: Sequence[int], model: dict | None = None):
+    """The recover part's ``RankPlan`` for this vector (what ``recover --ranks FILE`` reads)."""
     from rankadaptor.lora.ranks import RankPlan
 
-    return RankPlan(ranks=[int(r) for r in ranks])
+    return RankPlan(ranks=[int(r) for r in ranks], model=model)
