@@ -97,6 +97,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="prune_table9", help="results file stem under benchmarks/results/")
+    p.add_argument("--no-base", action="store_true", help="skip the unpruned reference row")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ratio", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -107,10 +109,10 @@ def main() -> int:
         return 0
 
     WORK.mkdir(parents=True, exist_ok=True)
-    jobs = [("base", 0.0)] + [(m, float(r)) for m in args.methods.split(",") for r in args.ratios.split(",")]
+    jobs = ([] if args.no_base else [("base", 0.0)]) + [(m, float(r)) for m in args.methods.split(",") for r in args.ratios.split(",")]
     rows = []
     for method, ratio in jobs:
-        part = WORK / f"{method}_{ratio}.json"
+        part = WORK / f"{args.name}_{method}_{ratio}.json"
         cmd = [sys.executable, __file__, "--single", "--method", method, "--ratio", str(ratio), "--part", str(part),
                "--model", args.model, "--importance", args.importance, "--calibration", str(args.calibration),
                "--ppl-seqs", str(args.ppl_seqs), "--ppl-len", str(args.ppl_len), "--limit", str(args.limit),
@@ -124,9 +126,9 @@ def main() -> int:
     from rankadaptor.provenance import provenance
 
     out = {
-        "benchmark": "prune_table9",
+        "benchmark": args.name,
         "model": args.model,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("single", "method", "ratio", "part")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("single", "method", "ratio", "part", "no_base")},
         "notes": ("No recovery. Perplexity: brown-corpus held-out split, first ppl_seqs x ppl_len tokens. "
                   "Peak memory: max RSS of the child process that loads the base model, prunes it (and computes "
                   "gradients for Taylor importance), measured right after pruning. Accuracy (if present): "
@@ -136,8 +138,8 @@ def main() -> int:
         "provenance": provenance(args.seed),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(RESULTS / "prune_table9.json", out)
-    (RESULTS / "prune_table9.md").write_text(table(out))
+    write_json_atomic(RESULTS / f"{args.name}.json", out)
+    (RESULTS / f"{args.name}.md").write_text(table(out))
     print(table(out))
     return 0
 
