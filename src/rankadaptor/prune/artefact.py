@@ -134,7 +134,9 @@ def prune_model(model, tokenizer, config: PruneConfig, texts=None, identity: dic
     if not inplace:
         model = copy.deepcopy(model)
         fam = get_family(model)
-    stats = gradient_stats(model, batches, fisher=imp.needs_fisher) if needs_grad and batches is not None else None
+    stats = None
+    if needs_grad and batches is not None:
+        stats = gradient_stats(model, batches, fisher=imp.needs_fisher, only=[fam.layers[i] for i in layers])
     base_layers = list(range(fam.n_layers))
     if is_width:
         result = width.prune_width(fam, config.ratio, layers, imp, stats)

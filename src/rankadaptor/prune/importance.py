@@ -139,21 +139,28 @@ def calibration_batches(tokenizer, texts, n: int, seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[:need], dtype=torch.long).view(n, seq_len)
 
 
-def gradient_stats(model, batches: torch.Tensor, fisher: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+def gradient_stats(model, batches: torch.Tensor, fisher: bool, only=None) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Per-parameter mean gradient and (optionally) mean squared per-sequence gradient.
 
     One backward pass per calibration sequence: the per-sample squares are what Eq. 2's
-    second-order term needs. Parameters' ``requires_grad`` flags and ``.grad`` are restored.
+    second-order term needs. ``only`` (modules) limits the statistics, and the gradients
+    computed at all, to those modules' parameters: the blocks being scored, not the embeddings.
+    Parameters' ``requires_grad`` flags and ``.grad`` are restored.
     """
-    params = {n: p for n, p in model.named_parameters()}
-    flags = {n: p.requires_grad for n, p in params.items()}
+    all_params = dict(model.named_parameters())
+    flags = {n: p.requires_grad for n, p in all_params.items()}
+    if only is not None:
+        wanted = {id(p) for m in only for p in m.parameters()}
+        params = {n: p for n, p in all_params.items() if id(p) in wanted}
+    else:
+        params = all_params
     sums = {n: torch.zeros_like(p) for n, p in params.items()}
     squares = {n: torch.zeros_like(p) for n, p in params.items()} if fisher else None
     was_training = model.training
     model.eval()
     try:
-        for p in params.values():
-            p.requires_grad_(True)
+        for n, p in all_params.items():
+            p.requires_grad_(n in params)
             p.grad = None
         for row in batches:
             ids = row.unsqueeze(0)
@@ -167,7 +174,7 @@ def gradient_stats(model, batches: torch.Tensor, fisher: bool) -> dict[str, tupl
                     squares[n] += p.grad * p.grad
                 p.grad = None
     finally:
-        for n, p in params.items():
+        for n, p in all_params.items():
             p.requires_grad_(flags[n])
             p.grad = None
         model.train(was_training)
