@@ -44,6 +44,8 @@ def test_perplexity_score_is_ppl_without_the_block():
     scores = {int(k): v for k, v in man["block_scores"].items()}
     assert scores[3] == pytest.approx(base_ppl, rel=1e-5)  # skipping a no-op block = the base model
     assert man["removed_layers"] == [min(scores, key=scores.get)]
+    for i in (1, 2, 4):  # skipping a real block really skips it: perplexity moves
+        assert abs(scores[i] - base_ppl) > 1e-3 * base_ppl
 
 
 @pytest.mark.parametrize("family,method", [("llama", "shortgpt"), ("qwen3", "shortened-ppl"), ("mistral", "shortened-taylor")])
