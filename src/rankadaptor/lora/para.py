@@ -215,6 +215,11 @@ def compress_adapter(
     adapter: LoraAdapter, config: CompressConfig, spectra: dict[str, Spectrum] | None = None
 ) -> tuple[LoraAdapter, dict]:
     """Compress an in-memory adapter with PARA's global cut; returns the new adapter and the report."""
+    if config.target_params is not None and config.target_params > adapter.params:  # fail before the SVDs
+        raise RankAdaptorError(
+            f"target of {config.target_params} parameters is larger than the adapter itself ({adapter.params} "
+            "parameters); choose a smaller --target-params, or use --threshold 0 to keep everything"
+        )
     if spectra is None:
         spectra, costs = decompose_adapter(adapter)
     else:
