@@ -10,7 +10,7 @@ from rankadaptor.search.sampler import RankAdaptorSampler, make_sampler
 from rankadaptor.search.space import SearchSpace, plan_hash
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-FAST = MLPConfig(epochs=80, partial_epochs=30)
+FAST = MLPConfig(epochs=60, partial_epochs=20)
 
 
 def _space(tol=0.1):
@@ -19,7 +19,7 @@ def _space(tol=0.1):
 
 
 def _sampler(space, seed=0, **kw):
-    args = dict(n_initial=4, pool_size=400, n_mutations=100, ensemble_size=2, mlp=FAST, cv_every=3, seed=seed)
+    args = dict(n_initial=4, pool_size=300, n_mutations=100, ensemble_size=2, mlp=FAST, cv_every=4, seed=seed)
     args.update(kw)
     return RankAdaptorSampler(space, **args)
 
@@ -29,9 +29,9 @@ def test_search_starts_with_uniform_never_repeats_and_respects_budget(tmp_path):
     obj = SyntheticObjective(space, noise=0.001)
     study = open_study("s", f"sqlite:///{tmp_path}/s.db", space, obj.identity(), "rankadaptor", "maximize",
                        _sampler(space))
-    run_search(study, space, obj, SearchConfig(n_trials=14, patience=50))
+    run_search(study, space, obj, SearchConfig(n_trials=10, patience=50))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(done) == 14
+    assert len(done) == 10
     assert done[0].user_attrs["ranks"] == space.uniform().tolist()
     hashes = [t.user_attrs["plan_hash"] for t in done]
     assert len(set(hashes)) == len(hashes)
@@ -46,7 +46,7 @@ def test_guided_search_beats_uniform_truth_on_a_low_noise_objective(tmp_path):
     obj = SyntheticObjective(space, noise=0.0005, seed=3)
     study = open_study("g", f"sqlite:///{tmp_path}/g.db", space, obj.identity(), "rankadaptor", "maximize",
                        _sampler(space, seed=1))
-    cfg = SearchConfig(n_trials=16, patience=50, final_seeds=3)
+    cfg = SearchConfig(n_trials=12, patience=50, final_seeds=3)
     run_search(study, space, obj, cfg)
     rep = finalize(study, space, obj, cfg, FAST)
     assert obj.truth(rep["best"]["ranks"])[0] > obj.truth(space.uniform())[0]
@@ -62,7 +62,7 @@ def test_finalize_says_not_significant_and_chance_on_pure_noise(tmp_path):
 
     study = open_study("n", f"sqlite:///{tmp_path}/n.db", space, {"objective": "noise"}, "random", "maximize",
                        make_sampler("random", space, seed=0))
-    cfg = SearchConfig(n_trials=10, final_seeds=3)
+    cfg = SearchConfig(n_trials=8, final_seeds=3)
     run_search(study, space, noise, cfg)
     rep = finalize(study, space, noise, cfg, FAST)
     text = " ".join(rep["messages"])

@@ -24,7 +24,7 @@ import torch
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import read_json
-from rankadaptor.search.perf_model import MLPConfig, PerformanceModel, build_mlp
+from rankadaptor.search.perf_model import AdamW, MLPConfig, PerformanceModel, build_mlp
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def load_measurements(path: str | Path, objective: str = "average", fixed_first:
 
 def _sgd_steps(net: torch.nn.Module, X: np.ndarray, y: np.ndarray, steps: int, lr: float,
                batch: int, rng: np.random.Generator, weight_decay: float = 1e-3) -> None:
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     Xt = torch.as_tensor(X, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.float32)[:, None]
     for _ in range(steps):

@@ -39,6 +39,34 @@ class MLPConfig:
                                    f"partial_epochs={self.partial_epochs} >= 1")
 
 
+class AdamW:
+    """Plain AdamW for the tiny MLP: torch.optim's first construction imports the compiler stack
+    (~8 s per process on the shared CPU), which would dominate every search worker's start-up."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params]
+        self.lr, self.wd, self.b1, self.b2, self.eps = lr, weight_decay, betas[0], betas[1], eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            p.mul_(1 - self.lr * self.wd)
+            m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
+            p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self.eps), value=-self.lr)
+
+
 def build_mlp(n_in: int, hidden: Sequence[int], seed: int) -> torch.nn.Sequential:
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -65,7 +93,7 @@ class PerformanceModel:
             self.net.load_state_dict(init_state)
         self.y_mean, self.y_std = 0.0, 1.0
         self._fitted = False
-        self._opt: torch.optim.Optimizer | None = None
+        self._opt: AdamW | None = None
 
     def _standardise(self, y: np.ndarray) -> tuple[float, float]:
         std = float(np.std(y))
@@ -75,8 +103,7 @@ class PerformanceModel:
         Xt = torch.as_tensor(X, dtype=torch.float32)
         yt = torch.as_tensor((y - self.y_mean) / self.y_std, dtype=torch.float32)[:, None]
         if self._opt is None:
-            self._opt = torch.optim.AdamW(self.net.parameters(), lr=self.config.lr,
-                                          weight_decay=self.config.weight_decay)
+            self._opt = AdamW(self.net.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
         self.net.train()
         for _ in range(epochs):
             self._opt.zero_grad()
