@@ -20,6 +20,7 @@ from rankadaptor.errors import RankAdaptorError
 COMMANDS: dict[str, str] = {
     "assets": "rankadaptor.cli.assets",
     "compress": "rankadaptor.cli.compress",
+    "demo": "rankadaptor.cli.demo",
     "eval": "rankadaptor.cli.eval",
     "prune": "rankadaptor.cli.prune",
     "recover": "rankadaptor.cli.recover",

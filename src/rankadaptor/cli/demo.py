@@ -1,0 +1,31 @@
+"""``rankadaptor demo [--preset smoke|quick|paper] [--out runs/NAME]``: the whole pipeline, resumable."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    from rankadaptor.demo import PRESETS
+
+    p = sub.add_parser("demo", help="prune, recover with every rank method, evaluate, report (offline default)",
+                       description=__doc__)
+    p.add_argument("--preset", choices=tuple(PRESETS), default="quick",
+                   help="smoke (~2 min, proves it runs), quick (default, ~15 min on 2 CPU cores), paper (GPU)")
+    p.add_argument("--out", default=None, help="run directory (default runs/demo-PRESET); re-running resumes")
+    p.add_argument("--model", default="smollm2-135m", help="model spec (default: the offline SmolLM2-135M)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from rankadaptor.demo import run_demo
+
+    if not args.threads:
+        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    report = run_demo(args.preset, args.out, args.model, progress=not args.no_progress)
+    print(report["markdown"])
+    print(f"report: {report['report']}")
+    for p in report["plots"]:
+        print(f"plot: {p}")
+    return 0

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from rankadaptor.demo import PRESETS, RunDir, preset
+from rankadaptor.errors import RankAdaptorError
+from rankadaptor.report.demo_report import collect_runs, write_report
+
+
+def test_unit_runs_once_and_resumes(tmp_path):
+    calls = []
+    run = RunDir(tmp_path, {"preset": {"seeds": (0, 1)}})
+
+    def work():
+        calls.append(1)
+        return {"value": 3}
+
+    assert run.unit("a", work)["value"] == 3
+    # a new process over the same directory (settings read back from JSON) resumes, not recomputes
+    again = RunDir(tmp_path, {"preset": {"seeds": (0, 1)}})
+    assert again.unit("a", work)["value"] == 3
+    assert calls == [1]
+
+
+def test_unit_refuses_other_settings(tmp_path):
+    RunDir(tmp_path, {"preset": "smoke"}).unit("a", lambda: {"v": 1})
+    with pytest.raises(RankAdaptorError, match="other settings"):
+        RunDir(tmp_path, {"preset": "quick"}).unit("a", lambda: {"v": 2})
+
+
+def test_failed_unit_leaves_nothing(tmp_path):
+    run = RunDir(tmp_path, {})
+
+    def boom():
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run.unit("a", boom)
+    assert not (tmp_path / "units" / "a.json").exists()
+
+
+def test_unknown_preset_lists_valid():
+    with pytest.raises(RankAdaptorError, match="smoke, quick, paper"):
+        preset("huge")
+
+
+def _results(acc):
+    tasks = {t: {"acc": acc, "acc_norm": acc} for t in ("boolq", "piqa")}
+    return {"tasks": tasks, "perplexity": 30.0}
+
+
+def test_report_table_and_verdicts(tmp_path):
+    done = {"dense": {"results": _results(0.7)}, "prune": {"params_after": 1},
+            "uniform-s0": {"results": _results(0.50), "trainable_params": 100},
+            "uniform-s1": {"results": _results(0.52), "trainable_params": 100},
+            "rankadaptor-s0": {"results": _results(0.51), "trainable_params": 99},
+            "rankadaptor-s1": {"results": _results(0.52), "trainable_params": 99},
+            "search": {"ranks": [8, 4, 12, 8], "messages": ["NOT significant: ..."]}}
+    runs = collect_runs(done)
+    assert {(r["method"], r["seed"]) for r in runs} >= {("dense", 0), ("uniform", 1), ("rankadaptor", 0)}
+    report = write_report(tmp_path, PRESETS["smoke"], done, {"date": "d", "git_commit": "c",
+                          "hardware": {"processor": "cpu", "cpu_count": 2},
+                          "versions": {"torch": "t", "transformers": "x"}})
+    md = (tmp_path / "report.md").read_text()
+    assert "| RankAdaptor |" in md and "NOT significant" in md
+    assert json.loads((tmp_path / "report.json").read_text())["vs_uniform"]["rankadaptor"]["n"] == 2
+    assert (tmp_path / "rank_allocation.png").exists() and (tmp_path / "params_vs_accuracy.png").exists()
+    assert report["report"].endswith("report.md")
