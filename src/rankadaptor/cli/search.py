@@ -3,7 +3,7 @@
 Resumable: the study lives in Optuna storage (SQLite file by default, any database URL), so running
 the same command again continues it, and several processes may run it on one study at once (add
 ``--no-finalize`` to all but one). ``--strategy random|tpe`` runs the baselines through the same
-engine. ``--objective synthetic`` is a hidden, documented test objective (a known function of the
+engine. ``--objective synthetic`` is a test-only objective (a known function of the
 rank vector plus noise, no model) used by the tests and benchmarks.
 """
 
