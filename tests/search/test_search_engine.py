@@ -125,3 +125,15 @@ def test_convergence_needs_small_model_error_and_no_improvement(tmp_path):
     assert convergence(space, study, SearchConfig(patience=4, tolerance=0.5))["converged"]
     assert not convergence(space, study, SearchConfig(patience=5, tolerance=0.5))["converged"]
     assert not convergence(space, study, SearchConfig(patience=4, tolerance=0.01))["converged"]
+
+
+def test_failing_objective_stops_with_a_clear_error(tmp_path):
+    space = _space()
+
+    def broken(ranks, seed=0, fidelity="full"):
+        raise RuntimeError("out of memory")
+
+    study = open_study("f", f"sqlite:///{tmp_path}/f.db", space, {"o": 2}, "random", "maximize",
+                       make_sampler("random", space))
+    with pytest.raises(RankAdaptorError, match="3 trials in a row failed"):
+        run_search(study, space, broken, SearchConfig(n_trials=5))

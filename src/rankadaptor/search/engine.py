@@ -142,8 +142,19 @@ def run_search(study: optuna.Study, space: SearchSpace, objective: Objective, co
     fidelity = "screen" if config.multi_fidelity else "full"
     run_trial = _wrap(space, objective, fidelity, config.seed)
     state: dict[str, Any] = {}
+    failed = idle = 0
     while n_complete(study) < config.n_trials and not study.user_attrs.get("converged"):
+        before = n_complete(study)
         study.optimize(run_trial, n_trials=1, catch=(RuntimeError,), gc_after_trial=False)
+        last = study.trials[-1].state if study.trials else None
+        failed = failed + 1 if last == TrialState.FAIL else 0
+        idle = 0 if n_complete(study) > before else idle + 1
+        if failed >= 3:
+            raise RankAdaptorError("3 trials in a row failed (see the log for the error); fix the objective "
+                                   "(model, data, memory) and run the same command again to resume")
+        if idle >= 50:  # e.g. TPE proposing only plans that are already held: stop instead of spinning
+            log.warning("50 proposals in a row were duplicates or invalid; stopping the search early")
+            return {**convergence(space, study, config), "stopped": "no new plans proposed"}
         state = convergence(space, study, config)
         if state["converged"]:
             study.set_user_attr("converged", True)
