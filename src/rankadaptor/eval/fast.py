@@ -93,6 +93,9 @@ def score_document(lm, model, instances, device) -> list[tuple[float, bool]]:
         else:
             groups[tuple(ctx)].append(i)
     for ctx, idx in groups.items():
+        if len(idx) == 1:  # nothing to share (e.g. WinoGrande's per-choice contexts): one plain pass
+            results[idx[0]] = _full_sequence(model, list(ctx), encoded[idx[0]][1], lm.max_length, device)
+            continue
         for i, r in zip(idx, score_shared_context(model, list(ctx), [encoded[i][1] for i in idx], device), strict=True):
             results[i] = r
     return results  # type: ignore[return-value]
