@@ -201,7 +201,9 @@ def main() -> None:
         f"(dense extrapolated: {result['dense_extrapolation']}). Peak-memory ratio dense/PARA: {result['peak_memory_ratio']:.1f}x. "
         f"Top-8 singular values of the first module agree to {max_rel:.1e} relative.",
         "",
-        f"Command: `/tmp/heavy .venv/bin/python benchmarks/para_speed.py --layers {args.layers} --rank {args.rank} --dense-subset {args.dense_subset} --threads {args.threads}`; "
+        f"Command: `/tmp/heavy .venv/bin/python benchmarks/para_speed.py --layers {args.layers} --rank {args.rank} --dense-subset {args.dense_subset} --threads {args.threads}"
+        f"{' --reuse-dense' if args.reuse_dense else ''}`"
+        + (f" (dense subset measured at commit {dense_sub['measured_at_commit']})" if "measured_at_commit" in dense_sub else "") + "; "
         f"CPU: {result['provenance']['hardware']['processor']}; git {result['provenance']['git_commit']}.",
     ]
     (RESULTS / "para_speed.md").write_text("\n".join(md) + "\n")
