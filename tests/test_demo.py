@@ -62,7 +62,7 @@ def test_report_table_and_verdicts(tmp_path):
                           "hardware": {"processor": "cpu", "cpu_count": 2},
                           "versions": {"torch": "t", "transformers": "x"}})
     md = (tmp_path / "report.md").read_text()
-    assert "| RankAdaptor |" in md and "NOT significant" in md
+    assert "| RankAdaptor |" in md and "| dense (unpruned) |" in md and "NOT significant" in md
     assert json.loads((tmp_path / "report.json").read_text())["vs_uniform"]["rankadaptor"]["n"] == 2
     assert (tmp_path / "rank_allocation.png").exists() and (tmp_path / "params_vs_accuracy.png").exists()
     assert report["report"].endswith("report.md")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -283,7 +284,24 @@ class Demo:
 def _budget_method(cls, name: str, demo: Demo):
     budget = demo.uniform_budget()
     if name == "prunedlora":
-        return cls(init_rank=demo.cfg.high_rank, target_params=budget)
+        # prune every step between a quarter-run warm-up and a quarter-run final phase, global scope
+        # (non-uniform ranks), with the smallest k per event that the schedule check accepts
+        from rankadaptor.lora.pruned_lora import PruneSchedule
+        from rankadaptor.lora.ranks import RankPlan, linear_shapes
+
+        steps, high = demo.cfg.steps, demo.cfg.high_rank
+        model = demo.load_pruned().model
+        shapes = linear_shapes(model)
+        sizes = {n: sum(shapes[n]) for n in RankPlan.uniform(model.config.num_hidden_layers, high).module_ranks(model)}
+        kw = dict(init_rank=high, target_params=budget, scope="global", prune_every=1,
+                  warmup_steps=max(1, steps // 4), final_steps=steps // 4)
+        for k in range(1, high + 1):
+            try:
+                PruneSchedule(**kw, prune_k=k).check_reachable(sizes, steps)
+                return cls(**kw, prune_k=k)
+            except RankAdaptorError:
+                continue
+        raise RankAdaptorError(f"PrunedLoRA cannot reach the r=8 budget from r={high} in {steps} steps")
     return cls(target_params=budget)
 
 

@@ -11,8 +11,9 @@ from rankadaptor.report.search_plots import _plt, plot_allocation
 from rankadaptor.report.tables import compare_to, markdown_table, run_scores, summarise
 
 ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* (4/6/10/12)", "rankadaptor": "RankAdaptor",
-             "para": "PARA (r=high → r=8 budget)", "prunedlora": "PrunedLoRA (r=high → r=8 budget)",
-             "adalora": "AdaLoRA (r=8 budget)"}
+             "para": "PARA (high rank → r=8 budget)", "prunedlora": "PrunedLoRA (high rank → r=8 budget)",
+             "adalora": "AdaLoRA (r=8 budget)", "dense": "dense (unpruned)", "pruned-no-recovery": "pruned, no recovery"}
+UNRECOVERED = ("dense", "pruned-no-recovery")
 
 
 def collect_runs(done: dict[str, dict]) -> list[dict]:
@@ -45,6 +46,8 @@ def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, An
              f"{list(cfg.seeds)}. Accuracy in %, mean ± half-width of the 95 % t-interval over seeds; PPL on "
              f"{cfg.ppl_tokens} held-out tokens.", "", table, "", "## Average vs uniform r=8 (paired by seed)", ""]
     for method, d in diffs.items():
+        if method in UNRECOVERED:
+            continue
         verdict = "significant" if d["significant"] else "NOT significant (within noise)"
         if d["n"] < 2:
             verdict = "one seed: no interval, no claim"
