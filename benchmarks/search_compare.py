@@ -99,7 +99,7 @@ def main() -> int:
     lines = ["# Search strategies on a synthetic noisy objective", "", result["setting"] +
              f"; {args.trials} trials per run, {args.seeds} runs (seeds) per cell; mean ± 95% CI over runs. "
              "Uniform r=8 has gain 0 by definition; 'oracle' = best true value found by 20k samples + hill climbing.", "",
-             "| strategy @ noise sd | true gain of pick over uniform | oracle gain | trials to best | pick significant vs uniform (3 seeds) |",
+             "| strategy @ noise sd | true gain of pick over uniform | oracle gain | trials to best | re-evaluation CI vs uniform excludes 0, either sign (3 seeds) |",
              "|---|---|---|---|---|"]
     for key, row in table.items():
         f = lambda d, s=1.0: f"{d['mean'] * s:.4f} ± {(d['ci_high'] - d['mean']) * s:.4f}" if d["n"] > 1 else f"{d['mean']:.4f}"
