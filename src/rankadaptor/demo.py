@@ -111,7 +111,9 @@ class Demo:
     def evaluate(self, model, tokenizer, seed: int) -> dict:
         from rankadaptor.eval import evaluate, perplexity
 
-        res = evaluate(model, tokenizer, limit=self.cfg.eval_limit, batch_size=self.cfg.eval_batch_size, seed=seed)
+        # the fast backend scores lm-eval's own requests; tests show it equals simple_evaluate
+        res = evaluate(model, tokenizer, limit=self.cfg.eval_limit, batch_size=self.cfg.eval_batch_size, seed=seed,
+                       backend="fast")
         res["perplexity"] = perplexity(model, tokenizer, self.heldout(), seq_len=256, max_tokens=self.cfg.ppl_tokens)
         return res
 
