@@ -56,3 +56,26 @@ def test_cli_bad_input_exit_2(tmp_path, saved, capsys, extra, words):
     assert rc == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_prunedlora_flags_prune_to_the_target(tmp_path, saved):
+    model_dir, corpus = saved
+    out = tmp_path / "pl"
+    rc = main(["recover", str(model_dir), "--method", "prunedlora", "--init-rank", "8", "--target-rank", "4",
+               "--prune-every", "1", "--prune-k", "2", "--prune-warmup", "1", "--scope", "global",
+               "--data", str(corpus), "--steps", "5", "--batch-size", "2", "--seq-len", "16", "--out", str(out)])
+    assert rc == 0
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    pl = json.loads((out / "recovery.json").read_text())["prunedlora"]
+    assert pl["final_params"] <= pl["target_params"]  # uniform r=4's budget reached
+    assert sorted(cfg["rank_pattern"].values()) == sorted(pl["final_ranks"].values())  # physically shrunk
+    assert len(set(pl["final_ranks"].values())) > 1  # global scope: non-uniform ranks
+
+
+def test_cli_prunedlora_unreachable_schedule_fails_before_training(tmp_path, saved, capsys):
+    model_dir, corpus = saved
+    out = tmp_path / "pl"
+    rc = main(["recover", str(model_dir), "--method", "prunedlora", "--init-rank", "8", "--target-rank", "2",
+               "--prune-every", "10", "--data", str(corpus), "--steps", "3", "--batch-size", "2", "--seq-len", "16",
+               "--out", str(out)])
+    assert rc == 2 and "pruning event" in capsys.readouterr().err and not out.exists()

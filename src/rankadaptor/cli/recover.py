@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--out", required=True, help="new adapter directory (refuses to overwrite)")
+    from rankadaptor.lora.pruned_lora import add_prunedlora_arguments
+
+    add_prunedlora_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -93,7 +96,11 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None and Path(args.data).suffix and not Path(args.data).is_file():
         raise RankAdaptorError(f"--data {args.data} not found")
     method = None
-    if args.method:
+    if args.method == "prunedlora" and not args.method_arg:
+        from rankadaptor.lora.pruned_lora import method_from_args
+
+        method = method_from_args(args)
+    elif args.method:
         kwargs = _method_kwargs(args.method_arg)
         kwargs.setdefault("target_params", args.target_params)
         if args.method == "adalora":

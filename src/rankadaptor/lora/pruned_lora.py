@@ -399,7 +399,7 @@ def add_prunedlora_arguments(parser) -> None:
     """Flags of ``recover --method prunedlora`` (the recover CLI calls this)."""
     g = parser.add_argument_group("PrunedLoRA (--method prunedlora)")
     g.add_argument("--init-rank", type=int, default=None, help="initial LoRA rank R0 of every module")
-    g.add_argument("--target-params", type=int, default=None, help="LoRA parameter budget to prune down to")
+    # --target-params (the budget to prune down to) is the recover command's own flag, shared with AdaLoRA
     g.add_argument("--target-rank", type=int, default=None, help="uniform rank whose budget to prune down to")
     g.add_argument("--prune-every", type=int, default=10, help="steps between pruning events")
     g.add_argument("--prune-k", type=int, default=1, help="components removed per module per event")
@@ -413,7 +413,10 @@ def add_prunedlora_arguments(parser) -> None:
 def method_from_args(args, **plan_kwargs) -> PrunedLoRAMethod:
     if args.init_rank is None:
         raise RankAdaptorError("--method prunedlora needs --init-rank R0")
-    return PrunedLoRAMethod(init_rank=args.init_rank, target_rank=args.target_rank, target_params=args.target_params,
+    target_rank = args.target_rank
+    if target_rank is None and args.target_params is None:  # default budget: uniform --uniform-r's count
+        target_rank = getattr(args, "uniform_r", 8)
+    return PrunedLoRAMethod(init_rank=args.init_rank, target_rank=target_rank, target_params=args.target_params,
                             prune_every=args.prune_every, prune_k=args.prune_k, scope=args.scope,
                             scorer=args.prune_scorer, warmup_steps=args.prune_warmup, final_steps=args.prune_final,
                             floor=args.prune_floor, **plan_kwargs)
