@@ -15,7 +15,6 @@ an air-gapped machine (or a test) supplies them.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.provenance import sha256_file  # noqa: F401  (re-exported: loading uses assets.sha256_file)
 from rankadaptor.fileio import atomic_directory, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,6 @@ def _check(path: Path, full: bool) -> list[str]:
         elif (full or st.st_mtime_ns != meta.get("mtime_ns")) and sha256_file(f) != meta["sha256"]:
             problems.append(f"{f}: sha256 does not match the manifest")
     return problems
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_sha256(name: str, rel: str) -> str:

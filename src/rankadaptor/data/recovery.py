@@ -15,7 +15,6 @@ every rank plan is scored on the same held-out examples: the last blocks of a te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,6 @@ def _is_alpaca(path: Path) -> bool:
     return path.suffix in (".json", ".jsonl")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: float = 0.05,
                        max_val: int = 64, max_train: int | None = None) -> RecoveryData:
@@ -117,7 +110,7 @@ def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: floa
         source = text_corpus_path("train")
     path = Path(source)
     if path.is_file():
-        identity = {"source": str(path), "sha256": file_sha256(path)}
+        identity = {"source": str(path), "sha256": sha256_file(path)}
         if _is_alpaca(path):
             examples = _tokenise_records(read_alpaca_records(path), tokenizer, seq_len)
             identity["format"] = "alpaca"
