@@ -48,7 +48,7 @@ PRESETS: dict[str, Preset] = {
     # about two minutes: proves every stage runs; its numbers are noise
     "smoke": Preset("smoke", seeds=(0,), steps=2, batch_size=2, seq_len=64, eval_limit=4, ppl_tokens=1024,
                     search_trials=3, search_steps=1, high_rank=16),
-    # the default: fits ~15 minutes on 2 CPU cores; two seeds give an interval, a wide one
+    # the default: 22 min measured on 2 CPU cores (target 15); two seeds give an interval, a wide one
     "quick": Preset("quick", seeds=(0, 1), steps=8, batch_size=4, seq_len=128, eval_limit=10, ppl_tokens=2048,
                     search_trials=6, search_steps=4, high_rank=32),
     # the paper's scale (LLM-Pruner recipe: 2 epochs of batch 64 in the paper; here 2000 steps) for a GPU

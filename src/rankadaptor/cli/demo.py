@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="prune, recover with every rank method, evaluate, report (offline default)",
                        description=__doc__)
     p.add_argument("--preset", choices=tuple(PRESETS), default="quick",
-                   help="smoke (~2 min, proves it runs), quick (default, ~15 min on 2 CPU cores), paper (GPU)")
+                   help="smoke (~3 min, proves it runs), quick (default, ~22 min on 2 CPU cores), paper (GPU)")
     p.add_argument("--out", default=None, help="run directory (default runs/demo-PRESET); re-running resumes")
     p.add_argument("--model", default="smollm2-135m", help="model spec (default: the offline SmolLM2-135M)")
     p.add_argument("--no-progress", action="store_true")
