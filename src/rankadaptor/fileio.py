@@ -47,6 +47,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RankAdaptorError(f"{what} {path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:  # a binary file where JSON text was expected
+        raise RankAdaptorError(f"{what} {path} is not UTF-8 text, so not JSON ({exc.reason} at byte {exc.start})") from exc
 
 
 @contextlib.contextmanager

@@ -193,6 +193,9 @@ class CheckpointStore:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise RankAdaptorError(f"checkpoint {where / TENSORS} is unreadable ({exc}); remove {self.dir} "
                                    "to start over") from exc
+        if not isinstance(meta.get("state"), dict) or not isinstance(meta.get("settings"), dict):
+            raise RankAdaptorError(f"{where / META} lacks its 'state' or 'settings'; the checkpoint is damaged, "
+                                   f"remove {self.dir} to start over")
         return decode(meta["state"], tensors), meta["settings"]
 
     def check_settings(self, saved: dict, current: dict) -> None:
@@ -238,7 +241,7 @@ def load_trainable_state(model, saved: dict[str, torch.Tensor]) -> None:
 
 # ---- the recovery loop's state -------------------------------------------------------------------
 def snapshot(peft_model, optimizer, callbacks, curve, val_curve, seconds, resumed) -> dict:
-    """Everything the loop needs to continue exactly (see ``rankadaptor.lora.checkpoint``)."""
+    """Everything the recovery loop needs to continue exactly after a restart."""
     return {
         "weights": trainable_state(peft_model),
         "optimizer": optimizer.state_dict(),
@@ -253,6 +256,15 @@ def snapshot(peft_model, optimizer, callbacks, curve, val_curve, seconds, resume
 
 
 def restore(state: dict, peft_model, optimizer, callbacks):
+    """Put a ``snapshot`` back; a hand-edited or damaged state fails with a message."""
+    try:
+        return _restore(state, peft_model, optimizer, callbacks)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise RankAdaptorError(f"the checkpoint does not restore ({type(exc).__name__}: {exc}); it is damaged "
+                               "or from another version: remove the checkpoint folder to start over") from exc
+
+
+def _restore(state: dict, peft_model, optimizer, callbacks):
     load_trainable_state(peft_model, state["weights"])
     optimizer.load_state_dict(state["optimizer"])
     saved_cbs = state["callbacks"]
