@@ -181,6 +181,9 @@ class RankPlan:
         from peft import LoraConfig
 
         active = {n: r for n, r in self.module_ranks(model).items() if r > 0}
+        if not active:
+            raise RankAdaptorError("the overrides set every targeted module to rank 0, so there is nothing to train; "
+                                   "give some module a rank >= 1")
         base_r = Counter(active.values()).most_common(1)[0][0]
         rank_pattern = {peft_pattern_key(n): r for n, r in active.items() if r != base_r}
         alpha_pattern = {}
