@@ -193,12 +193,13 @@ def test_sigkilled_cli_run_resumes_to_the_same_adapter(tmp_path, corpus, saved_m
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1",
            "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, str(driver), str(marker), "4", *_args(saved_model, corpus, out, "--checkpoint-every", "3")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run.log"  # a file, not a pipe: a full pipe buffer could stall the child
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while not marker.exists():  # the marker, not a sleep, says the run is between checkpoints 3 and 6
             if proc.poll() is not None:
-                pytest.fail(f"the run ended before pausing (rc {proc.returncode}): {proc.stderr.read()[-2000:]}")
+                pytest.fail(f"the run ended before pausing (rc {proc.returncode}): {log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 pytest.fail("the run did not reach step 5 in 300 s")
             time.sleep(0.05)
@@ -214,4 +215,18 @@ def test_sigkilled_cli_run_resumes_to_the_same_adapter(tmp_path, corpus, saved_m
     assert main(_args(saved_model, corpus, out, "--checkpoint-every", "3")) == 0
     assert not checkpoint_dir_for(out).exists()
     assert json.loads((out / "recovery.json").read_text())["resumed_after_steps"] == [3]
+    _assert_same_adapter(tmp_path / "ref", out)
+
+
+def test_leftover_checkpoints_resume_without_the_flag(tmp_path, corpus):
+    """A re-run that forgets --checkpoint-every still resumes (the interval does not change the result)."""
+    tok = tiny_tokenizer()
+    cfg = dict(max_steps=5, lr=5e-3, batch_size=2, seq_len=16)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        recover(tiny_llama(), tok, RankPlan.uniform(4, 2), RecoveryConfig(**cfg, checkpoint_every=2), data=corpus,
+                out=out, callbacks=[StopAt(3)])
+    res = recover(tiny_llama(), tok, RankPlan.uniform(4, 2), RecoveryConfig(**cfg), data=corpus, out=out)
+    assert res.record["resumed_after_steps"] == [2] and not checkpoint_dir_for(out).exists()
+    recover(tiny_llama(), tok, RankPlan.uniform(4, 2), RecoveryConfig(**cfg), data=corpus, out=tmp_path / "ref")
     _assert_same_adapter(tmp_path / "ref", out)

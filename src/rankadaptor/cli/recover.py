@@ -169,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
     result = recover(loaded.model, loaded.tokenizer, plan, config, data=args.data, method=method, out=args.out,
                      identity=loaded.identity)
     rec = result.record
+    if rec.get("resumed_after_steps"):
+        print(f"resumed from the checkpoint after step {rec['resumed_after_steps'][-1]} of {rec['total_steps']}")
     print(f"recovered {args.model} with {rec['method']}: {rec['total_steps']} steps, "
           f"{rec['trainable_params']:,} trainable LoRA parameters, "
           f"loss {rec['loss_curve'][0]['loss']:.3f} -> {rec['loss_curve'][-1]['loss']:.3f}, "

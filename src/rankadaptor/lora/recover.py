@@ -11,6 +11,15 @@ Callbacks are plain objects; any of these methods is called if present:
 * ``on_after_backward(step, model)``          gradients of the whole step are accumulated
 * ``on_step_end(step, model, optimizer)``     after ``optimizer.step()``, gradients still present
 * ``on_train_end(model)``
+* ``state_dict()`` / ``load_state_dict(state)``: a callback with state (PrunedLoRA's masks and
+  statistics, AdaLoRA's allocator) is saved in checkpoints and restored after ``on_train_begin``
+
+Checkpoints (``RecoveryConfig.checkpoint_every = N``, ``recover --checkpoint-every N``): every N
+steps the trainable weights, optimizer state, RNG states, loss curves and callback states are saved
+(safetensors + JSON, ``rankadaptor.lora.checkpoint``) in ``OUT.checkpoints/``; the data position
+is the step itself, since the batch order is a pure function of the seed. Running the same
+recovery again resumes from the latest checkpoint and ends with the same adapter as an
+uninterrupted run; the folder is removed once ``OUT`` is complete.
 
 A method (``METHODS`` registry) has ``prepare(model, config, total_steps) -> (peft_model,
 callbacks, info)`` and ``expected_ranks(peft_model) -> {module: r} | None``; other parts register
@@ -21,10 +30,12 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import random
 import resource
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from rankadaptor.errors import RankAdaptorError
@@ -112,8 +123,8 @@ def _check_types(config) -> None:
         kind = _FIELD_TYPES.get(f.name)
         if value is None and (f.name in _OPTIONAL or kind is None):
             continue
-        ok = (isinstance(value, int) and not isinstance(value, bool)) if kind is int else \
-            (isinstance(value, (int, float)) and not isinstance(value, bool))
+        # numbers.* so that NumPy scalars (e.g. a seed from a sampler) pass too
+        ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
         if not ok or not math.isfinite(value):
             what = "an integer" if kind is int else "a finite number"
             raise RankAdaptorError(f"{f.name} = {value!r} must be {what}")
@@ -199,15 +210,15 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
     if hasattr(method, "validate"):
         method.validate(model)  # bad ranks / modules fail before any data is read or trained
     if out is not None:
-        from pathlib import Path
-
         if Path(out).exists() and not overwrite:
             raise RankAdaptorError(f"output directory {out} already exists; choose another --out or remove it")
     store = None
-    if config.checkpoint_every:
-        if checkpoint_dir is None and out is None:
-            raise RankAdaptorError("checkpoint_every needs an output directory (out) or a checkpoint_dir")
-        store = ckpt.CheckpointStore(checkpoint_dir if checkpoint_dir is not None else ckpt.checkpoint_dir_for(out))
+    if config.checkpoint_every and checkpoint_dir is None and out is None:
+        raise RankAdaptorError("checkpoint_every needs an output directory (out) or a checkpoint_dir")
+    if checkpoint_dir is None and out is not None:
+        checkpoint_dir = ckpt.checkpoint_dir_for(out)
+    if checkpoint_dir is not None and (config.checkpoint_every or Path(checkpoint_dir).is_dir()):
+        store = ckpt.CheckpointStore(checkpoint_dir)  # an unfinished run's checkpoints resume even without N
     if config.threads:
         torch.set_num_threads(config.threads)
     if not isinstance(data, RecoveryData):
@@ -274,7 +285,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
             val_curve.append({"step": step + 1, "val_loss": validation_loss(peft_model, data.val, pad_id, config)})
             peft_model.train()
-        if store is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
             state = ckpt.snapshot(peft_model, optimizer, callbacks, curve, val_curve,
                               seconds_before + time.perf_counter() - t0, resumed)
             store.save(step + 1, state, settings)
