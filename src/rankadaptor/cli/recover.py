@@ -137,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     # Everything checkable without the model is checked first.
     if Path(args.out).exists():
         raise RankAdaptorError(f"--out {args.out} already exists; choose another directory or remove it")
+    from rankadaptor.fileio import refuse_bad_out_parent
+
+    refuse_bad_out_parent(args.out)
     config = recovery_config(args)
     file_plan = parse_ranks(args.ranks) if args.ranks else None
     if args.data is not None and Path(args.data).suffix and not Path(args.data).is_file():
