@@ -112,6 +112,9 @@ def test_different_settings_are_refused_and_nothing_changes(tmp_path, corpus):
     with pytest.raises(Interrupted):
         recover(tiny_llama(), tok, RankPlan.uniform(4, 2), RecoveryConfig(**cfg), data=corpus, out=out,
                 callbacks=[StopAt(2)])
+    partial = checkpoint_dir_for(out) / ".step-000004.abc.partial"  # what a kill during a save leaves
+    partial.mkdir()
+    (partial / "tensors.safetensors").write_bytes(b"half")
     before = _tree(tmp_path)
     with pytest.raises(RankAdaptorError, match=r"config\.lr = 0\.005.*config\.lr = 0\.001.*remove"):
         recover(tiny_llama(), tok, RankPlan.uniform(4, 2), RecoveryConfig(**{**cfg, "lr": 1e-3}), data=corpus, out=out)
@@ -121,7 +124,7 @@ def test_different_settings_are_refused_and_nothing_changes(tmp_path, corpus):
     # the thread count and checkpoint interval do not change the result, so they may differ
     res = recover(tiny_llama(), tok, RankPlan.uniform(4, 2), RecoveryConfig(**{**cfg, "checkpoint_every": 5},
                   threads=1), data=corpus, out=out)
-    assert res.record["resumed_after_steps"] == [2]
+    assert res.record["resumed_after_steps"] == [2] and not checkpoint_dir_for(out).exists()
 
 
 def test_checkpoint_needs_somewhere_to_go(corpus):

@@ -243,7 +243,6 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
 
     curve, val_curve, start, seconds_before, resumed = [], [], 0, 0.0, []
     if store is not None:
-        store.clear_partials()
         latest = store.latest()
         if latest is not None:
             state, saved_settings = store.load(latest)
@@ -252,6 +251,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
             start = latest
             resumed.append(start)
             log.info("resuming %s from the checkpoint after step %d of %d", method_name, start, total_steps)
+        store.clear_partials()  # only now: a refused resume leaves the disk as it was
 
     order = _batches(len(data.train), config.batch_size, total_steps, config.seed)
     accum = config.batch_size // config.micro_batch_size
