@@ -29,7 +29,7 @@ def test_two_processes_share_a_study_without_evaluating_a_plan_twice(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     study = optuna.load_study(study_name="s", storage=url)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert 9 <= len(done) <= 10  # each worker may finish the trial it started when the budget was hit
+    assert len(done) == 9  # the budget is claimed before a trial starts: no worker overshoots it
     hashes = [t.user_attrs["plan_hash"] for t in done]
     assert len(hashes) == len(set(hashes))
 

@@ -100,6 +100,8 @@ def test_create_only_makes_the_study_once_and_never_overwrites_another(tmp_path,
     assert main(["search", "toy", *FAST, "--study", "c", "--storage", url, "--create-only",
                  "--synthetic-layers", "9"]) == 2
     assert "different space" in capsys.readouterr().err
+    assert main(["search", "toy", *FAST, "--study", "c", "--storage", url, "--no-finalize"]) == 2
+    assert "--trials N is required" in capsys.readouterr().err
 
 
 def _crash_a_trial(study: optuna.Study, storage, ranks, retry_history=()) -> int:
