@@ -114,7 +114,8 @@ def open_storage(url: str, heartbeat: HeartbeatConfig | None = None) -> optuna.s
     except Exception as exc:
         import sqlalchemy.exc
 
-        if not isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, ImportError)):
+        # RuntimeError: Optuna's table schema check (its message says how to upgrade the database)
+        if not isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError)):
             raise
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         fix = ("the file must be an SQLite database made by rankadaptor/Optuna, or a new file"
