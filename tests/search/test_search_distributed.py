@@ -56,7 +56,8 @@ def _finish(procs: list[subprocess.Popen]) -> list[str]:
 
 
 def _evaluations(log_dir: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted(log_dir.glob("evaluations-*.jsonl")) for line in f.read_text().splitlines()]
+    return [json.loads(line) for f in sorted(log_dir.glob("evaluations-*.jsonl"))
+            for line in f.read_text().splitlines()]
 
 
 def _check_study(url: str, study_name: str, n_trials: int, log_dir: Path) -> list[optuna.trial.FrozenTrial]:

@@ -5,8 +5,8 @@ PostgreSQL, for many machines), so running the same command again continues it, 
 workers may run it on one study at once (create it first with ``--create-only``; add
 ``--no-finalize`` to all but one). A worker killed mid-trial is noticed by its missing heartbeat
 and its plan is retried by another worker (docs/distributed.md). ``--strategy random|tpe`` runs
-the baselines through the same engine. ``--objective synthetic`` is a test-only objective (a known function of the
-rank vector plus noise, no model) used by the tests and benchmarks.
+the baselines through the same engine. ``--objective synthetic`` is a test-only objective (a
+known function of the rank vector plus noise, no model) used by the tests and benchmarks.
 """
 
 from __future__ import annotations
