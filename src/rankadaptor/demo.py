@@ -319,7 +319,10 @@ def _jsonable(obj: Any) -> Any:
 
 
 def run_demo(preset_name: str = "quick", out: str | Path | None = None, model: str = "smollm2-135m",
-             progress: bool = True) -> dict:
+             progress: bool = True, device: str | None = None) -> dict:
+    from rankadaptor.device import default_device
+
     cfg = preset(preset_name)
     out = Path(out or f"runs/demo-{cfg.name}")
-    return Demo(cfg, out, model).run_all(progress=progress)
+    with default_device(device):  # every model the demo loads (dense, pruned, search trials) goes there
+        return Demo(cfg, out, model).run_all(progress=progress)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import atomic_directory, read_json, write_json_atomic
 
@@ -277,8 +278,11 @@ def _restore(state: dict, peft_model, optimizer, callbacks):
     if set(saved_cbs) != set(current):
         raise RankAdaptorError(f"the checkpoint holds state for callbacks {sorted(saved_cbs)} but this run has "
                                f"{sorted(current)}; resume with the same method and callbacks")
+    # tensors load on the CPU whatever device saved them; callback state goes beside the weights
+    # (the weights and the optimizer's moments are copied to their parameters' device by torch)
+    device = dev.model_device(peft_model)
     for key, cb in current.items():
-        cb.load_state_dict(saved_cbs[key])
+        cb.load_state_dict(dev.move(saved_cbs[key], device))
     set_rng_state(state["rng"])  # last: nothing above may consume random numbers after it
     return list(state["loss_curve"]), list(state["val_curve"]), float(state["train_seconds"]), \
         list(state["resumed_after_steps"])

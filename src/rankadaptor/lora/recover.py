@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.ranks import RankPlan, apply_plan, count_lora_params
 
@@ -255,6 +256,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
 
     order = _batches(len(data.train), config.batch_size, total_steps, config.seed)
     accum = config.batch_size // config.micro_batch_size
+    device = dev.model_device(peft_model)  # batches are built on the CPU, then go where the weights are
     t0 = time.perf_counter()
     peft_model.train()
     from tqdm.auto import tqdm
@@ -267,7 +269,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         idx = order[step]  # the data position is the step: a resumed run reads the same batches
         step_loss = 0.0
         for m in range(accum):
-            batch = _collate([data.train[i] for i in idx[m::accum]], pad_id)
+            batch = dev.move(_collate([data.train[i] for i in idx[m::accum]], pad_id), device)
             loss = peft_model(**batch).loss / accum
             loss.backward()
             step_loss += float(loss.detach())
@@ -369,12 +371,13 @@ def validation_loss(model, examples: list[list[int]], pad_id: int, config: Recov
     import torch
 
     model.eval()
+    device = dev.model_device(model)
     total, tokens = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(examples), config.micro_batch_size):
             batch = _collate(examples[i:i + config.micro_batch_size], pad_id)
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch).loss) * n
+            n = int((batch["labels"][:, 1:] != -100).sum())  # counted on the CPU: no device sync
+            total += float(model(**dev.move(batch, device)).loss) * n
             tokens += n
     return total / max(tokens, 1)
 
