@@ -5,7 +5,7 @@ memory is that configuration's own), then measures parameters, held-out perplexi
 wall time, peak RSS and, when ``rankadaptor.eval.evaluate`` is available and ``--limit`` > 0,
 seven-task zero-shot accuracy on the first ``--limit`` documents of each task.
 
-    /tmp/heavy .venv/bin/python benchmarks/prune_table9.py --limit 100
+    .venv/bin/python benchmarks/prune_table9.py --limit 100
 
 Writes benchmarks/results/prune_table9.json and .md.
 """
