@@ -58,6 +58,9 @@ class SearchSpace:
             raise RankAdaptorError(f"tolerance={self.tolerance} must be in [0, 1)")
         self._free = np.arange(self.fixed_first, self.n_layers - self.fixed_last)
         if self.budget is not None:
+            if not np.isfinite(self.budget) or self.budget <= 0:
+                raise RankAdaptorError(f"parameter budget {self.budget!r} must be a positive number of LoRA "
+                                       "parameters (or 'uniform:R', or 'none' for no budget)")
             self._check_budget_reachable()
 
     # ----------------------------------------------------------------- basics
@@ -121,6 +124,20 @@ class SearchSpace:
                 f"parameter budget {self.budget:g} ± {self.tolerance:.0%} is unreachable: every rank vector "
                 f"costs between {lo_reach:g} and {hi_reach:g}; choose a budget in that range, widen the "
                 f"tolerance or change the rank candidates")
+
+    def check_feasible(self) -> None:
+        """Fail before a study exists when no rank vector of the candidates meets the budget.
+
+        ``_check_budget_reachable`` only compares the budget with the cheapest and dearest vectors;
+        the discrete candidates can still miss a narrow window between them.
+        """
+        try:
+            self.sample(1, np.random.default_rng(0))
+        except RankAdaptorError:
+            raise RankAdaptorError(
+                f"no rank vector with free-layer ranks in {list(self.candidates)} costs within the parameter budget "
+                f"{self.budget:g} ± {self.tolerance:.0%}; widen --budget-tolerance, add rank candidates or "
+                "choose another --budget") from None
 
     # --------------------------------------------------------------- sampling
     def sample(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
