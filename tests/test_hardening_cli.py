@@ -161,6 +161,8 @@ CASES = {
     "search-candidate-zero": (_search("--candidates", "0,2"), r"rank candidates \[0, 2\] must be .*positive"),
     "search-candidate-negative": (_search("--candidates=-2,4"), r"rank candidates \[-2, 4\] must be"),
     "search-candidate-text": (_search("--candidates", "a,b"), "'a,b' must be comma-separated integers"),
+    "search-fixed-rank-zero": (_search("--fixed-rank", "0"), r"fixed_rank=0 must be a positive rank \(--fixed-rank"),
+    "search-fixed-first-negative": (_search("--fixed-first=-1"), "fixed_first=-1, fixed_last=2 must be >= 0"),
     "search-budget-above-all": (_search("--budget", "1e12"), "unreachable: every rank vector costs between"),
     "search-budget-between-candidates": (_search("--candidates", "2,4", "--fixed-first", "0", "--fixed-last", "0",
                                                  "--fixed-rank", "2", "--budget", "49", "--budget-tolerance", "0"),

@@ -41,10 +41,12 @@ class SearchSpace:
                 f"rank candidates {list(self.candidates)} must be a non-empty list of positive integers "
                 f"(e.g. {list(PAPER_CANDIDATES)})")
         self.candidates = tuple(sorted(set(cands)))
-        if self.fixed_first < 0 or self.fixed_last < 0 or self.fixed_rank <= 0:
+        if self.fixed_first < 0 or self.fixed_last < 0:
             raise RankAdaptorError(
-                f"fixed_first={self.fixed_first}, fixed_last={self.fixed_last} must be >= 0 and "
-                f"fixed_rank={self.fixed_rank} > 0")
+                f"fixed_first={self.fixed_first}, fixed_last={self.fixed_last} must be >= 0 "
+                "(--fixed-first / --fixed-last count the layers kept at the fixed rank)")
+        if self.fixed_rank <= 0:
+            raise RankAdaptorError(f"fixed_rank={self.fixed_rank} must be a positive rank (--fixed-rank, default 8)")
         if self.fixed_first + self.fixed_last >= self.n_layers:
             raise RankAdaptorError(
                 f"fixed_first={self.fixed_first} + fixed_last={self.fixed_last} leaves no free layer out of "
