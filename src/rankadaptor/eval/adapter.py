@@ -15,7 +15,7 @@ from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import read_json
 from rankadaptor.provenance import sha256_file
 
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?(?:\.weight)?$")
 
 
 def _adapter_files(adapter_dir: Path) -> tuple[Path, Path]:
