@@ -7,8 +7,6 @@ every file under its own directory and the shared inputs (names + sha256) before
 
 from __future__ import annotations
 
-import hashlib
-import re
 import json
 import shutil
 from pathlib import Path
@@ -17,52 +15,26 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rankadaptor.cli import main
-from rankadaptor.prune.artefact import PruneConfig, prune_model, save_pruned
-from tests.lora.para_helpers import make_adapter
-from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """Shared valid inputs: a saved tiny model, a corpus, a LoRA adapter and a pruned artefact."""
-    root = tmp_path_factory.mktemp("inputs")
-    tiny_llama().save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
-    (root / "corpus.txt").write_text("\n\n".join(TINY_TEXT * 20))
-    make_adapter(root / "adapter", r=4, alpha=8)
-    model, manifest = prune_model(tiny_llama(), tiny_tokenizer(), PruneConfig(ratio=0.1, layers=(1, 4), importance="l1"))
-    save_pruned(model, tiny_tokenizer(), manifest, root / "pruned")
-    return root
-
-
-def snapshot(*dirs: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for d in dirs for p in sorted(d.rglob("*"))}
+from tests.hardening_helpers import assert_refused, base, write_file  # noqa: F401  (base is a fixture)
 
 
 # ---- builders: each returns the argv for one bad input written under ``tmp`` --------------------
-def _write(tmp: Path, name: str, content) -> str:
-    path = tmp / name
-    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-    return str(path)
-
-
 def _recover(base: Path, tmp: Path, *extra, model=None, data=None) -> list[str]:
     return ["recover", str(model or base / "model"), "--steps", "1", "--batch-size", "2", "--seq-len", "16",
             "--data", str(data or base / "corpus.txt"), "--out", str(tmp / "out"), *extra]
 
 
 def plan(content):
-    return lambda base, tmp: _recover(base, tmp, "--ranks", _write(tmp, "plan.json", content))
+    return lambda base, tmp: _recover(base, tmp, "--ranks", write_file(tmp, "plan.json", content))
 
 
 def config(content):
-    return lambda base, tmp: _recover(base, tmp, "--ranks", "uniform:2", "--config", _write(tmp, "cfg.json", content))
+    return lambda base, tmp: _recover(base, tmp, "--ranks", "uniform:2",
+                                      "--config", write_file(tmp, "cfg.json", content))
 
 
 def data(name, content):
-    return lambda base, tmp: _recover(base, tmp, "--ranks", "uniform:2", data=_write(tmp, name, content))
+    return lambda base, tmp: _recover(base, tmp, "--ranks", "uniform:2", data=write_file(tmp, name, content))
 
 
 def adapter(damage):
@@ -211,10 +183,10 @@ CASES = {
     "checkpoint-wrong-format": (damaged_checkpoint('{"format": "x"}'), "is not a rankadaptor-recovery-checkpoint"),
     "checkpoint-no-state": (damaged_checkpoint('{"format": "rankadaptor-recovery-checkpoint/1"}'), "damaged"),
     "recover-out-under-a-file": (lambda base, tmp: _recover(base, tmp, "--ranks", "uniform:2", "--out",
-                                                            _write(tmp, "f.txt", "x") + "/sub/out"),
+                                                            write_file(tmp, "f.txt", "x") + "/sub/out"),
                                  "is a file, not a directory"),
     "compress-out-under-a-file": (lambda base, tmp: ["compress", str(base / "adapter"), "--threshold", "0", "--out",
-                                                     _write(tmp, "f.txt", "x") + "/out"], "is a file, not a directory"),
+                                                     write_file(tmp, "f.txt", "x") + "/out"], "is a file, not a directory"),
     "method-arg-unknown": (lambda base, tmp: _recover(base, tmp, "--method", "adalora", "--method-arg", "foo=1"),
                            "bad --method-arg .*foo.*valid keys"),
     "method-arg-type": (lambda base, tmp: _recover(base, tmp, "--method", "prunedlora", "--method-arg", "init_rank=x"),
@@ -226,11 +198,5 @@ CASES = {
 def test_bad_input_exits_2_with_a_message_and_changes_nothing(case, base, tmp_path, capsys):
     build, message = CASES[case]
     argv = build(base, tmp_path)
-    before = snapshot(tmp_path, base)
-    rc = main(["--threads", "1", *argv])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert "error:" in err and "Traceback" not in err
-    assert re.search(message, err), err
-    assert snapshot(tmp_path, base) == before
+    assert_refused(argv, message, capsys, tmp_path, base)
     assert not (tmp_path / "out").exists()

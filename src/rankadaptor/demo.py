@@ -70,8 +70,7 @@ class RunDir:
 
     def __init__(self, root: Path, settings: dict):
         self.root = Path(root)
-        self.units = self.root / "units"
-        self.units.mkdir(parents=True, exist_ok=True)
+        self.units = self.root / "units"  # created by the first unit's write, so bad input leaves no directory
         self.settings = json.loads(json.dumps(settings))  # as it reads back from disk (tuples -> lists)
 
     def unit(self, key: str, fn: Callable[[], dict]) -> dict:

@@ -17,6 +17,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from rankadaptor.errors import RankAdaptorError
+    from rankadaptor.fileio import refuse_bad_out_parent
+
+    if args.out is not None:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise RankAdaptorError(f"--out {args.out} is a file; a demo run needs a directory (a new one, or an "
+                                   "earlier run's to resume it)")
+        refuse_bad_out_parent(args.out)
     import torch
 
     from rankadaptor.demo import run_demo

@@ -42,14 +42,21 @@ def _check_args(args) -> Path:
     from rankadaptor.eval.tasks import resolve_tasks, validate_limit
 
     args.task_list = resolve_tasks(args.tasks)
-    validate_limit(args.limit)
+    try:
+        validate_limit(args.limit)
+    except RankAdaptorError:
+        raise RankAdaptorError(f"--limit {args.limit} must be a positive number of documents per task; "
+                               "leave --limit out to evaluate every document") from None
     if args.batch_size < 1:
         raise RankAdaptorError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.ppl_seq_len < 2 or args.ppl_max_tokens < 2:
         raise RankAdaptorError("--ppl-seq-len and --ppl-max-tokens must be >= 2")
+    from rankadaptor.fileio import refuse_bad_out_parent
+
     out = Path(args.out)
     if out.exists():
         raise RankAdaptorError(f"{out} already exists; choose a new --out path (results are never overwritten)")
+    refuse_bad_out_parent(out)
     if not out.parent.exists():
         raise RankAdaptorError(f"directory {out.parent} of --out does not exist; create it first")
     if args.adapter is not None and not Path(args.adapter).is_dir():

@@ -47,7 +47,11 @@ def _calibration_texts(path: str | None) -> tuple[list[str], str]:
     p = Path(path)
     if not p.is_file():
         raise RankAdaptorError(f"calibration text file {p} not found; pass --calibration-text FILE")
-    return [p.read_text(errors="replace")], str(p.resolve())
+    raw = p.read_bytes()
+    if b"\x00" in raw[:1 << 20]:  # a weights or archive file would otherwise "calibrate" as mojibake
+        raise RankAdaptorError(f"calibration text file {p} contains NUL bytes, so it is a binary file, not text; "
+                               "pass a plain text file as --calibration-text")
+    return [raw.decode("utf-8", errors="replace")], str(p.resolve())
 
 
 def load_input(spec: str):
@@ -68,7 +72,7 @@ def load_input(spec: str):
 
 
 def run(args) -> int:
-    from rankadaptor.fileio import refuse_same_path
+    from rankadaptor.fileio import refuse_bad_out_parent, refuse_same_path
     from rankadaptor.prune.artefact import PruneConfig, prune_model, save_pruned
 
     if not 0.0 < args.ratio < 1.0:
@@ -79,6 +83,7 @@ def run(args) -> int:
         refuse_same_path(args.model, args.out)
     if Path(args.out).exists():
         raise RankAdaptorError(f"output directory {args.out} already exists; choose another --out or remove it")
+    refuse_bad_out_parent(args.out)
     texts, source = _calibration_texts(args.calibration_text)
     model, tokenizer, identity = load_input(args.model)
     model, manifest = prune_model(model, tokenizer, config, texts, identity=identity, inplace=True,

@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
                         "command resumes from it (default 0: no checkpoints)")
     p.add_argument("--out", required=True, help="new adapter directory (refuses to overwrite; an unfinished "
                                                  "run with checkpoints resumes)")
-    from rankadaptor.lora.pruned_lora import add_prunedlora_arguments
+    from rankadaptor.lora.pruned_lora_flags import add_prunedlora_arguments
 
     add_prunedlora_arguments(p)
     p.set_defaults(func=run)

@@ -129,6 +129,16 @@ def _validate(args) -> None:
         raise RankAdaptorError("--out FILE is required unless --no-finalize is given")
     if args.out and Path(args.out).exists():
         raise RankAdaptorError(f"--out {args.out} already exists; choose a new file (results are never overwritten)")
+    from rankadaptor.fileio import refuse_bad_out_parent
+
+    for out in (args.out, args.report):
+        if out:
+            refuse_bad_out_parent(out)
+    if args.out and not args.no_finalize:
+        report = Path(args.report) if args.report else Path(args.out).with_name(Path(args.out).stem + ".search")
+        if report.exists():  # found only after the whole search otherwise
+            raise RankAdaptorError(f"report directory {report} already exists; choose another --out or --report "
+                                   "(results are never overwritten)")
     if args.meta and not Path(args.meta).is_file():
         raise RankAdaptorError(f"--meta file {args.meta} not found")
 
@@ -174,6 +184,7 @@ def run(args) -> int:
         identity = {"model": args.model, "model_identity": getattr(loaded, "identity", None),
                     **objective.identity()}
         del loaded
+    space.check_feasible()  # a budget the candidates cannot meet fails before the study is created
     mlp = MLPConfig(hidden=args.hidden, epochs=args.epochs, partial_epochs=max(1, args.epochs // 3))
     init_state = _meta_prior(args, space, mlp)
     kwargs = dict(n_initial=args.n_initial, pool_size=args.pool, acquisition=args.acquisition, kappa=args.kappa,

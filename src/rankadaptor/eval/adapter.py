@@ -8,14 +8,14 @@ lora_B [out, r] imply. The first module that fails is named in the error.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.fileio import read_json
 from rankadaptor.provenance import sha256_file
 
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?(?:\.weight)?$")
 
 
 def _adapter_files(adapter_dir: Path) -> tuple[Path, Path]:
@@ -33,13 +33,18 @@ def check_adapter_fits(model, adapter_dir: str | Path) -> dict[str, int]:
 
     Returns {module name: rank} for the adapter.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from torch import nn
 
     _, weights = _adapter_files(Path(adapter_dir))
     modules = dict(model.named_modules())
     ranks: dict[str, int] = {}
-    with safe_open(str(weights), framework="pt") as fh:
+    try:
+        fh = safe_open(str(weights), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise RankAdaptorError(f"{weights} is not a readable safetensors file ({exc}); the adapter is corrupt or "
+                               "truncated: save it again with PeftModel.save_pretrained") from exc
+    with fh:
         for key in sorted(fh.keys()):
             m = _KEY.match(key)
             if m is None:
@@ -78,13 +83,17 @@ def load_adapter(model, adapter_dir: str | Path):
 
     adapter_dir = Path(adapter_dir)
     cfg_path, weights = _adapter_files(adapter_dir)
+    cfg = read_json(cfg_path, what="adapter config")  # PEFT's own error on a damaged file names no file
+    if not isinstance(cfg, dict):
+        raise RankAdaptorError(f"{cfg_path} must hold a JSON object (a PEFT adapter config), found "
+                               f"{type(cfg).__name__}; save the adapter again with PeftModel.save_pretrained")
     ranks = check_adapter_fits(model, adapter_dir)
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:  # anything our check did not foresee
-        raise RankAdaptorError(f"PEFT could not attach adapter {adapter_dir}: {str(exc)[:800]}") from exc
+        raise RankAdaptorError(f"PEFT could not attach adapter {adapter_dir}: {str(exc)[:800]}; check its "
+                               "adapter_config.json or save the adapter again with PeftModel.save_pretrained") from exc
     peft_model.eval()
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     identity = {
         "path": str(adapter_dir.resolve()), "sha256": sha256_file(weights), "peft_type": cfg.get("peft_type"),
         "n_modules": len(ranks), "rank_total": sum(ranks.values()),

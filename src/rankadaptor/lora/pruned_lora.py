@@ -26,10 +26,10 @@ import torch
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.obs import ModuleStats, gate_gradient, get_scorer, SCORERS
 from rankadaptor.lora.pruned_lora_export import hf_callback, lora_modules, shrink  # noqa: F401  (public API)
+from rankadaptor.lora.pruned_lora_flags import SCOPES, add_prunedlora_arguments  # noqa: F401  (public API)
 from rankadaptor.lora.ranks import RankPlan, apply_plan, linear_shapes
 
 log = logging.getLogger(__name__)
-SCOPES = ("module", "global")
 
 
 @dataclass
@@ -359,21 +359,6 @@ class PrunedLoRAMethod:
     def settings(self) -> dict:
         """What a resumed run must share with the checkpoint (``recover`` compares it)."""
         return {"schedule": asdict(self.schedule), **self.plan_kwargs}
-
-
-def add_prunedlora_arguments(parser) -> None:
-    """Flags of ``recover --method prunedlora`` (the recover CLI calls this)."""
-    g = parser.add_argument_group("PrunedLoRA (--method prunedlora)")
-    g.add_argument("--init-rank", type=int, default=None, help="initial LoRA rank R0 of every module")
-    # --target-params (the budget to prune down to) is the recover command's own flag, shared with AdaLoRA
-    g.add_argument("--target-rank", type=int, default=None, help="uniform rank whose budget to prune down to")
-    g.add_argument("--prune-every", type=int, default=10, help="steps between pruning events")
-    g.add_argument("--prune-k", type=int, default=1, help="components removed per module per event")
-    g.add_argument("--scope", choices=SCOPES, default="module")
-    g.add_argument("--prune-scorer", choices=sorted(SCORERS), default="obs")
-    g.add_argument("--prune-warmup", type=int, default=10, help="steps before the first pruning event's statistics")
-    g.add_argument("--prune-final", type=int, default=0, help="steps of fine-tuning after the last event")
-    g.add_argument("--prune-floor", type=int, default=1, help="minimum rank per module")
 
 
 def method_from_args(args, **plan_kwargs) -> PrunedLoRAMethod:

@@ -69,7 +69,8 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
         if not (path / "config.json").is_file():
             raise RankAdaptorError(
                 f"{path} is a directory without config.json or pruning.json, so it is neither a "
-                "Hugging Face model directory nor a pruned artefact")
+                "Hugging Face model directory nor a pruned artefact; pass the directory written by "
+                "save_pretrained (or `rankadaptor prune`), a .gguf file or an alias")
         model, tok = _load_hf_dir(path, dtype)
         return _finish(model, tok, spec_str, path, weights_sha256(path), "local", device)
     if path.exists():

@@ -82,7 +82,9 @@ class PruneConfig:
             raise RankAdaptorError(f"seq_len {self.seq_len} must be at least 2 tokens (default 128)")
         if self.layers is not None:
             if len(self.layers) != 2 or self.layers[0] < 0 or self.layers[1] <= self.layers[0]:
-                raise RankAdaptorError(f"layer range {self.layers} must be START:END with 0 <= START < END")
+                shown = ":".join(map(str, self.layers))
+                raise RankAdaptorError(f"layer range {shown} must be START:END with 0 <= START < END "
+                                       "(END exclusive), e.g. --layers 4:28")
             self.layers = (int(self.layers[0]), int(self.layers[1]))
 
     def layer_range(self, n_layers: int) -> range:

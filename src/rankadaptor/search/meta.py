@@ -63,11 +63,12 @@ def load_measurements(path: str | Path, objective: str = "average", fixed_first:
     if objective != "average" and objective not in TASKS:
         raise RankAdaptorError(f"objective {objective!r} unknown; use 'average' or one of {list(TASKS)}")
     records = read_json(path, "rank-measurements file")
-    if not isinstance(records, list) or not records or "rank_list" not in records[0]:
+    if not isinstance(records, list) or not records:
         raise RankAdaptorError(f"{path}: expected a list of records with name/rank_list/performance")
     by_name: dict[str, tuple[list, list]] = {}
     lo, hi = min(candidates), max(candidates)
-    for rec in records:
+    for i, rec in enumerate(records):
+        _check_record(rec, i, path)
         perf = rec["performance"]
         if objective == "average":
             if not all(t in perf for t in TASKS):
@@ -80,9 +81,40 @@ def load_measurements(path: str | Path, objective: str = "average", fixed_first:
         ranks = np.asarray(rec["rank_list"], float)
         free = ranks[fixed_first:len(ranks) - fixed_last]
         xs, ys = by_name.setdefault(rec["name"], ([], []))
+        if len(free) == 0 or (xs and len(xs[0]) != len(free)):
+            raise RankAdaptorError(
+                f"{path}: record {i} rank_list has {len(ranks)} layers, which leaves "
+                f"{len(free)} free layers after the fixed first {fixed_first} and last {fixed_last}"
+                + (f" while other records of setting {rec['name']!r} have {len(xs[0])}" if xs else "")
+                + "; every record of a setting needs one rank per layer of that model")
         xs.append((free - lo) / (hi - lo))
         ys.append(score)
+    if not by_name:
+        wanted = "all seven task scores" if objective == "average" else f"a {objective!r} score"
+        raise RankAdaptorError(f"{path}: no record has {wanted} in its performance; pass a measurements file "
+                               "with those scores or choose another --objective")
     return {name: MetaTask(name, np.asarray(xs), np.asarray(ys)) for name, (xs, ys) in sorted(by_name.items())}
+
+
+def _check_record(rec, i: int, path) -> None:
+    """One measurements record: {"name": str, "rank_list": [rank, ...], "performance": {task: score}}."""
+    shape = 'expected {"name": "...", "rank_list": [ranks], "performance": {task: accuracy}}'
+    if not isinstance(rec, dict):
+        raise RankAdaptorError(f"{path}: record {i} is {type(rec).__name__} {rec!r:.40}; {shape}")
+    missing = [k for k in ("name", "rank_list", "performance") if k not in rec]
+    if missing:
+        raise RankAdaptorError(f"{path}: record {i} has no {', '.join(missing)}; {shape}")
+    ranks, perf = rec["rank_list"], rec["performance"]
+    if not isinstance(rec["name"], str):
+        raise RankAdaptorError(f"{path}: record {i} name {rec['name']!r} must be a string (the setting's name)")
+    if not isinstance(ranks, list) or not ranks or not all(_is_number(r) for r in ranks):
+        raise RankAdaptorError(f"{path}: record {i} rank_list {ranks!r:.80} must be a non-empty list of numbers")
+    if not isinstance(perf, dict) or not all(_is_number(v) for v in perf.values()):
+        raise RankAdaptorError(f"{path}: record {i} performance {perf!r:.80} must map task names to numbers")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
 def _sgd_steps(net: torch.nn.Module, X: np.ndarray, y: np.ndarray, steps: int, lr: float,

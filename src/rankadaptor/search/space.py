@@ -41,10 +41,12 @@ class SearchSpace:
                 f"rank candidates {list(self.candidates)} must be a non-empty list of positive integers "
                 f"(e.g. {list(PAPER_CANDIDATES)})")
         self.candidates = tuple(sorted(set(cands)))
-        if self.fixed_first < 0 or self.fixed_last < 0 or self.fixed_rank <= 0:
+        if self.fixed_first < 0 or self.fixed_last < 0:
             raise RankAdaptorError(
-                f"fixed_first={self.fixed_first}, fixed_last={self.fixed_last} must be >= 0 and "
-                f"fixed_rank={self.fixed_rank} > 0")
+                f"fixed_first={self.fixed_first}, fixed_last={self.fixed_last} must be >= 0 "
+                "(--fixed-first / --fixed-last count the layers kept at the fixed rank)")
+        if self.fixed_rank <= 0:
+            raise RankAdaptorError(f"fixed_rank={self.fixed_rank} must be a positive rank (--fixed-rank, default 8)")
         if self.fixed_first + self.fixed_last >= self.n_layers:
             raise RankAdaptorError(
                 f"fixed_first={self.fixed_first} + fixed_last={self.fixed_last} leaves no free layer out of "
@@ -58,6 +60,9 @@ class SearchSpace:
             raise RankAdaptorError(f"tolerance={self.tolerance} must be in [0, 1)")
         self._free = np.arange(self.fixed_first, self.n_layers - self.fixed_last)
         if self.budget is not None:
+            if not np.isfinite(self.budget) or self.budget <= 0:
+                raise RankAdaptorError(f"parameter budget {self.budget!r} must be a positive number of LoRA "
+                                       "parameters (or 'uniform:R', or 'none' for no budget)")
             self._check_budget_reachable()
 
     # ----------------------------------------------------------------- basics
@@ -121,6 +126,20 @@ class SearchSpace:
                 f"parameter budget {self.budget:g} ± {self.tolerance:.0%} is unreachable: every rank vector "
                 f"costs between {lo_reach:g} and {hi_reach:g}; choose a budget in that range, widen the "
                 f"tolerance or change the rank candidates")
+
+    def check_feasible(self) -> None:
+        """Fail before a study exists when no rank vector of the candidates meets the budget.
+
+        ``_check_budget_reachable`` only compares the budget with the cheapest and dearest vectors;
+        the discrete candidates can still miss a narrow window between them.
+        """
+        try:
+            self.sample(1, np.random.default_rng(0))
+        except RankAdaptorError:
+            raise RankAdaptorError(
+                f"no rank vector with free-layer ranks in {list(self.candidates)} costs within the parameter budget "
+                f"{self.budget:g} ± {self.tolerance:.0%}; widen --budget-tolerance, add rank candidates or "
+                "choose another --budget") from None
 
     # --------------------------------------------------------------- sampling
     def sample(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
