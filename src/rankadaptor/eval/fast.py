@@ -1,12 +1,17 @@
-"""A faster scorer for the same lm-eval requests: each document's context is run once.
+"""A faster scorer for the same lm-eval requests.
 
-lm-eval's HFLM runs every (context, continuation) pair as its own sequence, so a four-choice
-question pays for its context four times. Here the requests, their tokenisation and the per-
-document metrics all still come from lm-eval (the task object's ``build_all_requests``, HFLM's
-``_encode_pair`` / ``prefix_token_id``, the task's ``process_results``); only the log-likelihood
-computation differs: the shared context goes through the model once, its KV cache is repeated
-for the choices, and all continuations of the document are scored in one batch. Results agree
-with ``simple_evaluate`` to float rounding (tests compare acc/acc_norm on the same documents).
+lm-eval's HFLM runs every (context, continuation) pair as its own sequence and computes the LM
+head on every position. Here the requests, their tokenisation and the per-document metrics all
+still come from lm-eval (the task object's ``build_all_requests``, HFLM's ``_encode_pair`` /
+``prefix_token_id``, the task's ``process_results``); only the log-likelihood computation differs:
+
+* a document whose choices share a long context (BoolQ's passages) runs that context once, repeats
+  its KV cache for the choices and scores all continuations in one batch;
+* every other request is scored whole, batched across documents (left-padded, longest first);
+* the LM head runs only on the positions that are scored.
+
+Results agree with ``simple_evaluate`` to float rounding (tests compare acc/acc_norm on the same
+documents, and each path's log-likelihoods with HFLM's).
 """
 
 from __future__ import annotations
@@ -85,23 +90,79 @@ def score_shared_context(model, ctx: list[int], conts: list[list[int]], device) 
     return list(zip(lls, greedy, strict=True))
 
 
+# A context this long (in tokens) is worth running once for all of a document's continuations;
+# shorter documents are cheaper scored whole in batches across documents: on a CPU a forward pass
+# of a small model costs about as much for 20 tokens as for 300 (the weights stream from memory
+# either way), so batching short sequences is what pays there.
+SHARE_MIN_CONTEXT = 64
+BATCH_TOKENS = 4096  # padded tokens per batched forward pass
+
+
+@torch.no_grad()
+def score_batch(model, pairs: list[tuple[list[int], list[int]]], device) -> list[tuple[float, bool]]:
+    """(log-likelihood, is_greedy) of whole (context, continuation) sequences in one padded pass.
+
+    Left padding with explicit positions puts every continuation at the end of its row, so the LM
+    head runs only on the last max(len(cont)) positions.
+    """
+    seqs = [(ctx + cont)[:-1] for ctx, cont in pairs]
+    width, keep = max(map(len, seqs)), max(len(cont) for _, cont in pairs)
+    inp = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros_like(inp)
+    pos = torch.zeros_like(inp)
+    for i, s in enumerate(seqs):
+        inp[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+        pos[i, width - len(s):] = torch.arange(len(s))
+    logits = model(input_ids=inp.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                   logits_to_keep=keep).logits
+    out = []
+    for i, (_, cont) in enumerate(pairs):
+        logp = torch.log_softmax(logits[i, keep - len(cont):].float(), -1)
+        target = torch.tensor(cont, device=logp.device)
+        out.append((logp.gather(1, target[:, None]).sum().item(), bool((logp.argmax(-1) == target).all())))
+    return out
+
+
+def score_documents(lm, model, documents, device, progress=None) -> list[list[tuple[float, bool]]]:
+    """Scores of every document's requests (lm-eval's choice order), sharing or batching per document."""
+    results: list[list] = []
+    batched: list[tuple[int, int, list[int], list[int]]] = []  # (doc, request, ctx, cont)
+    for d, instances in enumerate(documents):
+        encoded = [encode(lm, *inst.args) for inst in instances]
+        results.append([None] * len(encoded))
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, (ctx, cont) in enumerate(encoded):
+            if len(ctx) + len(cont) > lm.max_length + 1 or not cont:
+                results[d][i] = _full_sequence(model, ctx, cont, lm.max_length, device)
+            else:
+                groups[tuple(ctx)].append(i)
+        for ctx, idx in groups.items():
+            if len(idx) > 1 and len(ctx) >= SHARE_MIN_CONTEXT:
+                scores = score_shared_context(model, list(ctx), [encoded[i][1] for i in idx], device)
+                for i, r in zip(idx, scores, strict=True):
+                    results[d][i] = r
+            else:
+                batched += [(d, i, list(ctx), encoded[i][1]) for i in idx]
+        if progress is not None and not any(r is None for r in results[d]):
+            progress.update(1)
+    # longest first, so that each batch pads little and memory peaks early
+    batched.sort(key=lambda b: -(len(b[2]) + len(b[3])))
+    start = 0
+    while start < len(batched):
+        width = len(batched[start][2]) + len(batched[start][3])
+        chunk = batched[start:start + max(1, BATCH_TOKENS // width)]
+        for (d, i, _, _), r in zip(chunk, score_batch(model, [(c, x) for _, _, c, x in chunk], device), strict=True):
+            results[d][i] = r
+            if progress is not None and not any(v is None for v in results[d]):
+                progress.update(1)
+        start += len(chunk)
+    return results
+
+
 def score_document(lm, model, instances, device) -> list[tuple[float, bool]]:
     """Scores of one document's requests in lm-eval's choice order."""
-    encoded = [encode(lm, *inst.args) for inst in instances]
-    results: list[tuple[float, bool] | None] = [None] * len(encoded)
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, (ctx, cont) in enumerate(encoded):
-        if len(ctx) + len(cont) > lm.max_length + 1 or not cont:
-            results[i] = _full_sequence(model, ctx, cont, lm.max_length, device)
-        else:
-            groups[tuple(ctx)].append(i)
-    for ctx, idx in groups.items():
-        if len(idx) == 1:  # nothing to share (e.g. WinoGrande's per-choice contexts): one plain pass
-            results[idx[0]] = _full_sequence(model, list(ctx), encoded[idx[0]][1], lm.max_length, device)
-            continue
-        for i, r in zip(idx, score_shared_context(model, list(ctx), [encoded[i][1] for i in idx], device), strict=True):
-            results[i] = r
-    return results  # type: ignore[return-value]
+    return score_documents(lm, model, [instances], device)[0]
 
 
 def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[dict], float, int]:
@@ -110,10 +171,11 @@ def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[di
     task, docs = lm_eval_requests(task_name, workdir)
     model = lm.model
     device = next(model.parameters()).device
+    with tqdm(total=len(docs), desc=task_name, leave=False) as progress:
+        scores = score_documents(lm, model, docs, device, progress)
     per_doc = []
-    for instances in tqdm(docs, desc=task_name, leave=False):
-        scores = score_document(lm, model, instances, device)
-        metrics = task.process_results(instances[0].doc, scores)
+    for instances, doc_scores in zip(docs, scores, strict=True):
+        metrics = task.process_results(instances[0].doc, doc_scores)
         per_doc.append({"acc": float(metrics["acc"]), "acc_norm": float(metrics.get("acc_norm", metrics["acc"]))})
     wall = time.perf_counter() - start
     n_tokens = sum(len(tokenizer(c + x, add_special_tokens=False)["input_ids"])
