@@ -14,6 +14,7 @@ ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* (4/6/10/12)", 
              "para": "PARA (high rank → r=8 budget)", "prunedlora": "PrunedLoRA (high rank → r=8 budget)",
              "adalora": "AdaLoRA (r=8 budget)", "dense": "dense (unpruned)", "pruned-no-recovery": "pruned, no recovery"}
 UNRECOVERED = ("dense", "pruned-no-recovery")
+METHOD_ROWS = ("uniform", "lora-star", "rankadaptor", "para", "prunedlora", "adalora")
 
 
 def collect_runs(done: dict[str, dict]) -> list[dict]:
@@ -32,27 +33,35 @@ def collect_runs(done: dict[str, dict]) -> list[dict]:
     return runs
 
 
-def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, Any]) -> dict:
-    runs = collect_runs(done)
-    summary = summarise(runs)
-    order = [m for m in ("dense", "pruned-no-recovery", "uniform", "lora-star", "rankadaptor", "para",
-                         "prunedlora", "adalora") if m in summary]
-    labelled = {ROW_LABEL.get(m, m): summary[m] for m in order}
-    table = markdown_table(labelled)
-    diffs = compare_to(runs, "uniform")
-    lines = [f"# rankadaptor demo ({cfg.name} preset)", "",
-             f"SmolLM2-135M pruned {cfg.prune_ratio:.0%} by llm-pruner (element1), recovered for {cfg.steps} steps "
-             f"of {cfg.batch_size}×{cfg.seq_len} tokens; {cfg.eval_limit or 'all'} documents per task; seeds "
-             f"{list(cfg.seeds)}. Accuracy in %, mean ± half-width of the 95 % t-interval over seeds; PPL on "
-             f"{cfg.ppl_tokens} held-out tokens.", "", table, "", "## Average vs uniform r=8 (paired by seed)", ""]
-    for method, d in diffs.items():
-        if method in UNRECOVERED:
-            continue
+def comparison_markdown(summary: dict, vs_uniform: dict) -> str:
+    """The Table 2-style table and every method's paired verdict against uniform r=8.
+
+    Takes ``summary`` and ``vs_uniform`` as ``report.json`` stores them, so the README's copy of the
+    table (``benchmarks/readme_tables.py``) is rebuilt from the results file by the same code.
+    """
+    order = [m for m in ("dense", "pruned-no-recovery", *METHOD_ROWS) if m in summary]
+    order += sorted(m for m in summary if m not in order)
+    lines = [markdown_table({ROW_LABEL.get(m, m): summary[m] for m in order}), "",
+             "Average accuracy vs uniform r=8, paired by seed:", ""]
+    for method in [m for m in order if m in vs_uniform and m not in UNRECOVERED]:
+        d = vs_uniform[method]
         verdict = "significant" if d["significant"] else "NOT significant (within noise)"
         if d["n"] < 2:
             verdict = "one seed: no interval, no claim"
         lines.append(f"* {ROW_LABEL.get(method, method)}: {d['mean'] * 100:+.2f} points "
                      f"(95 % CI {d['ci_low'] * 100:+.2f} .. {d['ci_high'] * 100:+.2f}) — {verdict}")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, Any]) -> dict:
+    runs = collect_runs(done)
+    summary = summarise(runs)
+    diffs = compare_to(runs, "uniform")
+    lines = [f"# rankadaptor demo ({cfg.name} preset)", "",
+             f"SmolLM2-135M pruned {cfg.prune_ratio:.0%} by llm-pruner (element1), recovered for {cfg.steps} steps "
+             f"of {cfg.batch_size}×{cfg.seq_len} tokens; {cfg.eval_limit or 'all'} documents per task; seeds "
+             f"{list(cfg.seeds)}. Accuracy in %, mean ± half-width of the 95 % t-interval over seeds; PPL on "
+             f"{cfg.ppl_tokens} held-out tokens.", "", comparison_markdown(summary, diffs)]
     search = done.get("search", {})
     if search:
         lines += ["", "## Search", "", f"Best plan (per-layer ranks): `{search.get('ranks')}`", ""]
