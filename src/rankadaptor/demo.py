@@ -25,7 +25,10 @@ from typing import Any, Callable
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import read_json, write_json_atomic
+from rankadaptor.demo_workers import LOG_NAME, console_filter, default_workers, execute_in_worker, init_worker, log_to_file
 from rankadaptor.scheduler import Progress, Unit, run_units
+
+__all__ = ["PRESETS", "Demo", "Preset", "RunDir", "console_filter", "preset", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +108,10 @@ class RunDir:
         if finished is not None:
             log.info("resume: %s already done", key)
             return finished
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        result["wall_s"] = time.perf_counter() - t0
+        # CPU seconds too: on a shared machine they show the unit's own work when wall time does not
+        result.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
         write_json_atomic(path, {"settings": self.settings, "result": result})
         return result
 
@@ -359,19 +363,22 @@ class Demo:
             log.info("[%d/%d] %s done in %s%s", count["done"], len(units), unit.key,
                      _duration(result.get("wall_s")), _headline(result))
 
-        execute = partial(_execute_in_worker, self.cfg, str(self.out), self.model_spec)
+        execute = partial(execute_in_worker, self.cfg, str(self.out), self.model_spec)
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
                                  initargs=(threads, str(self.out / LOG_NAME))) as pool, logging_redirect_tqdm():
             done = run_units(units, execute, pool, workers, finished, Progress(units, finished, bar), on_done)
         bar.close()
-        return self.report({u.key: done[u.key] for u in units})
+        session = {"workers": workers, "threads": threads, "wall_s": time.perf_counter() - t0,
+                   "resumed_units": sorted(finished)}
+        return self.report({u.key: done[u.key] for u in units}, session)
 
-    def report(self, done: dict[str, dict]) -> dict:
+    def report(self, done: dict[str, dict], session: dict | None = None) -> dict:
         from rankadaptor.provenance import provenance
         from rankadaptor.report.demo_report import write_report
 
-        return write_report(self.out, self.cfg, done, provenance(None))
+        return write_report(self.out, self.cfg, done, provenance(None), session)
 
 
 def _budget_method(cls, name: str, demo: Demo):
@@ -423,85 +430,14 @@ def _headline(result: dict) -> str:
     if "results" in result:
         scores = run_scores(result["results"])
         return f": avg acc {scores['avg'] * 100:.1f} %, ppl {scores['ppl']:.1f}" if "ppl" in scores else ""
-    if "ranks" in result:
-        return f": best plan {result['ranks']}"
+    if result.get("ranks"):
+        ranks = result["ranks"]
+        if len(set(ranks)) == 1:
+            return f": best plan is uniform r={ranks[0]}"
+        return f": best plan has ranks {min(ranks)}..{max(ranks)} over {len(ranks)} layers"
     if result.get("params_after"):
         return f": {result['params_before'] / 1e6:.1f}M -> {result['params_after'] / 1e6:.1f}M parameters"
     return ""
-
-
-# ---- worker processes ---------------------------------------------------------------------------
-LOG_NAME = "demo.log"
-_WORKER_DEMO: dict[tuple, Demo] = {}
-# loggers whose INFO lines (task construction, weight loading, ...) belong in the log file only
-QUIET_LOGGERS = ("lm_eval", "datasets", "transformers", "peft", "accelerate", "optuna", "huggingface_hub",
-                 "urllib3", "filelock", "py.warnings")
-
-
-def log_to_file(log_file: str | Path) -> None:
-    """Send every logger's INFO+ lines and Python warnings to ``log_file`` (appended)."""
-    root = logging.getLogger()
-    path = str(Path(log_file).resolve())
-    if not any(getattr(h, "baseFilename", None) == path for h in root.handlers):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {os.getpid()} %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(min(root.level or logging.INFO, logging.INFO))
-    logging.captureWarnings(True)
-    try:  # transformers keeps its own stderr handler; route its records through ours instead
-        import transformers.utils.logging as hf_logging
-
-        hf_logging.disable_default_handler()
-        hf_logging.enable_propagation()
-    except ImportError:
-        pass
-
-
-def _init_worker(threads: int, log_file: str) -> None:
-    # before anything imports tqdm / datasets: the workers draw no progress bars of their own
-    os.environ.update(TQDM_DISABLE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
-                      HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    import torch
-
-    torch.set_num_threads(threads)
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    console = logging.StreamHandler()
-    console.setLevel(logging.WARNING)
-    console.addFilter(console_filter)
-    root.addHandler(console)
-    log_to_file(log_file)
-
-
-def console_filter(record: logging.LogRecord) -> bool:
-    """What the demo's console shows: its own progress lines, rankadaptor's warnings, any error."""
-    if record.name in (__name__, "rankadaptor.scheduler"):
-        return True
-    if record.name.startswith("rankadaptor"):
-        return record.levelno >= logging.WARNING
-    return record.levelno >= logging.ERROR
-
-
-def _execute_in_worker(cfg: Preset, out: str, model_spec: str, key: str) -> dict:
-    ident = (cfg, out, model_spec)
-    if ident not in _WORKER_DEMO:  # one Demo per worker process: its caches live as long as the worker
-        _WORKER_DEMO.clear()
-        _WORKER_DEMO[ident] = Demo(cfg, Path(out), model_spec)
-    return _WORKER_DEMO[ident].execute(key)
-
-
-def default_workers() -> int:
-    """Two 1-thread workers on a CPU with two or more cores, one on a GPU machine."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return 1
-    except ImportError:
-        pass
-    return max(1, min(2, os.cpu_count() or 1))
 
 
 def run_demo(preset_name: str = "quick", out: str | Path | None = None, model: str = "smollm2-135m",

@@ -53,7 +53,10 @@ def comparison_markdown(summary: dict, vs_uniform: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, Any]) -> dict:
+def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, Any],
+                 session: dict[str, Any] | None = None) -> dict:
+    """report.md / report.json / plots in ``out``; ``session`` describes the run that finished it
+    (workers, threads, wall seconds, units resumed from an earlier run)."""
     runs = collect_runs(done)
     summary = summarise(runs)
     diffs = compare_to(runs, "uniform")
@@ -66,6 +69,8 @@ def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, An
     if search:
         lines += ["", "## Search", "", f"Best plan (per-layer ranks): `{search.get('ranks')}`", ""]
         lines += [f"* {m}" for m in search.get("messages", [])]
+    timings = {k: {"wall_s": u.get("wall_s"), "cpu_s": u.get("cpu_s")} for k, u in done.items()}
+    lines += ["", "## Time", "", _time_line(session, timings)]
     lines += ["", f"Date {provenance['date']}, commit {provenance['git_commit']}, "
               f"{provenance['hardware']['processor']} ({provenance['hardware']['cpu_count']} CPUs), "
               f"torch {provenance['versions']['torch']}, transformers {provenance['versions']['transformers']}."]
@@ -73,7 +78,7 @@ def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, An
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     result = {"preset": asdict(cfg), "summary": summary, "vs_uniform": diffs, "search": search,
-              "runs": runs, "plots": plots, "provenance": provenance}
+              "runs": runs, "plots": plots, "timings": timings, "session": session, "provenance": provenance}
     write_json_atomic(out / "report.json", result)
     return {"markdown": md, "report": str(out / "report.md"), **result}
 
@@ -106,3 +111,16 @@ def _plots(out: Path, runs: list[dict], search: dict) -> list[str]:
     if history.exists():
         paths.append(str(history))
     return paths
+
+
+def _time_line(session: dict[str, Any] | None, timings: dict[str, dict]) -> str:
+    walls = {k: t["wall_s"] for k, t in timings.items() if t.get("wall_s") is not None}
+    per_unit = ", ".join(f"{k} {w:.0f}" for k, w in walls.items())
+    head = "Units (wall seconds each): " + (per_unit or "none recorded") + "."
+    if not session:
+        return head
+    resumed = len(session.get("resumed_units", []))
+    return (f"This session: {session['wall_s'] / 60:.1f} min wall on {session['workers']} worker(s) × "
+            f"{session['threads']} thread(s)" + (f", {resumed} unit(s) resumed from an earlier run" if resumed else "")
+            + f". {head}")
+
