@@ -66,3 +66,19 @@ def test_report_table_and_verdicts(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["vs_uniform"]["rankadaptor"]["n"] == 2
     assert (tmp_path / "rank_allocation.png").exists() and (tmp_path / "params_vs_accuracy.png").exists()
     assert report["report"].endswith("report.md")
+
+
+def test_heldout_prefix_gives_the_same_perplexity():
+    from rankadaptor.demo import texts_for_tokens
+    from rankadaptor.eval.perplexity import perplexity, token_stream
+    from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+    tok, model = tiny_tokenizer(), tiny_llama()
+    texts = [f"text number {i} says the quick brown fox jumps over the lazy dog " * (1 + i % 3) for i in range(40)]
+    for n in (5, 37, 120):
+        prefix = texts_for_tokens(texts, tok, n)
+        assert len(prefix) < len(texts)
+        assert token_stream(tok, prefix)[:n] == token_stream(tok, texts)[:n]
+        assert len(token_stream(tok, prefix[:-1])) < n  # the shortest such prefix
+    assert perplexity(model, tok, texts_for_tokens(texts, tok, 100), seq_len=32, max_tokens=100) == \
+        perplexity(model, tok, texts, seq_len=32, max_tokens=100)

@@ -128,13 +128,14 @@ class Demo:
         self._budget: int | None = None
 
     # ---- shared pieces ------------------------------------------------------------------------
-    def heldout(self) -> list[str]:
+    def heldout(self, tokenizer) -> list[str]:
+        """The held-out texts perplexity needs for its first ``ppl_tokens`` tokens, not all 600 kB."""
         if self._heldout is None:
             from rankadaptor.assets import text_corpus_path
 
             text = Path(text_corpus_path("heldout")).read_text(encoding="utf-8")
             self._heldout = [t for t in text.split("\n\n") if t.strip()]
-        return self._heldout
+        return texts_for_tokens(self._heldout, tokenizer, self.cfg.ppl_tokens)
 
     def evaluate(self, model, tokenizer, seed: int) -> dict:
         from rankadaptor.eval import evaluate, perplexity
@@ -142,7 +143,8 @@ class Demo:
         # the fast backend scores lm-eval's own requests; tests show it equals simple_evaluate
         res = evaluate(model, tokenizer, limit=self.cfg.eval_limit, batch_size=self.cfg.eval_batch_size, seed=seed,
                        backend="fast")
-        res["perplexity"] = perplexity(model, tokenizer, self.heldout(), seq_len=256, max_tokens=self.cfg.ppl_tokens)
+        res["perplexity"] = perplexity(model, tokenizer, self.heldout(tokenizer), seq_len=256,
+                                       max_tokens=self.cfg.ppl_tokens)
         return res
 
     def load_pruned(self):
@@ -379,6 +381,20 @@ class Demo:
         from rankadaptor.report.demo_report import write_report
 
         return write_report(self.out, self.cfg, done, provenance(None), session)
+
+
+def texts_for_tokens(texts: list[str], tokenizer, n_tokens: int) -> list[str]:
+    """The shortest prefix of ``texts`` whose token stream (as ``eval.perplexity`` builds it: each text
+    tokenised alone, one EOS between texts) has ``n_tokens`` tokens; perplexity over the first
+    ``n_tokens`` tokens is then the same as over all texts, without tokenising the rest."""
+    sep = 1 if tokenizer.eos_token_id is not None else 0
+    out, length = [], -sep
+    for text in texts:
+        out.append(text)
+        length += sep + len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if length >= n_tokens:
+            break
+    return out
 
 
 def _budget_method(cls, name: str, demo: Demo):
