@@ -371,6 +371,8 @@ class Demo:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
                                  initargs=(threads, str(self.out / LOG_NAME))) as pool, logging_redirect_tqdm():
             done = run_units(units, execute, pool, workers, finished, Progress(units, finished, bar), on_done)
+        bar.n = bar.total  # exactly, not a float sum that may fall short of it
+        bar.set_description_str("done")
         bar.close()
         session = {"workers": workers, "threads": threads, "wall_s": time.perf_counter() - t0,
                    "resumed_units": sorted(finished)}
