@@ -118,3 +118,16 @@ def test_console_shows_progress_and_warnings_not_library_chatter():
     assert not console_filter(rec("lm_eval.models.huggingface", logging.WARNING))
     assert not console_filter(rec("py.warnings", logging.WARNING))
     assert console_filter(rec("transformers.modeling_utils", logging.ERROR))
+
+
+@pytest.mark.slow
+def test_smoke_demo_runs_on_two_workers_and_resumes(tmp_path):
+    from rankadaptor.demo import run_demo
+
+    first = run_demo("smoke", tmp_path / "run", progress=False, workers=2, threads=1)
+    methods = {r["method"] for r in first["runs"]}
+    assert {"dense", "pruned-no-recovery", "uniform", "lora-star", "rankadaptor", "para"} <= methods
+    assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "demo.log").stat().st_size > 0
+    again = run_demo("smoke", tmp_path / "run", progress=False, workers=2, threads=1)
+    assert again["session"]["resumed_units"] == sorted(first["timings"])  # nothing recomputed
+    assert json.dumps(again["summary"]) == json.dumps(first["summary"])  # NaN intervals compare as text
