@@ -1,6 +1,6 @@
 """Baseline row: the dense default model (SmolLM2-135M) zero-shot on the seven tasks.
 
-Usage: /tmp/heavy .venv/bin/python benchmarks/eval_baseline.py [--limit N] [--tasks LIST]
+Usage: .venv/bin/python benchmarks/eval_baseline.py [--limit N] [--tasks LIST]
 Writes benchmarks/results/eval_baseline.json and .md (``--name`` changes the file stem).
 ``--limit N`` evaluates the first N documents of each task's lm-eval split (stored order);
 without it the full splits are evaluated.
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
           "acc / acc_norm in percent with lm-eval's standard error (sample std / sqrt(n)); "
           "boolq and winogrande have no acc_norm in lm-eval.", "",
           format_table(res, markdown=True), "",
-          f"Command: `/tmp/heavy .venv/bin/python benchmarks/{res['benchmark']['command']}`", ""]
+          f"Command: `.venv/bin/python benchmarks/{res['benchmark']['command']}`", ""]
     (RESULTS / f"{args.name}.md").write_text("\n".join(md), encoding="utf-8")
     print(format_table(res))
     return 0

@@ -4,7 +4,7 @@ Both run in the same process on the same documents (the first ``--limit`` of eac
 and the same lm-eval requests; per task we report docs/s, tokens/s (tokens of every context +
 continuation request), their ratio, and whether acc / acc_norm agree.
 
-Usage: /tmp/heavy .venv/bin/python benchmarks/eval_throughput.py --limit 20
+Usage: .venv/bin/python benchmarks/eval_throughput.py --limit 20
 Writes benchmarks/results/eval_throughput.json and .md.
 """
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
                      f"{r['lm_eval_tokens_per_s']:.0f} | {r['fast_tokens_per_s']:.0f} | {r['speedup']:.2f}x | "
                      f"{'yes' if r['same_acc'] else 'NO'} |")
     lines += ["", f"Total wall: lm-eval {total['lm_eval']:.1f} s, fast {total['fast']:.1f} s, "
-              f"speed-up {res['overall_speedup']:.2f}x. Command: `/tmp/heavy .venv/bin/python benchmarks/"
+              f"speed-up {res['overall_speedup']:.2f}x. Command: `.venv/bin/python benchmarks/"
               f"{res['benchmark']['command']}`; git {res['provenance']['git_commit']}.", ""]
     (RESULTS / "eval_throughput.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))

@@ -14,7 +14,7 @@ accuracy on the first ``--limit`` documents per task. Tables give mean ± 95 % C
 paired difference against the uncompressed adapter. Results are written after every measurement,
 so an interrupted run resumes.
 
-    /tmp/heavy .venv/bin/python benchmarks/para_quality.py --seeds 0 1 2 --limit 50
+    .venv/bin/python benchmarks/para_quality.py --seeds 0 1 2 --limit 50
 
 Writes benchmarks/results/para_quality.json and .md; scratch under benchmarks/work/para_quality/.
 """
@@ -227,7 +227,7 @@ def main() -> None:
         lines.append(f"| {m} | {params.get(m)} | {energy.get(m, 0):.1%} | {ppl_cell} | {acc_cell} |")
     result["paired_ppl_vs_uncompressed"] = ppl_paired
     write_json_atomic(RESULTS / "para_quality.json", result)
-    lines += ["", f"Command: `/tmp/heavy .venv/bin/python benchmarks/para_quality.py --seeds {' '.join(map(str, args.seeds))} "
+    lines += ["", f"Command: `.venv/bin/python benchmarks/para_quality.py --seeds {' '.join(map(str, args.seeds))} "
               f"--limit {args.limit} --steps {args.steps} --lr {args.lr} --ppl-seqs {args.ppl_seqs}`; git {result['provenance']['git_commit']}."]
     (RESULTS / "para_quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

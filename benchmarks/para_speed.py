@@ -11,7 +11,7 @@ balanced factors). The dense baseline (``torch.linalg.svd`` of the d_out x d_in 
 then truncation) is slow on a CPU, so by default it runs on one module of each distinct shape
 (or one whole layer) and its time is extrapolated to all 224 modules; the JSON says which.
 
-    /tmp/heavy .venv/bin/python benchmarks/para_speed.py [--dense-subset shapes|layer] [--layers 32]
+    .venv/bin/python benchmarks/para_speed.py [--dense-subset shapes|layer] [--layers 32]
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def main() -> None:
         f"(dense extrapolated: {result['dense_extrapolation']}). Peak-memory ratio dense/PARA: {result['peak_memory_ratio']:.1f}x. "
         f"Top-8 singular values of the first module agree to {max_rel:.1e} relative.",
         "",
-        f"Command: `/tmp/heavy .venv/bin/python benchmarks/para_speed.py --layers {args.layers} --rank {args.rank} --dense-subset {args.dense_subset} --threads {args.threads}"
+        f"Command: `.venv/bin/python benchmarks/para_speed.py --layers {args.layers} --rank {args.rank} --dense-subset {args.dense_subset} --threads {args.threads}"
         f"{' --reuse-dense' if args.reuse_dense else ''}`"
         + (f" (dense subset measured at commit {dense_sub['measured_at_commit']})" if "measured_at_commit" in dense_sub else "") + "; "
         f"CPU: {result['provenance']['hardware']['processor']}; git {result['provenance']['git_commit']}.",

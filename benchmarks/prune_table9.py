@@ -5,7 +5,7 @@ memory is that configuration's own), then measures parameters, held-out perplexi
 wall time, peak RSS and, when ``rankadaptor.eval.evaluate`` is available and ``--limit`` > 0,
 seven-task zero-shot accuracy on the first ``--limit`` documents of each task.
 
-    /tmp/heavy .venv/bin/python benchmarks/prune_table9.py --limit 100
+    .venv/bin/python benchmarks/prune_table9.py --limit 100
 
 Writes benchmarks/results/prune_table9.json and .md.
 """
@@ -70,7 +70,7 @@ def one(args) -> dict:
         from rankadaptor.eval import evaluate
 
         t0 = time.perf_counter()
-        res = evaluate(model, tok, limit=args.limit, seed=args.seed, batch_size=args.batch_size)
+        res = evaluate(model, tok, limit=args.limit, seed=args.seed, batch_size=args.batch_size, backend=args.backend)
         row["eval_wall_s"] = time.perf_counter() - t0
         row["tasks"] = {k: _main_metric(v) for k, v in res["tasks"].items()}
         row["tasks_full"] = {k: {m: v.get(m) for m in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n")}
@@ -95,6 +95,8 @@ def main() -> int:
     p.add_argument("--ppl-len", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help="documents per task for accuracy (0: perplexity only)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backend", choices=("fast", "lm_eval"), default="fast",
+                   help="evaluator: fast (lm-eval's requests, shared contexts; tested equal) or lm_eval itself")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="prune_table9", help="results file stem under benchmarks/results/")
@@ -112,13 +114,16 @@ def main() -> int:
     jobs = ([] if args.no_base else [("base", 0.0)]) + [(m, float(r)) for m in args.methods.split(",") for r in args.ratios.split(",")]
     rows = []
     for method, ratio in jobs:
-        part = WORK / f"{args.name}_{method}_{ratio}.json"
+        part = WORK / f"{args.name}_{method}_{ratio}_limit{args.limit}_{args.backend}.json"
         cmd = [sys.executable, __file__, "--single", "--method", method, "--ratio", str(ratio), "--part", str(part),
                "--model", args.model, "--importance", args.importance, "--calibration", str(args.calibration),
                "--ppl-seqs", str(args.ppl_seqs), "--ppl-len", str(args.ppl_len), "--limit", str(args.limit),
                "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--threads", str(args.threads)]
-        print(f"[prune_table9] {method} {ratio}", flush=True)
-        subprocess.run(cmd, check=True)
+        if part.exists():  # resume: a finished configuration is kept (delete benchmarks/work/prune_table9 to redo)
+            print(f"[prune_table9] {method} {ratio}: kept from {part}", flush=True)
+        else:
+            print(f"[prune_table9] {method} {ratio}", flush=True)
+            subprocess.run(cmd + ["--backend", args.backend], check=True)
         rows.append(json.loads(part.read_text()))
         print(f"[prune_table9]   -> {json.dumps({k: rows[-1].get(k) for k in ('params', 'ppl', 'prune_wall_s', 'average')})}", flush=True)
 

@@ -340,7 +340,7 @@ class Demo:
     def execute(self, key: str) -> dict:
         return self.run.unit(key, self.work(key))
 
-    def run_all(self, progress: bool = True, workers: int = 1, threads: int = 1) -> dict:
+    def run_all(self, progress: bool = True, workers: int = 1, threads: int = 1, device: str = "cpu") -> dict:
         """Run (or resume) every unit on ``workers`` processes of ``threads`` torch threads each."""
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -363,7 +363,7 @@ class Demo:
             log.info("[%d/%d] %s done in %s%s", count["done"], len(units), unit.key,
                      _duration(result.get("wall_s")), _headline(result))
 
-        execute = partial(execute_in_worker, self.cfg, str(self.out), self.model_spec)
+        execute = partial(execute_in_worker, self.cfg, str(self.out), self.model_spec, device)
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
         t0 = time.perf_counter()
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
@@ -457,17 +457,22 @@ def _headline(result: dict) -> str:
 
 
 def run_demo(preset_name: str = "quick", out: str | Path | None = None, model: str = "smollm2-135m",
-             progress: bool = True, workers: int | None = None, threads: int | None = None) -> dict:
-    """Run or resume the demo; ``workers`` processes (default: ``default_workers()``) of ``threads``
-    torch threads each (default: the CPU cores shared out among the workers)."""
+             progress: bool = True, workers: int | None = None, threads: int | None = None,
+             device: str | None = None) -> dict:
+    """Run or resume the demo on ``device`` (None: the CLI's ``--device``, else auto) with ``workers``
+    processes (default: 2 on a CPU, 1 on a GPU) of ``threads`` torch threads each (default: the CPU
+    cores shared out among the workers)."""
+    from rankadaptor.device import resolve_device
+
     cfg = preset(preset_name)
     out = Path(out or f"runs/demo-{cfg.name}")
-    workers = workers or default_workers()
+    where = str(resolve_device(device))  # resolved here: the worker processes do not see a `with` block
+    workers = workers or default_workers(where)
     if workers < 1:
         raise RankAdaptorError(f"--workers must be >= 1, got {workers}")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     demo = Demo(cfg, out, model)
     log_to_file(out / LOG_NAME)
-    log.info("demo %s preset -> %s: %d worker(s) x %d thread(s); full log in %s", cfg.name, out, workers, threads,
-             out / LOG_NAME)
-    return demo.run_all(progress=progress, workers=workers, threads=threads)
+    log.info("demo %s preset -> %s on %s: %d worker(s) x %d thread(s); full log in %s", cfg.name, out, where,
+             workers, threads, out / LOG_NAME)
+    return demo.run_all(progress=progress, workers=workers, threads=threads, device=where)

@@ -63,23 +63,22 @@ def console_filter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
 
 
-def execute_in_worker(cfg, out: str, model_spec: str, key: str) -> dict:
+def execute_in_worker(cfg, out: str, model_spec: str, device: str, key: str) -> dict:
+    from rankadaptor.device import default_device
+
     ident = (cfg, out, model_spec)
     if ident not in _WORKER_DEMO:  # one Demo per worker process: its caches live as long as the worker
         from rankadaptor.demo import Demo
 
         _WORKER_DEMO.clear()
         _WORKER_DEMO[ident] = Demo(cfg, Path(out), model_spec)
-    return _WORKER_DEMO[ident].execute(key)
+    with default_device(device):  # every model the unit loads (dense, pruned, search trials) goes there
+        return _WORKER_DEMO[ident].execute(key)
 
 
-def default_workers() -> int:
-    """Two 1-thread workers on a CPU with two or more cores, one on a GPU machine."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return 1
-    except ImportError:
-        pass
+def default_workers(device: str = "cpu") -> int:
+    """Two 1-thread workers on a CPU with two or more cores (one process per core beats two threads
+    in one process for these small shapes); one worker on an accelerator."""
+    if not device.startswith("cpu"):
+        return 1
     return max(1, min(2, os.cpu_count() or 1))

@@ -47,6 +47,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RankAdaptorError(f"{what} {path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:  # a binary file where JSON text was expected
+        raise RankAdaptorError(f"{what} {path} is not UTF-8 text, so not JSON ({exc.reason} at byte {exc.start})") from exc
 
 
 @contextlib.contextmanager
@@ -81,3 +83,12 @@ def refuse_same_path(inp: str | os.PathLike, out: str | os.PathLike) -> None:
     """Never let an output overwrite an input."""
     if Path(inp).resolve() == Path(out).resolve():
         raise RankAdaptorError(f"--out {out} is the input itself; choose a new directory")
+
+
+def refuse_bad_out_parent(out: str | os.PathLike) -> None:
+    """Fail before any work when ``out`` cannot be created because an ancestor is a file."""
+    for parent in Path(out).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RankAdaptorError(f"--out {out}: {parent} is a file, not a directory; choose another --out")
+            return

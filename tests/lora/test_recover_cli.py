@@ -6,6 +6,7 @@ import pytest
 
 from rankadaptor.cli import main
 from rankadaptor.lora.ranks import RankPlan
+from rankadaptor.lora.recover import RecoveryConfig
 from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
 
 
@@ -79,3 +80,22 @@ def test_cli_prunedlora_unreachable_schedule_fails_before_training(tmp_path, sav
                "--prune-every", "10", "--data", str(corpus), "--steps", "3", "--batch-size", "2", "--seq-len", "16",
                "--out", str(out)])
     assert rc == 2 and "pruning event" in capsys.readouterr().err and not out.exists()
+
+
+def test_config_file_then_flags(tmp_path):
+    """--config FILE sets RecoveryConfig fields (checkpoint_every too); flags given on the line win."""
+    from rankadaptor.cli import build_parser
+    from rankadaptor.cli.recover import recovery_config
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"lr": 0.002, "batch_size": 4, "micro_batch_size": 2, "checkpoint_every": 5,
+                               "epochs": 1.5, "max_steps": None}))
+    args = build_parser().parse_args(["recover", "m", "--ranks", "uniform:2", "--config", str(cfg), "--out", "o"])
+    c = recovery_config(args)
+    assert (c.lr, c.batch_size, c.micro_batch_size, c.checkpoint_every, c.epochs, c.seq_len) == (0.002, 4, 2, 5, 1.5, 128)
+    args = build_parser().parse_args(["recover", "m", "--ranks", "uniform:2", "--config", str(cfg), "--lr", "0.01",
+                                      "--steps", "7", "--checkpoint-every", "2", "--out", "o"])
+    c = recovery_config(args)
+    assert (c.lr, c.max_steps, c.epochs, c.checkpoint_every, c.batch_size) == (0.01, 7, None, 2, 4)
+    args = build_parser().parse_args(["recover", "m", "--ranks", "uniform:2", "--out", "o"])
+    assert recovery_config(args) == RecoveryConfig(threads=None)

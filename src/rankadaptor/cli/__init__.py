@@ -16,6 +16,9 @@ import sys
 from rankadaptor import __version__
 from rankadaptor.errors import RankAdaptorError
 
+# the commands that load a model, so the ones --device applies to (and is checked for)
+MODEL_COMMANDS = {"demo", "eval", "prune", "recover", "search"}
+
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
     "assets": "rankadaptor.cli.assets",
@@ -36,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rankadaptor {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="where models run: auto (default: cuda when present, else cpu), cpu, cuda, cuda:N, mps")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub)
@@ -58,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return int(args.func(args) or 0)
+        from rankadaptor.device import default_device
+
+        # checked here, before any work; every load_model in the command then follows it
+        with default_device(args.device if args.command in MODEL_COMMANDS else None):
+            return int(args.func(args) or 0)
     except RankAdaptorError as exc:
         print(f"rankadaptor {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rankadaptor.fileio import refuse_bad_out_parent
     from rankadaptor.lora.para import CompressConfig, compress
+
+    refuse_bad_out_parent(args.out)
 
     config = CompressConfig(
         target_params=args.target_params,

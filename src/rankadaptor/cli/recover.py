@@ -26,18 +26,24 @@ def add_parser(sub) -> None:
                    help="extra keyword option for --method (repeatable)")
     p.add_argument("--data", default=None, help="Alpaca .json/.jsonl, a text file, or a hub dataset id "
                                                  "(default: the offline Brown corpus train split)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="recovery config JSON (RecoveryConfig fields: lr, batch_size, ...); flags given here win")
     steps = p.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=int, default=None, help="optimizer steps (default 20)")
     steps.add_argument("--epochs", type=float, default=None)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per optimizer step (default 8)")
     p.add_argument("--micro-batch-size", type=int, default=None, help="examples per forward (grad accumulation)")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--out", required=True, help="new adapter directory (refuses to overwrite)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per example (default 128)")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--warmup-steps", type=int, default=None, help="default 0")
+    p.add_argument("--weight-decay", type=float, default=None, help="default 0")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between validation losses (default: end only)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="save a resumable checkpoint every N steps in OUT.checkpoints/; re-running the same "
+                        "command resumes from it (default 0: no checkpoints)")
+    p.add_argument("--out", required=True, help="new adapter directory (refuses to overwrite; an unfinished "
+                                                 "run with checkpoints resumes)")
     from rankadaptor.lora.pruned_lora import add_prunedlora_arguments
 
     add_prunedlora_arguments(p)
@@ -63,6 +69,23 @@ def parse_ranks(spec: str, n_layers: int | None = None):
     raise RankAdaptorError(f"--ranks {spec!r} unknown; use uniform:R, lora-star or a plan .json file")
 
 
+def _build_method(cls, name: str, kwargs: dict):
+    """A method from keyword options; an unknown or ill-typed option is a user error, not a traceback."""
+    import inspect
+
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        params = [p for p in inspect.signature(cls).parameters if p not in ("self", "kwargs", "schedule")]
+        if name == "prunedlora":
+            from dataclasses import fields
+
+            from rankadaptor.lora.pruned_lora import PruneSchedule
+
+            params += [f.name for f in fields(PruneSchedule)]
+        raise RankAdaptorError(f"--method {name}: bad --method-arg ({exc}); valid keys: {sorted(params)}") from None
+
+
 def _method_kwargs(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -79,19 +102,45 @@ def _method_kwargs(pairs: list[str]) -> dict:
     return out
 
 
+# flag -> RecoveryConfig field; a flag left at None keeps the config file's value or the default
+_CONFIG_FLAGS = {"steps": "max_steps", "epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
+                 "micro_batch_size": "micro_batch_size", "seq_len": "seq_len", "seed": "seed",
+                 "warmup_steps": "warmup_steps", "weight_decay": "weight_decay", "eval_every": "eval_every",
+                 "checkpoint_every": "checkpoint_every", "threads": "threads"}
+
+
+def recovery_config(args: argparse.Namespace):
+    """RecoveryConfig from defaults, then ``--config FILE``, then the flags actually given."""
+    from rankadaptor.lora.recover import RecoveryConfig
+
+    values = {}
+    if args.config is not None:
+        from rankadaptor.fileio import read_json
+
+        values = read_json(args.config, what="recovery config")
+        RecoveryConfig.from_dict(values, source=f"recovery config {args.config}")  # the file alone must be valid
+        values = dict(values)
+    for flag, field_name in _CONFIG_FLAGS.items():
+        if getattr(args, flag, None) is not None:
+            values[field_name] = getattr(args, flag)
+    if args.epochs is not None:
+        values["max_steps"] = None  # --epochs replaces a step count from the file
+    elif args.steps is not None:
+        values["epochs"] = None
+    return RecoveryConfig(**values)
+
+
 def run(args: argparse.Namespace) -> int:
-    from rankadaptor.lora.recover import RecoveryConfig, get_method, recover
+    from rankadaptor.lora.recover import get_method, recover
     from rankadaptor.models.loading import load_model
 
     # Everything checkable without the model is checked first.
     if Path(args.out).exists():
         raise RankAdaptorError(f"--out {args.out} already exists; choose another directory or remove it")
-    config = RecoveryConfig(
-        max_steps=args.steps if args.steps is not None else (None if args.epochs else 20), epochs=args.epochs,
-        lr=args.lr, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, seq_len=args.seq_len,
-        seed=args.seed, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_every=args.eval_every,
-        threads=args.threads,
-    )
+    from rankadaptor.fileio import refuse_bad_out_parent
+
+    refuse_bad_out_parent(args.out)
+    config = recovery_config(args)
     file_plan = parse_ranks(args.ranks) if args.ranks else None
     if args.data is not None and Path(args.data).suffix and not Path(args.data).is_file():
         raise RankAdaptorError(f"--data {args.data} not found")
@@ -105,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs.setdefault("target_params", args.target_params)
         if args.method == "adalora":
             kwargs.setdefault("uniform_r", args.uniform_r)
-        method = get_method(args.method)(**kwargs)
+        method = _build_method(get_method(args.method), args.method, kwargs)
     for p in (Path(args.data),) if args.data else ():
         if p.exists():
             from rankadaptor.fileio import refuse_same_path
@@ -123,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
     result = recover(loaded.model, loaded.tokenizer, plan, config, data=args.data, method=method, out=args.out,
                      identity=loaded.identity)
     rec = result.record
+    if rec.get("resumed_after_steps"):
+        print(f"resumed from the checkpoint after step {rec['resumed_after_steps'][-1]} of {rec['total_steps']}")
     print(f"recovered {args.model} with {rec['method']}: {rec['total_steps']} steps, "
           f"{rec['trainable_params']:,} trainable LoRA parameters, "
           f"loss {rec['loss_curve'][0]['loss']:.3f} -> {rec['loss_curve'][-1]['loss']:.3f}, "

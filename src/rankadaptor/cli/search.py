@@ -1,10 +1,12 @@
 """``rankadaptor search MODEL --study NAME --trials N --out ranks.json``: RankAdaptor rank search.
 
-Resumable: the study lives in Optuna storage (SQLite file by default, any database URL), so running
-the same command again continues it, and several processes may run it on one study at once (add
-``--no-finalize`` to all but one). ``--strategy random|tpe`` runs the baselines through the same
-engine. ``--objective synthetic`` is a test-only objective (a known function of the
-rank vector plus noise, no model) used by the tests and benchmarks.
+Resumable: the study lives in a database (an SQLite file by default; ``--storage URL``, e.g.
+PostgreSQL, for many machines), so running the same command again continues it, and several
+workers may run it on one study at once (create it first with ``--create-only``; add
+``--no-finalize`` to all but one). A worker killed mid-trial is noticed by its missing heartbeat
+and its plan is retried by another worker (docs/distributed.md). ``--strategy random|tpe`` runs
+the baselines through the same engine. ``--objective synthetic`` is a test-only objective (a
+known function of the rank vector plus noise, no model) used by the tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -31,8 +33,22 @@ def add_parser(sub) -> None:
                        description=__doc__)
     p.add_argument("model", metavar="MODEL", help="model spec (alias, directory, GGUF, pruned artefact)")
     p.add_argument("--study", required=True, help="study name in the storage (resumed if it exists)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<study>.db)")
-    p.add_argument("--trials", type=int, required=True, help="total completed trials for the study (all processes)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="database URL shared by all workers: sqlite:///FILE (default sqlite:///<study>.db) or "
+                        "postgresql://user:password@host:port/db (needs the 'distributed' extra)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="total completed trials for the study (all workers together); required unless --create-only")
+    p.add_argument("--create-only", action="store_true",
+                   help="create (or check) the study in --storage and exit; run this once before starting workers")
+    p.add_argument("--heartbeat-interval", type=int, default=30, metavar="S",
+                   help="seconds between heartbeats of a running trial (default 30)")
+    p.add_argument("--grace-period", type=int, default=120, metavar="S",
+                   help="a trial without a heartbeat for this long is taken as crashed and its plan retried "
+                        "(default 120; keep it several heartbeat intervals)")
+    p.add_argument("--max-retry", type=int, default=2,
+                   help="times a crashed trial's plan is queued again before it stays failed (default 2)")
+    p.add_argument("--poll-interval", type=float, default=5.0, metavar="S",
+                   help="seconds between looks at the study while other workers hold the remaining trials")
     p.add_argument("--strategy", choices=("rankadaptor", "random", "tpe"), default="rankadaptor")
     p.add_argument("--objective", choices=("average", "loss", *TASKS, "synthetic"), default="average",
                    help="seven-task average accuracy, one task's accuracy, or held-out loss")
@@ -103,6 +119,10 @@ def _budget(text: str, space_kwargs: dict):
 
 
 def _validate(args) -> None:
+    if args.create_only:
+        return
+    if args.trials is None:
+        raise RankAdaptorError("--trials N is required (the study's total of completed trials) unless --create-only")
     if args.trials < 1:
         raise RankAdaptorError(f"--trials {args.trials} must be >= 1")
     if not args.no_finalize and not args.out:
@@ -122,8 +142,15 @@ def run(args) -> int:
     from rankadaptor.search.perf_model import MLPConfig
     from rankadaptor.search.sampler import make_sampler
     from rankadaptor.search.space import SearchSpace
+    from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, default_storage_url, open_storage
 
     _validate(args)
+    # the database URL is checked before any work; a server is connected to now, an SQLite file is
+    # created only once every other input has been checked (a bad input leaves nothing on disk)
+    storage_url = args.storage or default_storage_url(args.study)
+    heartbeat = HeartbeatConfig(args.heartbeat_interval, args.grace_period, args.max_retry)
+    storage = None if check_storage_url(storage_url).get_backend_name() == "sqlite" \
+        else open_storage(storage_url, heartbeat)
     if not getattr(args, "threads", None):
         # the performance model is tiny and CPUs here are shared: extra threads only add contention
         torch.set_num_threads(1)
@@ -154,13 +181,20 @@ def run(args) -> int:
                   cv_every=args.cv_every)
     sampler = make_sampler(args.strategy, space, seed=args.seed + torch.randint(0, 1 << 30, ()).item()
                            if args.no_finalize else args.seed, **kwargs)
-    storage = args.storage or f"sqlite:///{args.study}.db"
+    config = None if args.create_only else engine.SearchConfig(
+        n_trials=args.trials, patience=args.patience, tolerance=args.model_tolerance, final_seeds=args.final_seeds,
+        finalists=args.finalists, multi_fidelity=args.multi_fidelity, seed=args.seed,
+        poll_interval=args.poll_interval)
+    storage = storage or open_storage(storage_url, heartbeat)
     study = engine.open_study(args.study, storage, space, identity, args.strategy, objective.direction, sampler)
-    config = engine.SearchConfig(n_trials=args.trials, patience=args.patience, tolerance=args.model_tolerance,
-                                 final_seeds=args.final_seeds, finalists=args.finalists,
-                                 multi_fidelity=args.multi_fidelity, seed=args.seed)
+    if config is None:
+        print(f"study {args.study} ready ({len(study.trials)} trials so far); start the workers with the same "
+              f"settings and --storage")
+        return 0
     state = engine.run_search(study, space, objective, config)
     print(f"study {args.study}: {state.get('n_complete')} completed trials, converged={state.get('converged')}")
+    for retry, first in engine.retries(study).items():
+        print(f"trial {retry} retried the plan of trial {first} (its worker died before completing it)")
     if args.no_finalize:
         return 0
     from rankadaptor.search.outputs import write_outputs

@@ -59,7 +59,11 @@ def format_alpaca(record: dict) -> str:
 def read_alpaca_records(path) -> list[dict]:
     """Records from a JSON list or JSONL file; a malformed record names the file and line."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RankAdaptorError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); Alpaca files are "
+                               "UTF-8 JSON") from exc
     if path.suffix == ".json":
         try:
             items = json.loads(text)
@@ -116,7 +120,7 @@ def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: floa
             identity["format"] = "alpaca"
             train, val = _split_records(examples, val_fraction, max_val)
         else:
-            blocks = _tokenise_text(path.read_text(encoding="utf-8", errors="replace"), tokenizer, seq_len,
+            blocks = _tokenise_text(_read_text_corpus(path), tokenizer, seq_len,
                                     None if max_train is None else max_train + max_val)
             identity["format"] = "text"
             n_val = min(max_val, max(1, int(len(blocks) * val_fraction)))
@@ -138,6 +142,15 @@ def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: floa
                     train_tokens=sum(map(len, train)), val_tokens=sum(map(len, val)))
     log.info("recovery data %s: %d train / %d val examples", source, len(train), len(val))
     return RecoveryData(train=train, val=val, identity=identity)
+
+
+def _read_text_corpus(path: Path) -> str:
+    """A text corpus; a few undecodable bytes are replaced, but a binary file is refused."""
+    raw = path.read_bytes()
+    if b"\x00" in raw[:1 << 20]:
+        raise RankAdaptorError(f"recovery data {path} contains NUL bytes, so it is a binary file, not text; "
+                               "pass a text file or an Alpaca .json/.jsonl file")
+    return raw.decode("utf-8", errors="replace")
 
 
 def _tokenise_records(records: list[dict], tokenizer, seq_len: int) -> list[list[int]]:

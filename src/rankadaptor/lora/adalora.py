@@ -75,6 +75,12 @@ class AdaLoraMethod:
     def validate(self, model) -> None:
         self.budget(model)
 
+    def settings(self) -> dict:
+        """What a resumed run must share with the checkpoint (``recover`` compares it)."""
+        return {"target_params": self.target_params, "uniform_r": self.uniform_r, "init_ratio": self.init_ratio,
+                "tinit_frac": self.tinit_frac, "tfinal_frac": self.tfinal_frac, "delta_t": self.delta_t,
+                "target_modules": list(self.target_modules), "orth_reg_weight": self.orth_reg_weight}
+
     def phases(self, total_steps: int) -> tuple[int, int]:
         tinit = round(self.tinit_frac * total_steps)
         tfinal = round(self.tfinal_frac * total_steps)
@@ -160,6 +166,19 @@ class AdaLoraCallback:
         model.base_model.update_and_allocate(step)
         if step % 5 == 0 or step == model.peft_config["default"].total_step - 1:
             self.history.append({"step": step + 1, "total_rank": sum(current_ranks(model).values())})
+
+    def state_dict(self) -> dict:
+        """The rank allocator's importance EMAs, the rank pattern fixed so far and the history."""
+        alloc = self.peft_model.base_model.rankallocator
+        config = self.peft_model.peft_config["default"]
+        return {"ipt": dict(alloc.ipt), "exp_avg_ipt": dict(alloc.exp_avg_ipt), "exp_avg_unc": dict(alloc.exp_avg_unc),
+                "rank_pattern": config.rank_pattern, "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        alloc = self.peft_model.base_model.rankallocator
+        alloc.ipt, alloc.exp_avg_ipt, alloc.exp_avg_unc = (dict(state[k]) for k in ("ipt", "exp_avg_ipt", "exp_avg_unc"))
+        self.peft_model.peft_config["default"].rank_pattern = state["rank_pattern"]
+        self.history = [dict(h) for h in state["history"]]
 
     def record(self) -> dict:
         ranks = current_ranks(self.peft_model)

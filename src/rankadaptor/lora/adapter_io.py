@@ -102,8 +102,33 @@ def _check_config(config: dict, path: Path) -> None:
             "pass an adapter trained with lora_bias=false."
         )
     r = config.get("r")
-    if not isinstance(r, int) or r < 1:
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise RankAdaptorError(f"{path}: adapter_config.json has r={r!r}; expected a positive integer")
+    alpha = config.get("lora_alpha", 8)
+    if not _positive_number(alpha):
+        raise RankAdaptorError(f"{path}: adapter_config.json has lora_alpha={alpha!r}; expected a positive number")
+    if not isinstance(config.get("use_rslora", False), bool):
+        raise RankAdaptorError(f"{path}: adapter_config.json has use_rslora={config['use_rslora']!r}; expected true or false")
+    for name, is_int in (("rank_pattern", True), ("alpha_pattern", False)):
+        patterns = config.get(name)
+        if patterns is None:
+            continue
+        if not isinstance(patterns, dict):
+            raise RankAdaptorError(f"{path}: adapter_config.json {name} must be an object {{module pattern: value}}, "
+                                   f"got {type(patterns).__name__}")
+        for key, value in patterns.items():
+            try:
+                re.compile(key)
+            except re.error as exc:
+                raise RankAdaptorError(f"{path}: {name} key {key!r} is not a valid regular expression ({exc})") from None
+            ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) if is_int else _positive_number(value)
+            if not ok:
+                raise RankAdaptorError(f"{path}: {name}[{key!r}] = {value!r}; expected a positive "
+                                       f"{'integer' if is_int else 'number'}")
+
+
+def _positive_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
 def read_adapter(adapter_dir: str | Path) -> LoraAdapter:
@@ -181,6 +206,12 @@ def _build_module(name: str, parts: dict[str, torch.Tensor], config: dict, path:
             f"{path}: module {name} has lora tensors of shapes {tuple(A.shape)} / {tuple(B.shape)}; "
             "only 2-D (Linear or Embedding) LoRA factors are supported, not convolution adapters"
         )
+    for part, t in ((a_key, A), (b_key, B)):
+        if not t.is_floating_point():
+            raise RankAdaptorError(f"{path}: module {name} {part} has dtype {t.dtype}; LoRA factors are floating point")
+        if not torch.isfinite(t).all():
+            raise RankAdaptorError(f"{path}: module {name} {part} contains NaN or infinite values; the adapter is "
+                                   "broken (diverged training?) and cannot be compressed")
     r = int(pattern_value(config.get("rank_pattern"), name, config["r"]))
     alpha = float(pattern_value(config.get("alpha_pattern"), name, config.get("lora_alpha", 8)))
     if A.shape[0] != r or B.shape[1] != r:

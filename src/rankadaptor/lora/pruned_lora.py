@@ -25,7 +25,8 @@ import torch
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.obs import ModuleStats, gate_gradient, get_scorer, SCORERS
-from rankadaptor.lora.ranks import RankPlan, apply_plan, base_model_of, linear_shapes, peft_pattern_key
+from rankadaptor.lora.pruned_lora_export import hf_callback, lora_modules, shrink  # noqa: F401  (public API)
+from rankadaptor.lora.ranks import RankPlan, apply_plan, linear_shapes
 
 log = logging.getLogger(__name__)
 SCOPES = ("module", "global")
@@ -163,13 +164,6 @@ def _zero(t: torch.Tensor, dead: torch.Tensor, rows: bool) -> None:
         t[:, dead] = 0.0
 
 
-def lora_modules(peft_model, adapter: str = "default") -> dict:
-    from peft.tuners.lora import LoraLayer
-
-    base = base_model_of(peft_model)
-    return {n: m for n, m in base.named_modules() if isinstance(m, LoraLayer) and adapter in getattr(m, "lora_A", {})}
-
-
 class PrunedLoRACallback:
     """Prunes LoRA rank components during training (hooks of ``rankadaptor.lora.recover``)."""
 
@@ -225,6 +219,30 @@ class PrunedLoRACallback:
         return {"prunedlora": {"schedule": asdict(self.schedule), "final_ranks": self.ranks(),
                                "final_params": self.params(), "target_params": self.target_params,
                                "events": self.events}}
+
+    # ---- checkpoints (``rankadaptor.lora.checkpoint``) -------------------------------------
+    def state_dict(self) -> dict:
+        """Masks, gate statistics (γ and Fisher EMAs, activations) and the pruning history."""
+        return {"events": [dict(e) for e in self.events],
+                "modules": {n: {"mask": m.mask.clone(), "grad": m.stats.grad.clone(), "fisher": m.stats.fisher.clone(),
+                                "act": m.stats.act.clone(), "steps": m.stats.steps, "act_steps": m.stats.act_steps}
+                            for n, m in self.modules.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` after ``on_train_begin`` (which builds the modules)."""
+        saved = state["modules"]
+        if set(saved) != set(self.modules):
+            raise RankAdaptorError(f"PrunedLoRA checkpoint names {len(saved)} LoRA modules, the model has "
+                                   f"{len(self.modules)}; it belongs to another model")
+        for n, m in self.modules.items():
+            s = saved[n]
+            if s["mask"].shape != m.mask.shape or s["fisher"].shape != m.stats.fisher.shape:
+                raise RankAdaptorError(f"PrunedLoRA checkpoint of module {n} has rank {s['mask'].numel()}, "
+                                       f"the model {m.mask.numel()}")
+            m.mask = s["mask"].to(torch.bool).clone()
+            m.stats.grad, m.stats.fisher, m.stats.act = (s[k].to(torch.float64).clone() for k in ("grad", "fisher", "act"))
+            m.stats.steps, m.stats.act_steps = int(s["steps"]), int(s["act_steps"])
+        self.events = [dict(e) for e in state["events"]]
 
     # ---- state ---------------------------------------------------------------------------
     def ranks(self) -> dict[str, int]:
@@ -305,43 +323,7 @@ class PrunedLoRACallback:
             m.zero_pruned()
 
 
-# ---- shrinking and export ----------------------------------------------------------------------
-@torch.no_grad()
-def shrink(peft_model, ranks: dict[str, int] | None = None, adapter: str = "default") -> dict[str, int]:
-    """Drop all-zero rank components physically; rewrite alpha so every module keeps its scale.
-
-    A component counts as pruned when its row of A and column of B are both exactly zero (what
-    ``PrunedLoRACallback`` leaves). Returns the new ranks and updates the PEFT config's
-    ``rank_pattern``/``alpha_pattern`` with exact keys, so ``save_pretrained`` exports them.
-    """
-    config = peft_model.peft_config[adapter]
-    new_ranks, alphas = {}, {}
-    for name, layer in lora_modules(peft_model, adapter).items():
-        A, B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-        keep = ((A != 0).any(dim=1) | (B != 0).any(dim=0)).nonzero().flatten()
-        r_new = max(int(keep.numel()), 1)  # PEFT rejects r=0; an all-zero module keeps one zero component
-        if keep.numel() == 0:
-            keep = torch.tensor([0])
-        if ranks is not None and ranks.get(name, r_new) != r_new and keep.numel() == r_new:
-            log.warning("module %s: %d non-zero components but the callback counts %d", name, r_new, ranks[name])
-        scale = float(layer.scaling[adapter])
-        new_A = torch.nn.Linear(A.shape[1], r_new, bias=False, dtype=A.dtype)
-        new_B = torch.nn.Linear(r_new, B.shape[0], bias=False, dtype=B.dtype)
-        new_A.weight.copy_(A[keep])
-        new_B.weight.copy_(B[:, keep])
-        layer.lora_A[adapter] = new_A
-        layer.lora_B[adapter] = new_B
-        layer.r[adapter] = r_new
-        alpha = scale * (math.sqrt(r_new) if config.use_rslora else r_new)
-        layer.lora_alpha[adapter] = alpha
-        layer.scaling[adapter] = scale
-        new_ranks[name], alphas[name] = r_new, alpha
-    config.rank_pattern = {peft_pattern_key(n): r for n, r in new_ranks.items()}
-    config.alpha_pattern = {peft_pattern_key(n): a for n, a in alphas.items()}
-    return new_ranks
-
-
-# ---- recover method, Trainer adapter, CLI flags ------------------------------------------------
+# ---- recover method and CLI flags ------------------------------------------------
 class PrunedLoRAMethod:
     """``recover --method prunedlora``: uniform LoRA at ``init_rank``, pruned by the callback."""
 
@@ -374,25 +356,9 @@ class PrunedLoRAMethod:
     def expected_ranks(self, peft_model):
         return self.callback.ranks() if self.callback is not None else None
 
-
-def hf_callback(cb: PrunedLoRACallback):
-    """A ``transformers.TrainerCallback`` driving ``cb`` inside a Hugging Face ``Trainer``."""
-    from transformers import TrainerCallback
-
-    class _HF(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
-            cb.on_train_begin(model, optimizer, state.max_steps)
-
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
-            cb.on_after_backward(state.global_step, model)
-
-        def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
-            cb.on_step_end(state.global_step - 1, model, optimizer)  # global_step is already advanced
-
-        def on_train_end(self, args, state, control, model=None, **kw):
-            cb.on_train_end(model)
-
-    return _HF()
+    def settings(self) -> dict:
+        """What a resumed run must share with the checkpoint (``recover`` compares it)."""
+        return {"schedule": asdict(self.schedule), **self.plan_kwargs}
 
 
 def add_prunedlora_arguments(parser) -> None:

@@ -62,21 +62,31 @@ class RankPlan:
     model: dict | None = None  # identity of the model the plan was made for, if known
 
     def __post_init__(self) -> None:
+        if not isinstance(self.ranks, (list, tuple)):
+            raise RankAdaptorError(f"ranks {self.ranks!r} must be a list with one integer rank per decoder layer")
         self.ranks = [_check_rank(r, f"ranks[{i}]") for i, r in enumerate(self.ranks)]
         if not self.ranks:
             raise RankAdaptorError("a rank plan needs at least one layer; got an empty ranks list")
         if isinstance(self.target_modules, str):
             self.target_modules = (self.target_modules,)
+        if not isinstance(self.target_modules, (list, tuple)) or not all(
+                isinstance(t, str) and t for t in self.target_modules):
+            raise RankAdaptorError(f"target_modules {self.target_modules!r} must be a list of module names "
+                                   f"such as {list(DEFAULT_TARGETS[:2])}")
         self.target_modules = tuple(self.target_modules)
         if not self.target_modules or len(set(self.target_modules)) != len(self.target_modules):
             raise RankAdaptorError(f"target_modules {list(self.target_modules)} must be a non-empty list without repeats")
-        self.overrides = {str(k): _check_rank(v, f"override {k!r}") for k, v in dict(self.overrides).items()}
-        if self.alpha_rule not in ALPHA_RULES:
+        if not isinstance(self.overrides, dict):
+            raise RankAdaptorError(f"overrides {self.overrides!r} must be an object {{full module name: rank}}")
+        self.overrides = {str(k): _check_rank(v, f"override {k!r}") for k, v in self.overrides.items()}
+        if not isinstance(self.alpha_rule, str) or self.alpha_rule not in ALPHA_RULES:
             raise RankAdaptorError(f"alpha_rule {self.alpha_rule!r} unknown; choose from {list(ALPHA_RULES)}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+        if not (_is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
             raise RankAdaptorError(f"alpha {self.alpha!r} must be a positive number")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise RankAdaptorError(f"dropout {self.dropout!r} must be in [0, 1)")
+        if not (_is_number(self.dropout) and 0.0 <= float(self.dropout) < 1.0):
+            raise RankAdaptorError(f"dropout {self.dropout!r} must be a number in [0, 1)")
+        if self.model is not None and not isinstance(self.model, dict):
+            raise RankAdaptorError(f"model {self.model!r} must be the model's identity object or null")
         if all(r == 0 for r in self.ranks) and not any(self.overrides.values()):
             raise RankAdaptorError("every rank in the plan is 0, so there is nothing to train; give some layer a rank >= 1")
 
@@ -171,6 +181,9 @@ class RankPlan:
         from peft import LoraConfig
 
         active = {n: r for n, r in self.module_ranks(model).items() if r > 0}
+        if not active:
+            raise RankAdaptorError("the overrides set every targeted module to rank 0, so there is nothing to train; "
+                                   "give some module a rank >= 1")
         base_r = Counter(active.values()).most_common(1)[0][0]
         rank_pattern = {peft_pattern_key(n): r for n, r in active.items() if r != base_r}
         alpha_pattern = {}
@@ -190,8 +203,12 @@ class RankPlan:
         )
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _check_rank(r, what: str) -> int:
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or int(r) != r or r < 0:
+    if not _is_number(r) or not math.isfinite(r) or int(r) != r or r < 0:
         raise RankAdaptorError(f"{what} = {r!r} must be an integer >= 0 (0 = no LoRA there)")
     return int(r)
 

@@ -11,6 +11,15 @@ Callbacks are plain objects; any of these methods is called if present:
 * ``on_after_backward(step, model)``          gradients of the whole step are accumulated
 * ``on_step_end(step, model, optimizer)``     after ``optimizer.step()``, gradients still present
 * ``on_train_end(model)``
+* ``state_dict()`` / ``load_state_dict(state)``: a callback with state (PrunedLoRA's masks and
+  statistics, AdaLoRA's allocator) is saved in checkpoints and restored after ``on_train_begin``
+
+Checkpoints (``RecoveryConfig.checkpoint_every = N``, ``recover --checkpoint-every N``): every N
+steps the trainable weights, optimizer state, RNG states, loss curves and callback states are saved
+(safetensors + JSON, ``rankadaptor.lora.checkpoint``) in ``OUT.checkpoints/``; the data position
+is the step itself, since the batch order is a pure function of the seed. Running the same
+recovery again resumes from the latest checkpoint and ends with the same adapter as an
+uninterrupted run; the folder is removed once ``OUT`` is complete.
 
 A method (``METHODS`` registry) has ``prepare(model, config, total_steps) -> (peft_model,
 callbacks, info)`` and ``expected_ranks(peft_model) -> {module: r} | None``; other parts register
@@ -21,12 +30,15 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.ranks import RankPlan, apply_plan, count_lora_params
 
@@ -50,8 +62,10 @@ class RecoveryConfig:
     max_grad_norm: float | None = 1.0
     threads: int | None = None
     max_val: int = 32  # held-out examples used for the validation loss
+    checkpoint_every: int = 0  # steps between resumable checkpoints (beside ``out``); 0 = none
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.epochs is None and (self.max_steps is None or self.max_steps < 1):
             raise RankAdaptorError(f"max_steps {self.max_steps!r} must be >= 1 (or set epochs)")
         if self.epochs is not None and not self.epochs > 0:
@@ -68,7 +82,7 @@ class RecoveryConfig:
             )
         if self.seq_len < 8:
             raise RankAdaptorError(f"seq_len {self.seq_len} must be >= 8")
-        for name in ("warmup_steps", "weight_decay", "eval_every"):
+        for name in ("warmup_steps", "weight_decay", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise RankAdaptorError(f"{name} {getattr(self, name)} must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
@@ -82,6 +96,45 @@ class RecoveryConfig:
         if self.epochs is None:
             return int(self.max_steps)
         return max(1, math.ceil(self.epochs * n_train / self.batch_size))
+
+    @classmethod
+    def from_dict(cls, d, source: str = "recovery config") -> "RecoveryConfig":
+        if not isinstance(d, dict):
+            raise RankAdaptorError(f"{source} must be a JSON object of RecoveryConfig fields, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise RankAdaptorError(f"{source} has unknown key(s) {unknown}; allowed: {sorted(known)}")
+        try:
+            return cls(**d)
+        except RankAdaptorError as exc:
+            raise RankAdaptorError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, path) -> "RecoveryConfig":
+        from rankadaptor.fileio import read_json
+
+        return cls.from_dict(read_json(path, what="recovery config"), source=f"recovery config {path}")
+
+
+def _check_types(config) -> None:
+    """Wrong types (a string lr from a hand-written config) fail with a message, not a TypeError later."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kind = _FIELD_TYPES.get(f.name)
+        if value is None and (f.name in _OPTIONAL or kind is None):
+            continue
+        # numbers.* so that NumPy scalars (e.g. a seed from a sampler) pass too
+        ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value):
+            what = "an integer" if kind is int else "a finite number"
+            raise RankAdaptorError(f"{f.name} = {value!r} must be {what}")
+
+
+_FIELD_TYPES = {"max_steps": int, "epochs": float, "lr": float, "batch_size": int, "micro_batch_size": int,
+                "seq_len": int, "seed": int, "warmup_steps": int, "weight_decay": float, "eval_every": int,
+                "max_grad_norm": float, "threads": int, "max_val": int, "checkpoint_every": int}
+_OPTIONAL = {"max_steps", "epochs", "micro_batch_size", "max_grad_norm", "threads"}
 
 
 @dataclass
@@ -137,11 +190,18 @@ def _load_plugins() -> None:
 # ---- the loop ------------------------------------------------------------------------------------
 def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConfig | None = None, data=None,
             callbacks=(), method=None, out=None, overwrite: bool = False,
-            identity: dict | None = None) -> RecoveryResult:
-    """Train LoRA on ``model`` (modified in place) and return the PeftModel with its record."""
+            identity: dict | None = None, checkpoint_dir=None) -> RecoveryResult:
+    """Train LoRA on ``model`` (modified in place) and return the PeftModel with its record.
+
+    With ``config.checkpoint_every = N`` a resumable checkpoint is written every N steps to
+    ``checkpoint_dir`` (default ``OUT.checkpoints`` beside ``out``); calling ``recover`` again with
+    the same settings continues from the latest one, and the folder is removed once ``out`` is
+    complete. Different settings are refused, naming the first one that differs.
+    """
     import torch
 
     from rankadaptor.data import RecoveryData, load_recovery_data
+    from rankadaptor.lora import checkpoint as ckpt
 
     config = config or RecoveryConfig()
     if method is None:
@@ -151,10 +211,15 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
     if hasattr(method, "validate"):
         method.validate(model)  # bad ranks / modules fail before any data is read or trained
     if out is not None:
-        from pathlib import Path
-
         if Path(out).exists() and not overwrite:
             raise RankAdaptorError(f"output directory {out} already exists; choose another --out or remove it")
+    store = None
+    if config.checkpoint_every and checkpoint_dir is None and out is None:
+        raise RankAdaptorError("checkpoint_every needs an output directory (out) or a checkpoint_dir")
+    if checkpoint_dir is None and out is not None:
+        checkpoint_dir = ckpt.checkpoint_dir_for(out)
+    if checkpoint_dir is not None and (config.checkpoint_every or Path(checkpoint_dir).is_dir()):
+        store = ckpt.CheckpointStore(checkpoint_dir)  # an unfinished run's checkpoints resume even without N
     if config.threads:
         torch.set_num_threads(config.threads)
     if not isinstance(data, RecoveryData):
@@ -169,23 +234,42 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    method_name = getattr(method, "name", type(method).__name__)
+    settings = ckpt.run_settings(
+        method=method_name, method_settings=method.settings() if hasattr(method, "settings") else None,
+        info=info, model=identity, data=data.identity, config=asdict(config), total_steps=total_steps,
+        trainable={n: list(p.shape) for n, p in peft_model.named_parameters() if p.requires_grad},
+    )
     _call(callbacks, "on_train_begin", peft_model, optimizer, total_steps)
+
+    curve, val_curve, start, seconds_before, resumed = [], [], 0, 0.0, []
+    if store is not None:
+        latest = store.latest()
+        if latest is not None:
+            state, saved_settings = store.load(latest)
+            store.check_settings(saved_settings, settings)
+            curve, val_curve, seconds_before, resumed = ckpt.restore(state, peft_model, optimizer, callbacks)
+            start = latest
+            resumed.append(start)
+            log.info("resuming %s from the checkpoint after step %d of %d", method_name, start, total_steps)
+        store.clear_partials()  # only now: a refused resume leaves the disk as it was
 
     order = _batches(len(data.train), config.batch_size, total_steps, config.seed)
     accum = config.batch_size // config.micro_batch_size
-    curve, val_curve, t0 = [], [], time.perf_counter()
+    device = dev.model_device(peft_model)  # batches are built on the CPU, then go where the weights are
+    t0 = time.perf_counter()
     peft_model.train()
     from tqdm.auto import tqdm
 
-    for step in tqdm(range(total_steps), desc="recover", unit="step"):
+    for step in tqdm(range(start, total_steps), desc="recover", unit="step", initial=start, total=total_steps):
         t_step = time.perf_counter()
         lr = _lr_at(step, total_steps, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx = order[step]
+        idx = order[step]  # the data position is the step: a resumed run reads the same batches
         step_loss = 0.0
         for m in range(accum):
-            batch = _collate([data.train[i] for i in idx[m::accum]], pad_id)
+            batch = dev.move(_collate([data.train[i] for i in idx[m::accum]], pad_id), device)
             loss = peft_model(**batch).loss / accum
             loss.backward()
             step_loss += float(loss.detach())
@@ -203,14 +287,18 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
             val_curve.append({"step": step + 1, "val_loss": validation_loss(peft_model, data.val, pad_id, config)})
             peft_model.train()
-    train_seconds = time.perf_counter() - t0
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
+            state = ckpt.snapshot(peft_model, optimizer, callbacks, curve, val_curve,
+                              seconds_before + time.perf_counter() - t0, resumed)
+            store.save(step + 1, state, settings)
+    train_seconds = seconds_before + time.perf_counter() - t0
     val_loss = validation_loss(peft_model, data.val, pad_id, config)
     val_curve.append({"step": total_steps, "val_loss": val_loss})
     _call(callbacks, "on_train_end", peft_model)
     peft_model.eval()
 
     record = {
-        "method": getattr(method, "name", type(method).__name__),
+        "method": method_name,
         "model": identity,
         **info,
         "trainable_params": trainable,
@@ -225,12 +313,16 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         "seconds_per_step": train_seconds / total_steps,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
+    if resumed:
+        record["resumed_after_steps"] = resumed
     for cb in callbacks:  # callbacks may add their own results (e.g. final AdaLoRA ranks)
         if hasattr(cb, "record"):
             record.update(cb.record())
     result = RecoveryResult(model=peft_model, record=record)
     if out is not None:
         save_recovery(result, out, overwrite=overwrite)
+    if store is not None:
+        store.clear()  # the adapter is complete: its checkpoints are no longer needed
     return result
 
 
@@ -279,12 +371,13 @@ def validation_loss(model, examples: list[list[int]], pad_id: int, config: Recov
     import torch
 
     model.eval()
+    device = dev.model_device(model)
     total, tokens = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(examples), config.micro_batch_size):
             batch = _collate(examples[i:i + config.micro_batch_size], pad_id)
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch).loss) * n
+            n = int((batch["labels"][:, 1:] != -100).sum())  # counted on the CPU: no device sync
+            total += float(model(**dev.move(batch, device)).loss) * n
             tokens += n
     return total / max(tokens, 1)
 

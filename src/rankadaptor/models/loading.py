@@ -9,7 +9,9 @@
 5. something shaped like a hub id (``org/name``): ``from_pretrained`` when the hub is reachable,
    otherwise an immediate error (no network time-outs) naming the offline alternatives.
 
-The returned ``identity`` dict is what results files record about the model.
+The model is then moved to ``device`` (``rankadaptor.device.resolve_device``: None / "auto" is
+CUDA when present, else the CPU). The returned ``identity`` dict is what results files record
+about the model; the device is not part of it (it is where the run happened, not what was loaded).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from rankadaptor import assets
+from rankadaptor.device import resolve_device
 from rankadaptor.errors import RankAdaptorError
 
 log = logging.getLogger(__name__)
@@ -43,35 +46,36 @@ class LoadedModel:
     identity: dict
 
 
-def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``spec`` (see the module docstring) in eval mode with its tokenizer."""
+def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, device=None) -> LoadedModel:
+    """Load ``spec`` (see the module docstring) in eval mode with its tokenizer, on ``device``."""
     spec_str = str(spec)
+    device = resolve_device(device)  # an unusable device fails before a slow load
     model_aliases = [a.name for a in assets.ASSETS.values() if a.kind == "model"]
     path = Path(spec_str).expanduser()
     if spec_str in model_aliases and not path.exists():
         path = assets.ensure(spec_str)
         model, tok = _load_hf_dir(path, dtype)
         sha = assets.manifest_sha256(spec_str, "model.safetensors")
-        return _finish(model, tok, spec_str, path, sha, "alias")
+        return _finish(model, tok, spec_str, path, sha, "alias", device)
     if path.is_file() and path.suffix == ".gguf":
         model, tok = load_gguf(path, dtype)
-        return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf")
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf", device)
     if path.is_dir() and (path / "pruning.json").is_file():
         from rankadaptor.prune.artefact import load_pruned  # owned by prune; imported only when needed
 
         model = load_pruned(path).to(dtype)
-        return _finish(model, _load_tokenizer(path), spec_str, path, weights_sha256(path), "pruned")
+        return _finish(model, _load_tokenizer(path), spec_str, path, weights_sha256(path), "pruned", device)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise RankAdaptorError(
                 f"{path} is a directory without config.json or pruning.json, so it is neither a "
                 "Hugging Face model directory nor a pruned artefact")
         model, tok = _load_hf_dir(path, dtype)
-        return _finish(model, tok, spec_str, path, weights_sha256(path), "local")
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "local", device)
     if path.exists():
         raise RankAdaptorError(f"{path} is a file but not a .gguf model; pass a model directory or a .gguf file")
     if HUB_ID.fullmatch(spec_str) and not spec_str.startswith(("./", "../")):
-        return _load_hub(spec_str, dtype, model_aliases)
+        return _load_hub(spec_str, dtype, model_aliases, device)
     raise RankAdaptorError(
         f"model {spec_str!r} is not an alias ({', '.join(model_aliases)}), not an existing path, and "
         "not a hub id of the form org/name; check the spelling or the path")
@@ -129,7 +133,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str]) -> LoadedModel:
+def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str], device) -> LoadedModel:
     """A hub id: from the local HF cache or the network, never a long wait for a time-out."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,7 +153,7 @@ def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str]) -> LoadedModel:
         raise RankAdaptorError(f"cannot load {spec!r} from the hub: {exc}") from exc
     snapshot = _hf_cache_snapshot(spec)  # where the hub files now lie, for the identity hash
     sha = weights_sha256(snapshot) if snapshot else None
-    return _finish(model, tok, spec, snapshot or Path(spec), sha, "hub")
+    return _finish(model, tok, spec, snapshot or Path(spec), sha, "hub", device)
 
 
 def _hf_cache_snapshot(spec: str) -> Path | None:
@@ -214,8 +218,8 @@ def weights_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _finish(model, tok, spec: str, path: Path, sha: str | None, source: str) -> LoadedModel:
-    model.eval()
+def _finish(model, tok, spec: str, path: Path, sha: str | None, source: str, device) -> LoadedModel:
+    model.to(device).eval()  # weights are read on the CPU first; one copy to the device after
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # batching needs a pad token; eos is the usual choice
     cfg = model.config
@@ -226,5 +230,5 @@ def _finish(model, tok, spec: str, path: Path, sha: str | None, source: str) -> 
         architecture=(getattr(cfg, "architectures", None) or [type(model).__name__])[0],
         n_layers=getattr(cfg, "num_hidden_layers", None), dtype=str(next(model.parameters()).dtype),
     )
-    log.info("loaded %s (%s, %.1fM params)", spec, identity["architecture"], identity["n_params"] / 1e6)
+    log.info("loaded %s (%s, %.1fM params) on %s", spec, identity["architecture"], identity["n_params"] / 1e6, device)
     return LoadedModel(model=model, tokenizer=tok, identity=identity)

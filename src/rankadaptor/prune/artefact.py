@@ -261,16 +261,29 @@ def load_pruned(directory, dtype: torch.dtype | None = None):
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    from safetensors import SafetensorError
+
+    directory = Path(directory)
     manifest = read_json(directory / MANIFEST, what="pruning manifest")
-    if manifest.get("format") != FORMAT:
-        raise RankAdaptorError(f"{directory / MANIFEST} is not a rankadaptor pruned-model manifest (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise RankAdaptorError(f"{directory / MANIFEST} is not a rankadaptor pruned-model manifest (format {found!r})")
+    _check_manifest(manifest, directory / MANIFEST)
     if not (directory / WEIGHTS).is_file():
         raise RankAdaptorError(f"{directory} has no {WEIGHTS}; the artefact is incomplete")
     model, config = build_skeleton(manifest, dtype)
-    state = load_file(str(directory / WEIGHTS))
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise RankAdaptorError(f"{directory / WEIGHTS} is not a readable safetensors file ({exc}); "
+                               "the artefact is corrupt or truncated") from exc
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:  # a tensor whose shape is not the one pruning.json gives
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:300])
+        raise RankAdaptorError(f"{directory / WEIGHTS} does not match the shapes in pruning.json: {detail}") from exc
     tied = manifest.get("tied_embeddings", False)
     allowed_missing = {"lm_head.weight"} if tied else set()
     if set(missing) - allowed_missing or unexpected:
@@ -287,6 +300,28 @@ def load_pruned(directory, dtype: torch.dtype | None = None):
     if leftovers:
         raise RankAdaptorError(f"load_pruned left tensors uninitialised: {leftovers[:5]}; please report this")
     return model.eval()
+
+
+_LAYER_SIZES = ("num_heads", "num_key_value_heads", "intermediate_size")
+
+
+def _check_manifest(manifest: dict, where: Path) -> None:
+    """The fields ``build_skeleton`` reads, with their types: a damaged file fails with a message."""
+    if not isinstance(manifest.get("config"), dict):
+        raise RankAdaptorError(f"{where} has no 'config' object (the transformers config); the artefact is damaged")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise RankAdaptorError(f"{where} has no 'layers' list (one entry per decoder block); the artefact is damaged")
+    for i, info in enumerate(layers):
+        if not isinstance(info, dict):
+            raise RankAdaptorError(f"{where}: layers[{i}] must be an object, got {type(info).__name__}")
+        for key in _LAYER_SIZES:
+            v = info.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise RankAdaptorError(f"{where}: layers[{i}].{key} = {v!r}; expected a positive integer")
+    dtype = manifest.get("dtype", "float32")
+    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise RankAdaptorError(f"{where}: dtype {dtype!r} is not a torch dtype name such as 'float32'")
 
 
 def load_pruned_tokenizer(directory):

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.models.families import FamilyAdapter
 from rankadaptor.prune.width import count_params
@@ -141,6 +142,8 @@ def remove_blocks(fam: FamilyAdapter, removed: list[int]) -> None:
 def prune_depth(fam: FamilyAdapter, method: str, ratio: float, layers: range, batches, stats) -> dict:
     n = blocks_to_remove(fam, ratio, layers)
     scorer = BLOCK_SCORERS[method]()
+    if batches is not None:  # calibration text is tokenized on the CPU
+        batches = dev.move(batches, dev.model_device(fam.model))
     scores = scorer.scores(fam, layers, batches, stats) if n else {}
     removed = sorted(sorted(scores, key=lambda i: (scores[i], i))[:n])
     remove_blocks(fam, removed)

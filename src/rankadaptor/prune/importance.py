@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.models.families import FamilyAdapter
 
@@ -156,6 +157,7 @@ def gradient_stats(model, batches: torch.Tensor, fisher: bool, only=None) -> dic
         params = all_params
     sums = {n: torch.zeros_like(p) for n, p in params.items()}
     squares = {n: torch.zeros_like(p) for n, p in params.items()} if fisher else None
+    batches = dev.move(batches, dev.model_device(model))  # calibration text is tokenized on the CPU
     was_training = model.training
     model.eval()
     try:
@@ -217,9 +219,9 @@ def _coupled(fam: FamilyAdapter, i: int, stats, kind: str):
 def unit_scores(fam: FamilyAdapter, i: int, kind: str, imp: Importance, stats=None) -> torch.Tensor:
     """Importance of every KV group (``kind='attn'``) or MLP channel (``kind='mlp'``) of layer i."""
     units, slices = _coupled(fam, i, stats, kind)
-    total = torch.zeros(units, dtype=torch.float64)
+    total = torch.zeros(units, dtype=torch.float64)  # on the CPU: the ranking needs only a few numbers
     for s in slices:
         if imp.needs_grad and s.g is None:
             raise RankAdaptorError(f"importance {imp.name!r} needs gradients; none were computed for layer {i}")
-        total += imp.score(s).double()
+        total += imp.score(s).double().cpu()
     return imp.finalize(total)

@@ -2,8 +2,12 @@
 
 ``open_study`` creates or resumes a study and refuses one made for another model, space, objective
 or strategy. ``run_search`` evaluates trials until the budget or convergence (the model's error on
-newly evaluated trials under a tolerance AND no improvement for ``patience`` trials), several
-processes may run it on one storage at once. ``finalize`` re-evaluates the finalists and the
+newly evaluated trials under a tolerance AND no improvement for ``patience`` trials); several
+processes, on one machine or many, may run it on one storage at once (``storage.py``: heartbeats,
+crashed trials retried). Each trial claims its plan and a place in the budget before evaluating,
+so that no plan is evaluated twice and the study stops at exactly ``n_trials`` completed trials;
+a worker whose remaining budget is held by other workers' running trials waits, and takes over
+the plan of one whose worker crashed. ``finalize`` re-evaluates the finalists and the
 uniform baseline with several seeds at full fidelity and reports the paired difference with a 95 %
 interval, plus the cross-validated Spearman of the performance model, saying plainly when either
 is no better than chance.
@@ -12,6 +16,8 @@ is no better than chance.
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,6 +30,7 @@ from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search.perf_model import Ensemble, MLPConfig, PerformanceModel
 from rankadaptor.search.sampler import completed_data
 from rankadaptor.search.space import SearchSpace, plan_hash
+from rankadaptor.search.storage import ATTEMPT_FLAGS, open_storage
 from rankadaptor.stats import mean_ci, paired_difference
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ class SearchConfig:
     finalists: int = 1
     multi_fidelity: bool = False
     seed: int = 0
+    poll_interval: float = 5.0  # seconds between looks at the study while other workers hold the budget
 
     def __post_init__(self) -> None:
         if self.n_trials < 1 or self.patience < 1 or self.final_seeds < 0 or self.finalists < 1:
@@ -48,11 +56,20 @@ class SearchConfig:
                 f"and final_seeds={self.final_seeds} >= 0 (use >= 3 for a confidence interval)")
         if self.tolerance <= 0:
             raise RankAdaptorError(f"convergence tolerance {self.tolerance} must be > 0")
+        if self.poll_interval <= 0:
+            raise RankAdaptorError(f"poll interval {self.poll_interval} must be > 0 seconds")
 
 
-def open_study(name: str, storage: str, space: SearchSpace, identity: dict[str, Any], strategy: str,
-               direction: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """Create or resume; a study made for a different model/space/objective/strategy is refused."""
+def open_study(name: str, storage: str | optuna.storages.BaseStorage, space: SearchSpace,
+               identity: dict[str, Any], strategy: str, direction: str,
+               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create or resume; a study made for a different model/space/objective/strategy is refused.
+
+    ``storage`` is a database URL (opened with default heartbeats, see ``storage.open_storage``)
+    or an opened Optuna storage.
+    """
+    if isinstance(storage, str):
+        storage = open_storage(storage)
     expected = {"rankadaptor_space": space.to_dict(), "rankadaptor_model": identity,
                 "rankadaptor_strategy": strategy}
     try:
@@ -63,8 +80,8 @@ def open_study(name: str, storage: str, space: SearchSpace, identity: dict[str, 
     attrs = study.user_attrs
     if not attrs.get("rankadaptor_space"):
         if study.trials:
-            raise RankAdaptorError(f"study {name!r} in {storage} has trials but was not made by rankadaptor "
-                                   f"search; choose another --study name")
+            raise RankAdaptorError(f"study {name!r} has trials but was not made by rankadaptor search; "
+                                   f"choose another --study name")
         for key, value in expected.items():
             study.set_user_attr(key, value)
         study.set_user_attr("rankadaptor_direction", direction)
@@ -89,31 +106,58 @@ def _canon(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _wrap(space: SearchSpace, objective: Objective, fidelity: str, seed: int) -> Callable[[optuna.Trial], float]:
+def _wrap(space: SearchSpace, objective: Objective, fidelity: str, seed: int,
+          n_trials: int) -> Callable[[optuna.Trial], float]:
     rng = np.random.default_rng(seed)
 
     def run_trial(trial: optuna.Trial) -> float:
-        params = {n: trial.suggest_categorical(n, list(space.candidates)) for n in space.param_names()}
-        ranks = space.from_params(params)
-        if not space.is_valid(ranks)[0]:  # TPE/random per-layer proposals may break the budget
-            repaired = space.repair(ranks[None], rng)
-            if not len(repaired):
-                trial.set_user_attr("invalid", True)
-                raise optuna.TrialPruned("proposal violates the budget and could not be repaired")
-            ranks = repaired[0]
-            trial.set_user_attr("repaired", True)
+        retry_of = trial.user_attrs.get("retry_of")
+        if retry_of is not None and "ranks" in trial.user_attrs:  # a crashed trial's plan, exactly as claimed
+            ranks = np.asarray(trial.user_attrs["ranks"], dtype=np.int64)
+        else:
+            ranks = _proposed_ranks(trial, space, rng)
         h = plan_hash(ranks)
         trial.set_user_attr("ranks", [int(r) for r in ranks])
         trial.set_user_attr("plan_hash", h)
-        # claim: after writing our hash, any other live holder of it means a race -> yield, never evaluate twice
-        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if other.number != trial.number and other.user_attrs.get("plan_hash") == h \
-                    and not other.user_attrs.get("duplicate"):
-                trial.set_user_attr("duplicate", True)
-                raise optuna.TrialPruned(f"plan {h} already held by trial {other.number}")
+        # claim the plan: after writing our hash, any other live holder of it means a race -> yield
+        live = [t for t in trial.study.get_trials(deepcopy=False, states=LIVE)
+                if t.number != trial.number and not _flagged(t)]
+        holder = next((t for t in live if t.user_attrs.get("plan_hash") == h), None)
+        if holder is not None:
+            trial.set_user_attr("duplicate", True)
+            raise optuna.TrialPruned(f"plan {h} already held by trial {holder.number}")
+        # claim a place in the budget: trials ahead of this one (lower numbers) that may still complete.
+        # Counting only those makes the claims race-free: of two racing trials the later one yields.
+        ahead = sum(t.number < trial.number for t in live)
+        if ahead >= n_trials:
+            trial.set_user_attr("budget_full", True)
+            raise optuna.TrialPruned(f"{ahead} trials ahead already fill the budget of {n_trials}")
+        if retry_of is not None:
+            log.info("trial %d retries the plan of trial %d, whose worker died", trial.number, retry_of)
         return float(objective(ranks, seed=trial.number, fidelity=fidelity))
 
     return run_trial
+
+
+LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+
+
+def _flagged(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial that yielded (duplicate plan, full budget, invalid plan): it will never complete."""
+    return any(trial.user_attrs.get(flag) for flag in ATTEMPT_FLAGS)
+
+
+def _proposed_ranks(trial: optuna.Trial, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
+    params = {n: trial.suggest_categorical(n, list(space.candidates)) for n in space.param_names()}
+    ranks = space.from_params(params)
+    if not space.is_valid(ranks)[0]:  # TPE/random per-layer proposals may break the budget
+        repaired = space.repair(ranks[None], rng)
+        if not len(repaired):
+            trial.set_user_attr("invalid", True)
+            raise optuna.TrialPruned("proposal violates the budget and could not be repaired")
+        ranks = repaired[0]
+        trial.set_user_attr("repaired", True)
+    return ranks
 
 
 def n_complete(study: optuna.Study) -> int:
@@ -140,14 +184,23 @@ def convergence(space: SearchSpace, study: optuna.Study, config: SearchConfig) -
 def run_search(study: optuna.Study, space: SearchSpace, objective: Objective, config: SearchConfig) -> dict:
     """Evaluate trials one at a time until the shared budget is reached or the search converged."""
     fidelity = "screen" if config.multi_fidelity else "full"
-    run_trial = _wrap(space, objective, fidelity, config.seed)
+    run_trial = _wrap(space, objective, fidelity, config.seed, config.n_trials)
+    mine: list[optuna.trial.FrozenTrial] = []  # this worker's trials (study.trials[-1] may be another's)
     state: dict[str, Any] = {}
     failed = idle = 0
     while n_complete(study) < config.n_trials and not study.user_attrs.get("converged"):
+        if _budget_held_by_others(study, config.n_trials):
+            # the rest of the budget is being evaluated elsewhere; wait, and take over a crashed worker's plan
+            _fail_stale_trials(study)
+            time.sleep(config.poll_interval)
+            continue
         before = n_complete(study)
-        study.optimize(run_trial, n_trials=1, catch=(RuntimeError,), gc_after_trial=False)
-        last = study.trials[-1].state if study.trials else None
-        failed = failed + 1 if last == TrialState.FAIL else 0
+        study.optimize(run_trial, n_trials=1, catch=(RuntimeError,), gc_after_trial=False,
+                       callbacks=[lambda _study, frozen: mine.append(frozen)])
+        last = mine[-1] if mine else None
+        failed = failed + 1 if last is not None and last.state == TrialState.FAIL else 0
+        if last is not None and last.user_attrs.get("budget_full"):
+            continue  # lost a race for the last places; the next round waits for them
         idle = 0 if n_complete(study) > before else idle + 1
         if failed >= 3:
             raise RankAdaptorError("3 trials in a row failed (see the log for the error); fix the objective "
@@ -160,6 +213,27 @@ def run_search(study: optuna.Study, space: SearchSpace, objective: Objective, co
             study.set_user_attr("converged", True)
             log.info("converged after %d trials: %s", state["n_complete"], state)
     return state or convergence(space, study, config)
+
+
+def _budget_held_by_others(study: optuna.Study, n_trials: int) -> bool:
+    """True when completed plus running trials fill the budget and no queued (e.g. retried) trial waits."""
+    live = [t for t in study.get_trials(deepcopy=False, states=LIVE) if not _flagged(t)]
+    if any(t.state == TrialState.WAITING for t in live):
+        return False
+    return len(live) >= n_trials
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Mark trials of dead workers failed (and queue their retries); Optuna does this only on a new trial."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def retries(study: optuna.Study) -> dict[int, int]:
+    """Trial number -> number of the crashed trial whose plan it re-evaluated."""
+    return {t.number: int(t.user_attrs["retry_of"]) for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("retry_of") is not None}
 
 
 def oof_spearman(space: SearchSpace, study: optuna.Study, mlp: MLPConfig | None = None, folds: int = 5,
@@ -217,6 +291,7 @@ def finalize(study: optuna.Study, space: SearchSpace, objective: Objective, conf
         "direction": study.direction.name.lower(), "seeds": seeds,
         "model_cv": {k: v for k, v in cv.items() if k not in ("pred_oof", "measured")},
         "search_best_value": float(sign * y[order[0]]), "search_best_trial": trials[order[0]].number,
+        "retries": {str(k): v for k, v in retries(study).items()},
     }
     messages = []
     if len(seeds) >= 2:
@@ -253,6 +328,6 @@ def history(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
                      "ranks": t.user_attrs.get("ranks"), "predicted": t.user_attrs.get("predicted"),
                      "predicted_std": t.user_attrs.get("predicted_std"),
                      "cv_spearman": t.user_attrs.get("cv_spearman"), "proposal": t.user_attrs.get("proposal"),
-                     "duplicate": bool(t.user_attrs.get("duplicate")),
+                     "duplicate": bool(t.user_attrs.get("duplicate")), "retry_of": t.user_attrs.get("retry_of"),
                      "is_uniform": t.user_attrs.get("ranks") == space.uniform().tolist()})
     return rows

@@ -69,6 +69,7 @@ class RecoverEvalObjective:
     screen_limit: int | None = None
     recovery_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str | None = None  # recovery data file (None = the default offline corpus)
+    device: str | None = None  # where each trial's model runs (``rankadaptor.device``; None = the default)
 
     def __post_init__(self) -> None:
         if self.target not in (*TASKS, "average", "loss"):
@@ -98,7 +99,7 @@ class RecoverEvalObjective:
         steps = (self.screen_steps or self.steps) if screen else self.steps
         limit = (self.screen_limit or self.limit) if screen else self.limit
         torch.manual_seed(seed)
-        loaded = load_model(self.model_spec)
+        loaded = load_model(self.model_spec, device=self.device)
         plan = RankPlan(ranks=[int(r) for r in ranks])
         config = RecoveryConfig(max_steps=steps, seed=seed, **self.recovery_kwargs)
         result = recover(loaded.model, loaded.tokenizer, plan, config, data=self.data)

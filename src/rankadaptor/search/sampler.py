@@ -24,6 +24,7 @@ from scipy import stats
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search.perf_model import Ensemble, MLPConfig, cv_spearman
 from rankadaptor.search.space import SearchSpace, plan_hash
+from rankadaptor.search.storage import ATTEMPT_FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,11 @@ def trial_ranks(space: SearchSpace, t: FrozenTrial) -> np.ndarray | None:
 
 
 def held_hashes(study: optuna.Study) -> set[str]:
-    """Plans already evaluated or being evaluated by any process (duplicates that yielded excluded)."""
+    """Plans evaluated, being evaluated or queued by any process (trials that yielded excluded)."""
     out = set()
     for t in study.get_trials(deepcopy=False, states=HELD):
         h = t.user_attrs.get("plan_hash")
-        if h and not t.user_attrs.get("duplicate"):
+        if h and not any(t.user_attrs.get(flag) for flag in ATTEMPT_FLAGS):
             out.add(h)
     return out
 
