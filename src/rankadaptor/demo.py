@@ -57,7 +57,8 @@ PRESETS: dict[str, Preset] = {
                     search_trials=3, search_steps=1, high_rank=16),
     # the default, sized for ~15 min on 2 CPU cores (two 1-thread workers): every stage at a size where
     # it does real work (8 steps of 4×128 tokens, 6 search trials, 10 docs per task, 2 seeds for an
-    # interval — a wide one). 22 min measured before the workers and the per-worker caches.
+    # interval — a wide one). 22 min measured with one 2-thread process; with two 1-thread workers the
+    # units' measured CPU seconds (about 1,200 s in all) schedule into ~10-11 min.
     "quick": Preset("quick", seeds=(0, 1), steps=8, batch_size=4, seq_len=128, eval_limit=10, ppl_tokens=2048,
                     search_trials=6, search_steps=4, high_rank=32),
     # the paper's scale (LLM-Pruner recipe: 2 epochs of batch 64 in the paper; here 2000 steps) for a GPU
