@@ -30,7 +30,8 @@ def main() -> None:
     report = read_json(run / "report.json", "demo report")
     shutil.copyfile(run / "report.md", results / f"demo_{args.preset}.md")
     shutil.copyfile(run / "report.json", results / f"demo_{args.preset}.json")
-    print(f"wrote {results / f'demo_{args.preset}.md'} ({len(report['runs'])} evaluated runs)")
+    print(f"wrote {results / f'demo_{args.preset}.md'} ({len(report['runs'])} evaluated runs); "
+          "python benchmarks/readme_tables.py puts it in the README")
 
 
 if __name__ == "__main__":

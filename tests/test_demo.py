@@ -66,3 +66,68 @@ def test_report_table_and_verdicts(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["vs_uniform"]["rankadaptor"]["n"] == 2
     assert (tmp_path / "rank_allocation.png").exists() and (tmp_path / "params_vs_accuracy.png").exists()
     assert report["report"].endswith("report.md")
+
+
+def test_heldout_prefix_gives_the_same_perplexity():
+    from rankadaptor.demo import texts_for_tokens
+    from rankadaptor.eval.perplexity import perplexity, token_stream
+    from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+    tok, model = tiny_tokenizer(), tiny_llama()
+    texts = [f"text number {i} says the quick brown fox jumps over the lazy dog " * (1 + i % 3) for i in range(40)]
+    for n in (5, 37, 120):
+        prefix = texts_for_tokens(texts, tok, n)
+        assert len(prefix) < len(texts)
+        assert token_stream(tok, prefix)[:n] == token_stream(tok, texts)[:n]
+        assert len(token_stream(tok, prefix[:-1])) < n  # the shortest such prefix
+    assert perplexity(model, tok, texts_for_tokens(texts, tok, 100), seq_len=32, max_tokens=100) == \
+        perplexity(model, tok, texts, seq_len=32, max_tokens=100)
+
+
+def test_plan_is_a_valid_graph_with_work_for_every_unit(tmp_path):
+    from rankadaptor.demo import Demo
+    from rankadaptor.scheduler import chain_lengths
+
+    demo = Demo(PRESETS["quick"], tmp_path)
+    units = demo.plan()
+    keys = {u.key for u in units}
+    assert {"dense", "prune", "pruned-no-recovery", "search", "uniform-s0", "uniform-s1", "rankadaptor-s1",
+            "para-s0", "lora-star-s1"} <= keys
+    lengths = chain_lengths(units)  # raises on unknown dependencies or cycles
+    assert max(lengths, key=lengths.get) == "prune"  # everything recovered waits for it
+    assert all(callable(demo.work(k)) for k in keys)
+    assert {d for u in units if u.key.startswith("rankadaptor-") for d in u.deps} == {"search"}
+    with pytest.raises(RankAdaptorError, match="unknown demo unit"):
+        demo.work("nonsense-s0")
+    with pytest.raises(RankAdaptorError, match="search has not finished"):
+        demo.work("rankadaptor-s0")()
+
+
+def test_console_shows_progress_and_warnings_not_library_chatter():
+    import logging
+
+    from rankadaptor.demo_workers import console_filter
+
+    def rec(name, level):
+        return logging.LogRecord(name, level, __file__, 1, "m", None, None)
+
+    assert console_filter(rec("rankadaptor.demo", logging.INFO))
+    assert console_filter(rec("rankadaptor.eval.harness", logging.WARNING))
+    assert not console_filter(rec("rankadaptor.eval.harness", logging.INFO))
+    assert not console_filter(rec("lm_eval.tasks", logging.INFO))
+    assert not console_filter(rec("lm_eval.models.huggingface", logging.WARNING))
+    assert not console_filter(rec("py.warnings", logging.WARNING))
+    assert console_filter(rec("transformers.modeling_utils", logging.ERROR))
+
+
+@pytest.mark.slow
+def test_smoke_demo_runs_on_two_workers_and_resumes(tmp_path):
+    from rankadaptor.demo import run_demo
+
+    first = run_demo("smoke", tmp_path / "run", progress=False, workers=2, threads=1)
+    methods = {r["method"] for r in first["runs"]}
+    assert {"dense", "pruned-no-recovery", "uniform", "lora-star", "rankadaptor", "para"} <= methods
+    assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "demo.log").stat().st_size > 0
+    again = run_demo("smoke", tmp_path / "run", progress=False, workers=2, threads=1)
+    assert again["session"]["resumed_units"] == sorted(first["timings"])  # nothing recomputed
+    assert json.dumps(again["summary"]) == json.dumps(first["summary"])  # NaN intervals compare as text

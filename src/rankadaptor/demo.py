@@ -7,14 +7,17 @@ dense evaluation -> prune 20 % (llm-pruner, element1) -> evaluation without reco
 -> a Table 2-style report (mean ± 95 % CI over seeds) and plots.
 
 Every unit of work writes its result under ``RUN/units/`` atomically, so an interrupted run picks
-up where it stopped; a unit whose settings changed is refused rather than silently mixed.
+up where it stopped; a unit whose settings changed is refused rather than silently mixed. Units
+run on worker processes (``rankadaptor.scheduler``): independent seeds and methods side by side,
+each worker keeping the pruned model and the tokenised recovery corpus in memory. Everything the
+libraries log goes to ``RUN/demo.log``; the console shows one progress bar and a line per unit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +25,10 @@ from typing import Any, Callable
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import read_json, write_json_atomic
+from rankadaptor.demo_workers import LOG_NAME, console_filter, default_workers, execute_in_worker, init_worker, log_to_file
+from rankadaptor.scheduler import Progress, Unit, run_units
+
+__all__ = ["PRESETS", "Demo", "Preset", "RunDir", "console_filter", "preset", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,10 @@ PRESETS: dict[str, Preset] = {
     # about two minutes: proves every stage runs; its numbers are noise
     "smoke": Preset("smoke", seeds=(0,), steps=2, batch_size=2, seq_len=64, eval_limit=4, ppl_tokens=1024,
                     search_trials=3, search_steps=1, high_rank=16),
-    # the default: 22 min measured on 2 CPU cores (target 15); two seeds give an interval, a wide one
+    # the default, sized for ~15 min on 2 CPU cores (two 1-thread workers): every stage at a size where
+    # it does real work (8 steps of 4×128 tokens, 6 search trials, 10 docs per task, 2 seeds for an
+    # interval — a wide one). 22 min measured with one 2-thread process; with two 1-thread workers the
+    # units' measured CPU seconds (about 1,200 s in all) schedule into ~10-11 min.
     "quick": Preset("quick", seeds=(0, 1), steps=8, batch_size=4, seq_len=128, eval_limit=10, ppl_tokens=2048,
                     search_trials=6, search_steps=4, high_rank=32),
     # the paper's scale (LLM-Pruner recipe: 2 epochs of batch 64 in the paper; here 2000 steps) for a GPU
@@ -56,7 +66,12 @@ PRESETS: dict[str, Preset] = {
                     ppl_tokens=200_000, search_trials=60, search_steps=200, high_rank=32, eval_batch_size=64),
 }
 
-METHOD_ORDER = ("uniform", "lora-star", "rankadaptor", "para", "prunedlora", "adalora")
+# Cost model behind the progress bar and the scheduling order (seconds at one CPU thread); the
+# bar rescales by how long finished units really took, so these need only be roughly right.
+SECONDS_PER_TOKEN = 0.0025  # one forward token of the pruned SmolLM2-135M (2-3 ms CPU time measured here)
+EVAL_TOKENS_PER_DOC = 120  # forward tokens the scorer spends per document, across the seven tasks
+FULL_SPLIT_DOCS = 3000  # mean documents per task when a preset evaluates whole splits
+VAL_EXAMPLES = 32  # RecoveryConfig.max_val: the held-out blocks every recovery scores at its end
 
 
 def preset(name: str) -> Preset:
@@ -73,19 +88,33 @@ class RunDir:
         self.units = self.root / "units"  # created by the first unit's write, so bad input leaves no directory
         self.settings = json.loads(json.dumps(settings))  # as it reads back from disk (tuples -> lists)
 
+    def done(self, key: str) -> dict | None:
+        """The result of a finished unit (made with these settings), or None if it has not run."""
+        path = self.units / f"{key}.json"
+        if not path.exists():
+            return None
+        done = read_json(path, f"demo unit {key}")
+        if done.get("settings") != self.settings:
+            raise RankAdaptorError(
+                f"{self.root} holds a run made with other settings (unit {key}); "
+                "use a new --out or the same --preset to resume it")
+        return done["result"]
+
+    def check_resumable(self) -> None:
+        """Refuse, before anything is written, a folder holding a run made with other settings."""
+        for path in sorted(self.units.glob("*.json")) if self.units.is_dir() else []:
+            self.done(path.stem)
+
     def unit(self, key: str, fn: Callable[[], dict]) -> dict:
         path = self.units / f"{key}.json"
-        if path.exists():
-            done = read_json(path, f"demo unit {key}")
-            if done.get("settings") != self.settings:
-                raise RankAdaptorError(
-                    f"{self.root} holds a run made with other settings (unit {key}); "
-                    "use a new --out or the same --preset to resume it")
+        finished = self.done(key)
+        if finished is not None:
             log.info("resume: %s already done", key)
-            return done["result"]
-        t0 = time.perf_counter()
+            return finished
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        result["wall_s"] = time.perf_counter() - t0
+        # CPU seconds too: on a shared machine they show the unit's own work when wall time does not
+        result.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
         write_json_atomic(path, {"settings": self.settings, "result": result})
         return result
 
@@ -97,15 +126,19 @@ class Demo:
         self.pruned_dir = self.out / "pruned"
         self.adapters = self.out / "adapters"
         self._heldout: list[str] | None = None
+        self._pruned = None  # the pruned model as loaded once; units get copies
+        self._data: dict[int, Any] = {}  # tokenised recovery corpus per sequence length
+        self._budget: int | None = None
 
     # ---- shared pieces ------------------------------------------------------------------------
-    def heldout(self) -> list[str]:
+    def heldout(self, tokenizer) -> list[str]:
+        """The held-out texts perplexity needs for its first ``ppl_tokens`` tokens, not all 600 kB."""
         if self._heldout is None:
             from rankadaptor.assets import text_corpus_path
 
             text = Path(text_corpus_path("heldout")).read_text(encoding="utf-8")
             self._heldout = [t for t in text.split("\n\n") if t.strip()]
-        return self._heldout
+        return texts_for_tokens(self._heldout, tokenizer, self.cfg.ppl_tokens)
 
     def evaluate(self, model, tokenizer, seed: int) -> dict:
         from rankadaptor.eval import evaluate, perplexity
@@ -113,13 +146,27 @@ class Demo:
         # the fast backend scores lm-eval's own requests; tests show it equals simple_evaluate
         res = evaluate(model, tokenizer, limit=self.cfg.eval_limit, batch_size=self.cfg.eval_batch_size, seed=seed,
                        backend="fast")
-        res["perplexity"] = perplexity(model, tokenizer, self.heldout(), seq_len=256, max_tokens=self.cfg.ppl_tokens)
+        res["perplexity"] = perplexity(model, tokenizer, self.heldout(tokenizer), seq_len=256,
+                                       max_tokens=self.cfg.ppl_tokens)
         return res
 
     def load_pruned(self):
-        from rankadaptor.models.loading import load_model
+        """A fresh copy of the pruned model and tokenizer (equal to a reload, without reading and
+        hashing 430 MB of weights again for every unit)."""
+        import copy
 
-        return load_model(str(self.pruned_dir))
+        from rankadaptor.models.loading import LoadedModel, load_model
+
+        if self._pruned is None:
+            self._pruned = load_model(str(self.pruned_dir))
+        p = self._pruned
+        return LoadedModel(model=copy.deepcopy(p.model), tokenizer=copy.deepcopy(p.tokenizer),
+                           identity=dict(p.identity))
+
+    def n_layers(self) -> int:
+        if self._pruned is None:
+            self.load_pruned()
+        return self._pruned.model.config.num_hidden_layers
 
     def recovery_config(self, seed: int, steps: int | None = None):
         from rankadaptor.lora.recover import RecoveryConfig
@@ -128,11 +175,23 @@ class Demo:
         return RecoveryConfig(max_steps=steps or c.steps, batch_size=c.batch_size, seq_len=c.seq_len, seed=seed,
                               lr=c.lr)
 
+    def recovery_data(self, tokenizer):
+        """The default corpus tokenised as ``recover`` would (same blocks, same split), once per worker."""
+        from rankadaptor.data import load_recovery_data
+
+        config = self.recovery_config(0)
+        if config.seq_len not in self._data:
+            self._data[config.seq_len] = load_recovery_data(None, tokenizer, seq_len=config.seq_len,
+                                                            max_val=config.max_val)
+        return self._data[config.seq_len]
+
     def uniform_budget(self) -> int:
         from rankadaptor.lora.ranks import RankPlan, count_lora_params
 
-        loaded = self.load_pruned()
-        return count_lora_params(loaded.model, RankPlan.uniform(loaded.model.config.num_hidden_layers, 8))
+        if self._budget is None:
+            self.load_pruned()
+            self._budget = count_lora_params(self._pruned.model, RankPlan.uniform(self.n_layers(), 8))
+        return self._budget
 
     # ---- stages -------------------------------------------------------------------------------
     def dense(self) -> dict:
@@ -166,7 +225,8 @@ class Demo:
         loaded = self.load_pruned()
         out = self.adapters / key
         result = recover(loaded.model, loaded.tokenizer, plan=plan, method=method,
-                         config=self.recovery_config(seed, steps), out=out, overwrite=True)
+                         config=self.recovery_config(seed, steps), data=self.recovery_data(loaded.tokenizer),
+                         out=out, overwrite=True)
         rec = result.record
         return {"adapter": str(out), "trainable_params": rec.get("trainable_params"), "val_loss": rec.get("val_loss"),
                 "seconds_per_step": rec.get("seconds_per_step"), "ranks": _ranks_of(rec),
@@ -182,9 +242,9 @@ class Demo:
         high = self.adapters / f"high-r{self.cfg.high_rank}-s{seed}"
         if not (high / "recovery.json").exists():
             loaded = self.load_pruned()
-            plan = RankPlan.uniform(loaded.model.config.num_hidden_layers, self.cfg.high_rank)
-            recover(loaded.model, loaded.tokenizer, plan=plan, config=self.recovery_config(seed), out=high,
-                    overwrite=True)
+            plan = RankPlan.uniform(self.n_layers(), self.cfg.high_rank)
+            recover(loaded.model, loaded.tokenizer, plan=plan, config=self.recovery_config(seed),
+                    data=self.recovery_data(loaded.tokenizer), out=high, overwrite=True)
         out = self.adapters / f"para-s{seed}"
         report = compress(high, out, CompressConfig(target_params=budget), overwrite=True)
         loaded = self.load_pruned()
@@ -228,58 +288,118 @@ class Demo:
                 "messages": report["messages"], "model_cv": report["model_cv"]}
 
     # ---- the whole pipeline -------------------------------------------------------------------
-    def units(self) -> list[tuple[str, float, Callable[[], dict]]]:
-        """(key, cost weight for the progress bar, work) in execution order."""
-        from rankadaptor.lora.ranks import RankPlan
+    def plan(self) -> list[Unit]:
+        """Every unit with its expected cost (seconds at one thread) and what it waits for."""
         from rankadaptor.lora.recover import get_method
 
         c = self.cfg
-        train = c.steps * c.batch_size * c.seq_len / 1000.0
-        ev = 7 * (c.eval_limit or 1000) * 0.6 + c.ppl_tokens / 1000.0
-        units: list[tuple[str, float, Callable[[], dict]]] = [
-            ("dense", ev, self.dense), ("prune", 20.0, self.prune), ("pruned-no-recovery", ev, self.no_recovery)]
-        n_layers = lambda: self.load_pruned().model.config.num_hidden_layers  # noqa: E731
+        docs = (c.eval_limit or FULL_SPLIT_DOCS) * 7
+        ev = SECONDS_PER_TOKEN * (docs * EVAL_TOKENS_PER_DOC + c.ppl_tokens) + 5
+        val = VAL_EXAMPLES * c.seq_len
+        train = SECONDS_PER_TOKEN * (3 * c.steps * c.batch_size * c.seq_len + val) + 10
+        trial = SECONDS_PER_TOKEN * (3 * c.search_steps * c.batch_size * c.seq_len + val) + 10
+        units = [Unit("dense", ev + 5), Unit("prune", 25.0), Unit("pruned-no-recovery", ev, ("prune",)),
+                 Unit("search", c.search_trials * trial, ("prune",))]
         for s in c.seeds:
-            units.append((f"uniform-s{s}", train + ev, lambda s=s: self.recover_and_eval(
-                f"uniform-s{s}", s, plan=RankPlan.uniform(n_layers(), 8))))
-            units.append((f"lora-star-s{s}", train + ev, lambda s=s: self.recover_and_eval(
-                f"lora-star-s{s}", s, plan=RankPlan.lora_star(n_layers()))))
-        search_cost = c.search_trials * c.search_steps * c.batch_size * c.seq_len / 1000.0 * 1.3
-        units.append(("search", search_cost, self.search))
-        for s in c.seeds:
-            units.append((f"rankadaptor-s{s}", train + ev, lambda s=s: self.recover_and_eval(
-                f"rankadaptor-s{s}", s, plan=RankPlan(ranks=self.run.unit("search", self.search)["ranks"]))))
-            units.append((f"para-s{s}", train * 1.2 + ev, lambda s=s: self.para(s, self.uniform_budget())))
+            units += [Unit(f"uniform-s{s}", train + ev, ("prune",)), Unit(f"lora-star-s{s}", train + ev, ("prune",)),
+                      Unit(f"rankadaptor-s{s}", train + ev, ("search",)), Unit(f"para-s{s}", 1.2 * train + ev, ("prune",))]
         for name in ("prunedlora", "adalora"):
             try:
-                cls = get_method(name)
+                get_method(name)
             except RankAdaptorError:
                 log.warning("recovery method %s is not available; its row is left out", name)
                 continue
-            for s in c.seeds:
-                units.append((f"{name}-s{s}", train * 1.3 + ev, lambda s=s, cls=cls, name=name: self.recover_and_eval(
-                    f"{name}-s{s}", s, method=_budget_method(cls, name, self))))
+            # both cost about twice a LoRA step here: AdaLoRA's SVD-form layers, PrunedLoRA's pruning events
+            units += [Unit(f"{name}-s{s}", 2 * train + ev, ("prune",)) for s in c.seeds]
         return units
 
-    def run_all(self, progress: bool = True) -> dict:
+    def work(self, key: str) -> Callable[[], dict]:
+        """The function that computes unit ``key``."""
+        from rankadaptor.lora.ranks import RankPlan
+        from rankadaptor.lora.recover import get_method
+
+        fixed = {"dense": self.dense, "prune": self.prune, "pruned-no-recovery": self.no_recovery,
+                 "search": self.search}
+        if key in fixed:
+            return fixed[key]
+        method, _, s = key.rpartition("-s")
+        seed = int(s)
+        if method == "uniform":
+            return lambda: self.recover_and_eval(key, seed, plan=RankPlan.uniform(self.n_layers(), 8))
+        if method == "lora-star":
+            return lambda: self.recover_and_eval(key, seed, plan=RankPlan.lora_star(self.n_layers()))
+        if method == "rankadaptor":
+            return lambda: self.recover_and_eval(key, seed, plan=RankPlan(ranks=self._search_result()["ranks"]))
+        if method == "para":
+            return lambda: self.para(seed, self.uniform_budget())
+        if method in ("prunedlora", "adalora"):
+            return lambda: self.recover_and_eval(key, seed, method=_budget_method(get_method(method), method, self))
+        raise RankAdaptorError(f"unknown demo unit {key!r}")
+
+    def _search_result(self) -> dict:
+        found = self.run.done("search")
+        if found is None:
+            raise RankAdaptorError(f"the search has not finished in {self.out}; it runs before the found plan")
+        return found
+
+    def execute(self, key: str) -> dict:
+        return self.run.unit(key, self.work(key))
+
+    def run_all(self, progress: bool = True, workers: int = 1, threads: int = 1, device: str = "cpu") -> dict:
+        """Run (or resume) every unit on ``workers`` processes of ``threads`` torch threads each."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
-        units = self.units()
-        bar = tqdm(total=sum(w for _, w, _ in units), disable=not progress, unit="work",
-                   bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
-        done: dict[str, dict] = {}
-        for key, weight, fn in units:
-            bar.set_postfix_str(key)
-            done[key] = self.run.unit(key, fn)
-            bar.update(weight)
+        units = self.plan()
+        finished = {u.key: r for u in units if (r := self.run.done(u.key)) is not None}
+        if finished:
+            log.info("resuming %s: %d of %d units already done", self.out, len(finished), len(units))
+        bar = tqdm(total=sum(u.cost for u in units), initial=sum(u.cost for u in units if u.key in finished),
+                   disable=not progress, smoothing=0, dynamic_ncols=True,
+                   bar_format="demo {percentage:3.0f}%|{bar}| {elapsed} elapsed, ~{remaining} left; running: {desc}")
+        count = {"done": len(finished)}
+
+        def on_done(unit: Unit, result: dict) -> None:
+            count["done"] += 1
+            log.info("[%d/%d] %s done in %s%s", count["done"], len(units), unit.key,
+                     _duration(result.get("wall_s")), _headline(result))
+
+        execute = partial(execute_in_worker, self.cfg, str(self.out), self.model_spec, device)
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
+                                 initargs=(threads, str(self.out / LOG_NAME))) as pool, logging_redirect_tqdm():
+            done = run_units(units, execute, pool, workers, finished, Progress(units, finished, bar), on_done)
+        bar.n = bar.total  # exactly, not a float sum that may fall short of it
+        bar.set_description_str("done")
         bar.close()
-        return self.report(done)
+        session = {"workers": workers, "threads": threads, "wall_s": time.perf_counter() - t0,
+                   "resumed_units": sorted(finished)}
+        return self.report({u.key: done[u.key] for u in units}, session)
 
-    def report(self, done: dict[str, dict]) -> dict:
+    def report(self, done: dict[str, dict], session: dict | None = None) -> dict:
         from rankadaptor.provenance import provenance
         from rankadaptor.report.demo_report import write_report
 
-        return write_report(self.out, self.cfg, done, provenance(None))
+        return write_report(self.out, self.cfg, done, provenance(None), session)
+
+
+def texts_for_tokens(texts: list[str], tokenizer, n_tokens: int) -> list[str]:
+    """The shortest prefix of ``texts`` whose token stream (as ``eval.perplexity`` builds it: each text
+    tokenised alone, one EOS between texts) has ``n_tokens`` tokens; perplexity over the first
+    ``n_tokens`` tokens is then the same as over all texts, without tokenising the rest."""
+    sep = 1 if tokenizer.eos_token_id is not None else 0
+    out, length = [], -sep
+    for text in texts:
+        out.append(text)
+        length += sep + len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if length >= n_tokens:
+            break
+    return out
 
 
 def _budget_method(cls, name: str, demo: Demo):
@@ -291,9 +411,10 @@ def _budget_method(cls, name: str, demo: Demo):
         from rankadaptor.lora.ranks import RankPlan, linear_shapes
 
         steps, high = demo.cfg.steps, demo.cfg.high_rank
-        model = demo.load_pruned().model
+        demo.n_layers()
+        model = demo._pruned.model  # read only: shapes and module names
         shapes = linear_shapes(model)
-        sizes = {n: sum(shapes[n]) for n in RankPlan.uniform(model.config.num_hidden_layers, high).module_ranks(model)}
+        sizes = {n: sum(shapes[n]) for n in RankPlan.uniform(demo.n_layers(), high).module_ranks(model)}
         kw = dict(init_rank=high, target_params=budget, scope="global", prune_every=1,
                   warmup_steps=max(1, steps // 4), final_steps=steps // 4)
         for k in range(1, high + 1):
@@ -317,11 +438,49 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _headline(result: dict) -> str:
+    """The unit's main numbers for its progress line."""
+    from rankadaptor.report.tables import run_scores
+
+    if "results" in result:
+        scores = run_scores(result["results"])
+        return f": avg acc {scores['avg'] * 100:.1f} %, ppl {scores['ppl']:.1f}" if "ppl" in scores else ""
+    if result.get("ranks"):
+        ranks = result["ranks"]
+        if len(set(ranks)) == 1:
+            return f": best plan is uniform r={ranks[0]}"
+        return f": best plan has ranks {min(ranks)}..{max(ranks)} over {len(ranks)} layers"
+    if result.get("params_after"):
+        return f": {result['params_before'] / 1e6:.1f}M -> {result['params_after'] / 1e6:.1f}M parameters"
+    return ""
+
+
 def run_demo(preset_name: str = "quick", out: str | Path | None = None, model: str = "smollm2-135m",
-             progress: bool = True, device: str | None = None) -> dict:
-    from rankadaptor.device import default_device
+             progress: bool = True, workers: int | None = None, threads: int | None = None,
+             device: str | None = None) -> dict:
+    """Run or resume the demo on ``device`` (None: the CLI's ``--device``, else auto) with ``workers``
+    processes (default: 2 on a CPU, 1 on a GPU) of ``threads`` torch threads each (default: the CPU
+    cores shared out among the workers)."""
+    from rankadaptor.device import resolve_device
+    from rankadaptor.models.loading import model_source
 
     cfg = preset(preset_name)
+    model_source(model)  # a bad --model fails here, before the run directory or its log exist
     out = Path(out or f"runs/demo-{cfg.name}")
-    with default_device(device):  # every model the demo loads (dense, pruned, search trials) goes there
-        return Demo(cfg, out, model).run_all(progress=progress)
+    where = str(resolve_device(device))  # resolved here: the worker processes do not see a `with` block
+    workers = workers or default_workers(where)
+    if workers < 1:
+        raise RankAdaptorError(f"--workers must be >= 1, got {workers}")
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    demo = Demo(cfg, out, model)
+    demo.run.check_resumable()
+    log_to_file(out / LOG_NAME)
+    log.info("demo %s preset -> %s on %s: %d worker(s) x %d thread(s); full log in %s", cfg.name, out, where,
+             workers, threads, out / LOG_NAME)
+    return demo.run_all(progress=progress, workers=workers, threads=threads, device=where)

@@ -1,4 +1,8 @@
-"""``rankadaptor demo [--preset smoke|quick|paper] [--out runs/NAME]``: the whole pipeline, resumable."""
+"""``rankadaptor demo [--preset smoke|quick|paper] [--out runs/NAME]``: the whole pipeline, resumable.
+
+The console shows one progress bar for the whole run (with the time left) and a line per finished
+unit; everything the libraries log (lm-eval, transformers, datasets, warnings) goes to RUN/demo.log.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="prune, recover with every rank method, evaluate, report (offline default)",
                        description=__doc__)
     p.add_argument("--preset", choices=tuple(PRESETS), default="quick",
-                   help="smoke (~3 min, proves it runs), quick (default, ~22 min on 2 CPU cores), paper (GPU)")
+                   help="smoke (~3 min, proves it runs), quick (default, ~15 min on 2 CPU cores), paper (GPU)")
     p.add_argument("--out", default=None, help="run directory (default runs/demo-PRESET); re-running resumes")
     p.add_argument("--model", default="smollm2-135m", help="model spec (default: the offline SmolLM2-135M)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes running independent units side by side (default: 2 on a CPU with "
+                        ">= 2 cores, 1 with a GPU); each uses --threads torch threads (default: cores / workers)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -27,13 +34,15 @@ def run(args) -> int:
             raise RankAdaptorError(f"--out {args.out} is a file; a demo run needs a directory (a new one, or an "
                                    "earlier run's to resume it)")
         refuse_bad_out_parent(args.out)
-    import torch
+    import logging
 
-    from rankadaptor.demo import run_demo
+    from rankadaptor.demo import console_filter, run_demo
 
-    if not args.threads:
-        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    report = run_demo(args.preset, args.out, args.model, progress=not args.no_progress)
+    for handler in logging.getLogger().handlers:  # the CLI's console: progress lines and warnings only
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(console_filter)
+    report = run_demo(args.preset, args.out, args.model, progress=not args.no_progress, workers=args.workers,
+                      threads=args.threads)
     print(report["markdown"])
     print(f"report: {report['report']}")
     for p in report["plots"]:

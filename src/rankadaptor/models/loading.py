@@ -46,40 +46,62 @@ class LoadedModel:
     identity: dict
 
 
-def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, device=None) -> LoadedModel:
-    """Load ``spec`` (see the module docstring) in eval mode with its tokenizer, on ``device``."""
-    spec_str = str(spec)
-    device = resolve_device(device)  # an unusable device fails before a slow load
-    model_aliases = [a.name for a in assets.ASSETS.values() if a.kind == "model"]
-    path = Path(spec_str).expanduser()
-    if spec_str in model_aliases and not path.exists():
-        path = assets.ensure(spec_str)
-        model, tok = _load_hf_dir(path, dtype)
-        sha = assets.manifest_sha256(spec_str, "model.safetensors")
-        return _finish(model, tok, spec_str, path, sha, "alias", device)
-    if path.is_file() and path.suffix == ".gguf":
-        model, tok = load_gguf(path, dtype)
-        return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf", device)
-    if path.is_dir() and (path / "pruning.json").is_file():
-        from rankadaptor.prune.artefact import load_pruned  # owned by prune; imported only when needed
+def model_source(spec: str | os.PathLike) -> str:
+    """What kind of model ``spec`` names: "alias", "gguf", "pruned", "local" or "hub".
 
-        model = load_pruned(path).to(dtype)
-        return _finish(model, _load_tokenizer(path), spec_str, path, weights_sha256(path), "pruned", device)
+    Cheap (looks at the path only), so commands can refuse a bad spec before they write anything.
+    """
+    spec_str = str(spec)
+    path = Path(spec_str).expanduser()
+    if spec_str in model_aliases() and not path.exists():
+        return "alias"
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf"
+    if path.is_dir() and (path / "pruning.json").is_file():
+        return "pruned"
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise RankAdaptorError(
                 f"{path} is a directory without config.json or pruning.json, so it is neither a "
                 "Hugging Face model directory nor a pruned artefact; pass the directory written by "
                 "save_pretrained (or `rankadaptor prune`), a .gguf file or an alias")
-        model, tok = _load_hf_dir(path, dtype)
-        return _finish(model, tok, spec_str, path, weights_sha256(path), "local", device)
+        return "local"
     if path.exists():
         raise RankAdaptorError(f"{path} is a file but not a .gguf model; pass a model directory or a .gguf file")
     if HUB_ID.fullmatch(spec_str) and not spec_str.startswith(("./", "../")):
-        return _load_hub(spec_str, dtype, model_aliases, device)
+        return "hub"
     raise RankAdaptorError(
-        f"model {spec_str!r} is not an alias ({', '.join(model_aliases)}), not an existing path, and "
+        f"model {spec_str!r} is not an alias ({', '.join(model_aliases())}), not an existing path, and "
         "not a hub id of the form org/name; check the spelling or the path")
+
+
+def model_aliases() -> list[str]:
+    return [a.name for a in assets.ASSETS.values() if a.kind == "model"]
+
+
+def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, device=None) -> LoadedModel:
+    """Load ``spec`` (see the module docstring) in eval mode with its tokenizer, on ``device``."""
+    spec_str = str(spec)
+    source = model_source(spec_str)
+    device = resolve_device(device)  # an unusable device fails before a slow load
+    path = Path(spec_str).expanduser()
+    if source == "alias":
+        path = assets.ensure(spec_str)
+        model, tok = _load_hf_dir(path, dtype)
+        sha = assets.manifest_sha256(spec_str, "model.safetensors")
+        return _finish(model, tok, spec_str, path, sha, "alias", device)
+    if source == "gguf":
+        model, tok = load_gguf(path, dtype)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf", device)
+    if source == "pruned":
+        from rankadaptor.prune.artefact import load_pruned  # owned by prune; imported only when needed
+
+        model = load_pruned(path).to(dtype)
+        return _finish(model, _load_tokenizer(path), spec_str, path, weights_sha256(path), "pruned", device)
+    if source == "local":
+        model, tok = _load_hf_dir(path, dtype)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "local", device)
+    return _load_hub(spec_str, dtype, model_aliases(), device)
 
 
 # --------------------------------------------------------------------------- sources

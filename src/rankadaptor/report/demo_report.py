@@ -14,6 +14,7 @@ ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* (4/6/10/12)", 
              "para": "PARA (high rank → r=8 budget)", "prunedlora": "PrunedLoRA (high rank → r=8 budget)",
              "adalora": "AdaLoRA (r=8 budget)", "dense": "dense (unpruned)", "pruned-no-recovery": "pruned, no recovery"}
 UNRECOVERED = ("dense", "pruned-no-recovery")
+METHOD_ROWS = ("uniform", "lora-star", "rankadaptor", "para", "prunedlora", "adalora")
 
 
 def collect_runs(done: dict[str, dict]) -> list[dict]:
@@ -32,31 +33,44 @@ def collect_runs(done: dict[str, dict]) -> list[dict]:
     return runs
 
 
-def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, Any]) -> dict:
-    runs = collect_runs(done)
-    summary = summarise(runs)
-    order = [m for m in ("dense", "pruned-no-recovery", "uniform", "lora-star", "rankadaptor", "para",
-                         "prunedlora", "adalora") if m in summary]
-    labelled = {ROW_LABEL.get(m, m): summary[m] for m in order}
-    table = markdown_table(labelled)
-    diffs = compare_to(runs, "uniform")
-    lines = [f"# rankadaptor demo ({cfg.name} preset)", "",
-             f"SmolLM2-135M pruned {cfg.prune_ratio:.0%} by llm-pruner (element1), recovered for {cfg.steps} steps "
-             f"of {cfg.batch_size}×{cfg.seq_len} tokens; {cfg.eval_limit or 'all'} documents per task; seeds "
-             f"{list(cfg.seeds)}. Accuracy in %, mean ± half-width of the 95 % t-interval over seeds; PPL on "
-             f"{cfg.ppl_tokens} held-out tokens.", "", table, "", "## Average vs uniform r=8 (paired by seed)", ""]
-    for method, d in diffs.items():
-        if method in UNRECOVERED:
-            continue
+def comparison_markdown(summary: dict, vs_uniform: dict) -> str:
+    """The Table 2-style table and every method's paired verdict against uniform r=8.
+
+    Takes ``summary`` and ``vs_uniform`` as ``report.json`` stores them, so the README's copy of the
+    table (``benchmarks/readme_tables.py``) is rebuilt from the results file by the same code.
+    """
+    order = [m for m in ("dense", "pruned-no-recovery", *METHOD_ROWS) if m in summary]
+    order += sorted(m for m in summary if m not in order)
+    lines = [markdown_table({ROW_LABEL.get(m, m): summary[m] for m in order}), "",
+             "Average accuracy vs uniform r=8, paired by seed:", ""]
+    for method in [m for m in order if m in vs_uniform and m not in UNRECOVERED]:
+        d = vs_uniform[method]
         verdict = "significant" if d["significant"] else "NOT significant (within noise)"
         if d["n"] < 2:
             verdict = "one seed: no interval, no claim"
         lines.append(f"* {ROW_LABEL.get(method, method)}: {d['mean'] * 100:+.2f} points "
                      f"(95 % CI {d['ci_low'] * 100:+.2f} .. {d['ci_high'] * 100:+.2f}) — {verdict}")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, Any],
+                 session: dict[str, Any] | None = None) -> dict:
+    """report.md / report.json / plots in ``out``; ``session`` describes the run that finished it
+    (workers, threads, wall seconds, units resumed from an earlier run)."""
+    runs = collect_runs(done)
+    summary = summarise(runs)
+    diffs = compare_to(runs, "uniform")
+    lines = [f"# rankadaptor demo ({cfg.name} preset)", "",
+             f"SmolLM2-135M pruned {cfg.prune_ratio:.0%} by llm-pruner (element1), recovered for {cfg.steps} steps "
+             f"of {cfg.batch_size}×{cfg.seq_len} tokens; {cfg.eval_limit or 'all'} documents per task; seeds "
+             f"{list(cfg.seeds)}. Accuracy in %, mean ± half-width of the 95 % t-interval over seeds; PPL on "
+             f"{cfg.ppl_tokens} held-out tokens.", "", comparison_markdown(summary, diffs)]
     search = done.get("search", {})
     if search:
         lines += ["", "## Search", "", f"Best plan (per-layer ranks): `{search.get('ranks')}`", ""]
         lines += [f"* {m}" for m in search.get("messages", [])]
+    timings = {k: {"wall_s": u.get("wall_s"), "cpu_s": u.get("cpu_s")} for k, u in done.items()}
+    lines += ["", "## Time", "", _time_line(session, timings)]
     lines += ["", f"Date {provenance['date']}, commit {provenance['git_commit']}, "
               f"{provenance['hardware']['processor']} ({provenance['hardware']['cpu_count']} CPUs), "
               f"torch {provenance['versions']['torch']}, transformers {provenance['versions']['transformers']}."]
@@ -64,7 +78,7 @@ def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, An
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     result = {"preset": asdict(cfg), "summary": summary, "vs_uniform": diffs, "search": search,
-              "runs": runs, "plots": plots, "provenance": provenance}
+              "runs": runs, "plots": plots, "timings": timings, "session": session, "provenance": provenance}
     write_json_atomic(out / "report.json", result)
     return {"markdown": md, "report": str(out / "report.md"), **result}
 
@@ -97,3 +111,16 @@ def _plots(out: Path, runs: list[dict], search: dict) -> list[str]:
     if history.exists():
         paths.append(str(history))
     return paths
+
+
+def _time_line(session: dict[str, Any] | None, timings: dict[str, dict]) -> str:
+    walls = {k: t["wall_s"] for k, t in timings.items() if t.get("wall_s") is not None}
+    per_unit = ", ".join(f"{k} {w:.0f}" for k, w in walls.items())
+    head = "Units (wall seconds each): " + (per_unit or "none recorded") + "."
+    if not session:
+        return head
+    resumed = len(session.get("resumed_units", []))
+    return (f"This session: {session['wall_s'] / 60:.1f} min wall on {session['workers']} worker(s) × "
+            f"{session['threads']} thread(s)" + (f", {resumed} unit(s) resumed from an earlier run" if resumed else "")
+            + f". {head}")
+

@@ -1,0 +1,56 @@
+"""README tables are generated from benchmarks/results/: a hand-edited number fails here (and in CI)."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_repo_readme_matches_results():
+    runner = _runner()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "<!-- table:demo_quick -->" in readme
+    assert runner.regenerate(readme) == readme, "README is out of date: run python benchmarks/readme_tables.py"
+    assert runner.main(["--check"]) == 0
+
+
+def test_hand_edited_number_fails_check_and_is_rewritten(tmp_path):
+    runner = _runner()
+    readme = tmp_path / "README.md"
+    shutil.copyfile(ROOT / "README.md", readme)
+    text = readme.read_text(encoding="utf-8")
+    start = text.index("<!-- table:demo_quick -->")
+    row = text.index("| RankAdaptor |", start)
+    edited = text[:row] + "| RankAdaptor | 99.00" + text[row + len("| RankAdaptor | 80.00"):]
+    readme.write_text(edited, encoding="utf-8")
+    assert runner.main(["--check", "--readme", str(readme)]) == 1
+    assert runner.main(["--readme", str(readme)]) == 0
+    assert readme.read_text(encoding="utf-8") == text
+    assert runner.main(["--check", "--readme", str(readme)]) == 0
+
+
+def test_block_carries_provenance_and_noise_verdicts():
+    block = _runner().render("demo_quick")
+    assert block.startswith("_Measured 20") and "commit `" in block and "CPUs" in block
+    assert "NOT significant (within noise)" in block
+    assert "| RankAdaptor |" in block
+
+
+def test_unknown_or_unclosed_markers_are_refused(tmp_path):
+    runner = _runner()
+    with pytest.raises(SystemExit, match="no generator"):
+        runner.regenerate("<!-- table:nope -->\nx\n<!-- /table:nope -->\n")
+    with pytest.raises(SystemExit, match="closing marker"):
+        runner.regenerate("<!-- table:demo_quick -->\nx\n")
+    with pytest.raises(SystemExit, match="does not exist"):
+        runner.render("demo_quick", tmp_path)
