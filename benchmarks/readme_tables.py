@@ -30,9 +30,35 @@ def demo_table(results: dict) -> str:
     return comparison_markdown(results["summary"], results["vs_uniform"])
 
 
+def eval_table(results: dict) -> str:
+    from rankadaptor.eval.results import format_table
+
+    return f"{results['benchmark']['size']}; acc / acc_norm in %, ± lm-eval's standard error.\n\n" + \
+        format_table(results, markdown=True)
+
+
+def script_table(script: str, function: str) -> Callable[[dict], str]:
+    """The table a benchmark script itself writes (its own function), without the script's title."""
+
+    def make(results: dict) -> str:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(f"_bench_{script}", HERE / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        text = getattr(module, function)(results)
+        return "\n".join(line for line in text.splitlines() if not line.startswith("# ")).strip() + "\n"
+
+    return make
+
+
 # name -> function(results json) -> markdown; the results are read from results/NAME.json
 TABLES: dict[str, Callable[[dict], str]] = {
     "demo_quick": demo_table,
+    "eval_baseline": eval_table,
+    "prune_table9": script_table("prune_table9", "table"),
+    "search_real": script_table("search_real", "markdown"),
+    "search_real_data": script_table("search_real_data", "markdown"),
 }
 
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
