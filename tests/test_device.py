@@ -19,7 +19,7 @@ from rankadaptor.lora.ranks import RankPlan
 from rankadaptor.lora.recover import RecoveryConfig, recover
 from rankadaptor.models import loading
 from rankadaptor.prune.artefact import PruneConfig, prune_model
-from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
+from tests.tiny_models import TINY_TEXT, save_tiny_model_and_corpus, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture
@@ -29,12 +29,7 @@ def no_cuda(monkeypatch):
 
 @pytest.fixture
 def saved(tmp_path):
-    model_dir = tmp_path / "m"
-    tiny_llama().save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(TINY_TEXT * 20))
-    return model_dir, corpus
+    return save_tiny_model_and_corpus(tmp_path)
 
 
 # ---- resolve_device -------------------------------------------------------------------------------

@@ -61,3 +61,16 @@ def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
+
+
+def save_tiny_model_and_corpus(directory) -> tuple:
+    """A tiny model directory (weights + tokenizer) and a small text corpus, for CLI tests."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    model_dir = directory / "m"
+    tiny_llama().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    corpus = directory / "c.txt"
+    corpus.write_text("\n\n".join(TINY_TEXT * 20))
+    return model_dir, corpus

@@ -7,17 +7,12 @@ import pytest
 from rankadaptor.cli import main
 from rankadaptor.lora.ranks import RankPlan
 from rankadaptor.lora.recover import RecoveryConfig
-from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
+from tests.tiny_models import save_tiny_model_and_corpus
 
 
 @pytest.fixture
 def saved(tmp_path):
-    model_dir = tmp_path / "m"
-    tiny_llama().save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(TINY_TEXT * 20))
-    return model_dir, corpus
+    return save_tiny_model_and_corpus(tmp_path)
 
 
 def test_cli_lora_star_and_plan_file(tmp_path, saved, capsys):
