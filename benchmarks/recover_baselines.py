@@ -100,7 +100,7 @@ def layer_sizes(model, r: int) -> dict[str, int]:
     return {n: sum(shapes[n]) for n in RankPlan.uniform(len(decoder_layer_names(model)), r).module_ranks(model)}
 
 
-def prunedlora_method(model, init_rank: int, target_params: int, steps: int):
+def prunedlora_method(model, init_rank: int, target_params: int, steps: int, **overrides):
     """PrunedLoRA sized to the run: global scope, prune every step between a quarter-run warm-up and a
     quarter-run final phase, with the smallest k per event that reaches the target (checked up front)."""
     from rankadaptor.errors import RankAdaptorError
@@ -108,7 +108,7 @@ def prunedlora_method(model, init_rank: int, target_params: int, steps: int):
 
     sizes = layer_sizes(model, init_rank)
     kw = dict(init_rank=init_rank, target_params=target_params, scope="global", prune_every=1,
-              warmup_steps=max(1, steps // 4), final_steps=steps // 4)
+              warmup_steps=max(1, steps // 4), final_steps=steps // 4, **overrides)
     for k in range(1, init_rank + 1):
         try:
             PruneSchedule(**kw, prune_k=k).check_reachable(sizes, steps)
