@@ -28,6 +28,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 METHODS = ("uniform", "lora-star", "adalora", "prunedlora")
+# AdaLoRA starts from E = 0 with P, Q ~ N(0, 0.02) (the authors' and PEFT's init), so at LoRA's lr its
+# update is tens of times smaller over a short run; this extra (not run by default) checks ten times the lr
+EXTRA_METHODS = ("adalora-lr10",)
 SUMMARY_KEYS = ("ppl", "avg_reported", "avg_acc", "avg_acc_norm", "val_loss", "seconds_per_step", "peak_rss_mb",
                 "lora_params")
 PAIRED_KEYS = ("ppl", "avg_reported", "avg_acc", "avg_acc_norm", "val_loss")
@@ -38,7 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--prune-ratio", type=float, default=0.2)
     p.add_argument("--dense", action="store_true", help="skip pruning (labelled 'dense' in the results)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + EXTRA_METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--uniform-r", type=int, default=8)
     p.add_argument("--init-rank", type=int, default=32, help="PrunedLoRA's initial rank R0")
@@ -126,7 +129,8 @@ def one_run(base, tok, args, method: str, seed: int) -> dict:
 
     model = copy.deepcopy(base)
     n = len(decoder_layer_names(model))
-    cfg = RecoveryConfig(max_steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+    lr = args.lr * 10 if method == "adalora-lr10" else args.lr
+    cfg = RecoveryConfig(max_steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=lr,
                          seed=seed, threads=args.threads)
     budget = count_lora_params(model, RankPlan.uniform(n, args.uniform_r))
     plan, algo = None, None
@@ -134,27 +138,27 @@ def one_run(base, tok, args, method: str, seed: int) -> dict:
         plan = RankPlan.uniform(n, args.uniform_r)
     elif method == "lora-star":
         plan = RankPlan.lora_star(n)
-    elif method == "adalora":
+    elif method.startswith("adalora"):
         algo = AdaLoraMethod(uniform_r=args.uniform_r)
     else:
         algo = prunedlora_method(model, args.init_rank, budget, args.steps)
     res = recover(model, tok, plan, cfg, data=str(text_corpus_path("train")), method=algo)
     rec = res.record
-    if method == "adalora":
+    if method.startswith("adalora"):
         params = rec["adalora_effective_params"]
     elif method == "prunedlora":
         params = rec["prunedlora"]["final_params"]
     else:
         params = count_lora_params(base, plan)
-    row = {"method": method, "seed": seed, "lora_params": params, "budget": budget,
+    row = {"method": method, "seed": seed, "lr": lr, "lora_params": params, "budget": budget,
            "budget_gap": budget - params, "trainable_params": rec["trainable_params"],
            "val_loss": rec["val_loss"], "first_loss": rec["loss_curve"][0]["loss"],
            "last_loss": rec["loss_curve"][-1]["loss"], "seconds_per_step": rec["seconds_per_step"],
            "peak_rss_mb": rec["peak_rss_mb"], "loss_curve": [round(c["loss"], 4) for c in rec["loss_curve"]]}
-    if method in ("adalora", "prunedlora"):
+    if method != "uniform" and method != "lora-star":
         # equal budget means: at most the budget, and less than one (largest) component below it
         row["within_one_component"] = 0 <= budget - params < max(layer_sizes(base, 1).values())
-    if method == "adalora":
+    if method.startswith("adalora"):
         row["adalora"] = {k: rec["adalora"][k] for k in ("target_params", "init_r", "target_r", "tinit", "tfinal")}
         row["adalora"]["rank_history"] = rec["adalora_rank_history"]
         row["final_ranks"] = sorted(rec["adalora_final_ranks"].values())
@@ -213,10 +217,10 @@ def write(out: Path, payload: dict) -> None:
     s = payload["setup"]
     lines = [f"# recover_baselines ({s['model_state']})", "",
              f"{s['steps']} steps × batch {s['batch_size']} × seq {s['seq_len']} tokens, lr {s['lr']} (linear decay), "
-             f"1 torch thread; accuracy on the first {s['limit']} docs of each task ({s['backend']} scorer), "
+             f"{s['threads']} torch thread(s); accuracy on the first {s['limit']} docs of each task ({s['backend']} scorer), "
              f"perplexity on the first {s['ppl_tokens']} Brown held-out tokens; seeds {s['seeds']}. "
              "Mean [95 % t-interval over seeds]. 'avg (LLM-Pruner)' averages acc for BoolQ/PIQA/WinoG/ARC-e "
-             "and acc_norm for HellaS/ARC-c/OBQA.", "",
+             "and acc_norm for HellaS/ARC-c/OBQA; 'avg acc_norm' is over the five tasks that define it.", "",
              "| method | LoRA params | held-out ppl | avg (LLM-Pruner) | avg acc | avg acc_norm | val loss | s/step | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     if payload.get("no_recovery"):
@@ -227,6 +231,10 @@ def write(out: Path, payload: dict) -> None:
         lines.append(f"| {m} | {r['lora_params']['mean']:,.0f} | {_ci(r['ppl'], 2)} | {_ci(r['avg_reported'])} | "
                      f"{_ci(r['avg_acc'])} | {_ci(r['avg_acc_norm'])} | {_ci(r['val_loss'])} | "
                      f"{r['seconds_per_step']['mean']:.2f} | {r['peak_rss_mb']['mean']:.0f} |")
+    other_lr = {r["method"]: r["lr"] for r in payload["runs"] if r.get("lr", s["lr"]) != s["lr"]}
+    if other_lr:
+        lines += ["", "Trained at another lr (everything else equal): "
+                  + ", ".join(f"{m} at lr {lr:g}" for m, lr in other_lr.items()) + "."]
     lines += ["", "Difference to uniform r (method − uniform, paired by seed), mean [95 % t-interval]:", "",
               "| method | Δ ppl | Δ avg (LLM-Pruner) | Δ avg acc | Δ avg acc_norm | Δ val loss |", "|---|---|---|---|---|---|"]
     for m, r in payload["summary"].items():
