@@ -220,7 +220,9 @@ def write(out: Path, payload: dict) -> None:
              f"{s['threads']} torch thread(s); accuracy on the first {s['limit']} docs of each task ({s['backend']} scorer), "
              f"perplexity on the first {s['ppl_tokens']} Brown held-out tokens; seeds {s['seeds']}. "
              "Mean [95 % t-interval over seeds]. 'avg (LLM-Pruner)' averages acc for BoolQ/PIQA/WinoG/ARC-e "
-             "and acc_norm for HellaS/ARC-c/OBQA; 'avg acc_norm' is over the five tasks that define it.", "",
+             "and acc_norm for HellaS/ARC-c/OBQA; 'avg acc_norm' is over the five tasks that define it. "
+             "Peak RSS is the benchmark process's peak so far (ru_maxrss; runs share one process), so it "
+             "never decreases from run to run; s/step is wall time on a shared 2-core machine (noisy).", "",
              "| method | LoRA params | held-out ppl | avg (LLM-Pruner) | avg acc | avg acc_norm | val loss | s/step | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     if payload.get("no_recovery"):
