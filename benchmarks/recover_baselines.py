@@ -200,6 +200,8 @@ def _ci(c: dict, p: int = 3, scale: float = 1.0) -> str:
 
 def _diff(d: dict, p: int = 3, scale: float = 1.0) -> str:
     verdict = "" if d["significant"] else " not significant"
+    if d["significant"] and d["ci_high"] - d["ci_low"] < 1e-9:  # identical differences on every seed (coarse accuracy)
+        verdict = " (same on every seed: zero spread, no test)"
     return f"{d['mean'] * scale:+.{p}f} [{d['ci_low'] * scale:+.{p}f}, {d['ci_high'] * scale:+.{p}f}]{verdict}"
 
 
@@ -229,8 +231,12 @@ def write(out: Path, payload: dict) -> None:
         b = payload["no_recovery"]
         lines.append(f"| none (pruned, no LoRA) | 0 | {b['ppl']:.2f} | {b['avg_reported']:.3f} | {b['avg_acc']:.3f} "
                      f"| {b['avg_acc_norm']:.3f} | | | |")
+    def label(m: str) -> str:
+        n = payload["summary"][m]["ppl"]["n"]
+        return m if n == len(s["seeds"]) else f"{m} (n={n})"
+
     for m, r in payload["summary"].items():
-        lines.append(f"| {m} | {r['lora_params']['mean']:,.0f} | {_ci(r['ppl'], 2)} | {_ci(r['avg_reported'])} | "
+        lines.append(f"| {label(m)} | {r['lora_params']['mean']:,.0f} | {_ci(r['ppl'], 2)} | {_ci(r['avg_reported'])} | "
                      f"{_ci(r['avg_acc'])} | {_ci(r['avg_acc_norm'])} | {_ci(r['val_loss'])} | "
                      f"{r['seconds_per_step']['mean']:.2f} | {r['peak_rss_mb']['mean']:.0f} |")
     other_lr = {r["method"]: r["lr"] for r in payload["runs"] if r.get("lr", s["lr"]) != s["lr"]}
@@ -242,7 +248,7 @@ def write(out: Path, payload: dict) -> None:
     for m, r in payload["summary"].items():
         if "vs_uniform" in r:
             d = r["vs_uniform"]
-            lines.append(f"| {m} | {_diff(d['ppl'], 2)} | {_diff(d['avg_reported'])} | {_diff(d['avg_acc'])} | "
+            lines.append(f"| {label(m)} | {_diff(d['ppl'], 2)} | {_diff(d['avg_reported'])} | {_diff(d['avg_acc'])} | "
                          f"{_diff(d['avg_acc_norm'])} | {_diff(d['val_loss'])} |")
     tasks = [t for t in TASK_ORDER if t in next(iter(payload["summary"].values()))["tasks"]]
     lines += ["", "Per task (LLM-Pruner's metric), mean [95 % t-interval]:", "",
@@ -251,7 +257,7 @@ def write(out: Path, payload: dict) -> None:
         b = payload["no_recovery"]["tasks"]
         lines.append("| none | " + " | ".join(f"{b[t]['reported']:.3f}" for t in tasks) + " |")
     for m, r in payload["summary"].items():
-        lines.append(f"| {m} | " + " | ".join(_ci(r["tasks"][t]) for t in tasks) + " |")
+        lines.append(f"| {label(m)} | " + " | ".join(_ci(r["tasks"][t]) for t in tasks) + " |")
     budgets = [r for r in payload["runs"] if "within_one_component" in r]
     if budgets:
         lines += ["", "Budget check (final LoRA params vs uniform r's count):", ""]
