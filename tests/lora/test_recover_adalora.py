@@ -45,3 +45,30 @@ def test_adalora_bad_input():
         AdaLoraMethod(uniform_r=30).budget(tiny_llama())  # 1.5 * 30 > k_proj's 32 outputs
     with pytest.raises(RankAdaptorError, match="valid: .*adalora"):
         get_method("nope")
+
+
+def test_adalora_validation_loss_is_the_language_model_loss(tmp_path):
+    """PEFT adds AdaLoRA's orthogonality regulariser to ``outputs.loss`` even in eval mode; the
+    recorded validation loss must be the plain next-token cross-entropy, comparable across methods."""
+    import torch
+
+    from rankadaptor.data import load_recovery_data
+    from rankadaptor.lora.recover import _collate, validation_loss
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(TINY_TEXT * 20))
+    tok = tiny_tokenizer()
+    cfg = RecoveryConfig(max_steps=6, lr=5e-3, batch_size=2, seq_len=16)
+    res = recover(tiny_llama(), tok, config=cfg, data=corpus, method=AdaLoraMethod(uniform_r=4))
+    data = load_recovery_data(corpus, tok, seq_len=16, max_val=cfg.max_val)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = res.model.eval()
+    with torch.no_grad():
+        batch = _collate(data.val[:1], pad)
+        with_reg = float(model(**batch).loss)
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        plain = float(torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100))
+    assert with_reg > plain + 1e-3  # PEFT's loss carries the regulariser ...
+    ce = validation_loss(model, data.val[:1], pad, cfg)
+    assert abs(ce - plain) < 1e-5  # ... the recorded validation loss does not

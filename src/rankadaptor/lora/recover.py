@@ -367,7 +367,11 @@ def _collate(examples: list[list[int]], pad_id: int) -> dict:
 
 
 def validation_loss(model, examples: list[list[int]], pad_id: int, config: RecoveryConfig) -> float:
-    """Token-weighted mean next-token loss over the held-out examples."""
+    """Token-weighted mean next-token loss over the held-out examples.
+
+    Computed from the logits, not ``outputs.loss``: PEFT's AdaLoRA adds its orthogonality
+    regulariser to ``outputs.loss`` (in eval mode too), which is not a language-model loss.
+    """
     import torch
 
     model.eval()
@@ -376,9 +380,12 @@ def validation_loss(model, examples: list[list[int]], pad_id: int, config: Recov
     with torch.no_grad():
         for i in range(0, len(examples), config.micro_batch_size):
             batch = _collate(examples[i:i + config.micro_batch_size], pad_id)
-            n = int((batch["labels"][:, 1:] != -100).sum())  # counted on the CPU: no device sync
-            total += float(model(**dev.move(batch, device)).loss) * n
-            tokens += n
+            labels = batch.pop("labels")[:, 1:]
+            tokens += int((labels != -100).sum())  # counted on the CPU: no device sync
+            logits = model(**dev.move(batch, device)).logits[:, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                             dev.move(labels, device).reshape(-1),
+                                                             ignore_index=-100, reduction="sum"))
     return total / max(tokens, 1)
 
 
