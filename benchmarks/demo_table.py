@@ -24,7 +24,10 @@ def main() -> None:
     ap.add_argument("--from-run", default=None, help="an existing demo run directory (resumed, not restarted)")
     args = ap.parse_args()
     run = Path(args.from_run or HERE / "work" / f"demo-{args.preset}")
-    run_demo(args.preset, run, progress=True)  # resumes: finished units are read back, not recomputed
+    if args.from_run is None or not (run / "report.json").exists():
+        # resumes: finished units are read back, not recomputed (a finished run keeps the report, and the
+        # wall time, of the session that computed it)
+        run_demo(args.preset, run, progress=True)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     report = read_json(run / "report.json", "demo report")
