@@ -82,7 +82,11 @@ def schur_remove(Finv: torch.Tensor, j: int) -> torch.Tensor:
 
 
 class ModuleStats:
-    """Running per-module statistics in gate space: EMA of γ and of γγᵀ, and of E(Ax)²."""
+    """Running per-module statistics in gate space: EMA of γ and of γγᵀ, and of E(Ax)².
+
+    They live on the CPU in float64 whatever the model's device: r×r is tiny, and the pruning
+    decisions are then identical on every device.
+    """
 
     def __init__(self, r: int, beta: float):
         self.beta = beta
@@ -93,7 +97,7 @@ class ModuleStats:
         self.act_steps = 0
 
     def update(self, gate_grad: torch.Tensor) -> None:
-        v = gate_grad.detach().double()
+        v = gate_grad.detach().double().cpu()
         b = self.beta if self.steps else 0.0  # first step: no bias towards the zero init
         self.grad.mul_(b).add_((1 - b) * v)
         self.fisher.mul_(b).add_((1 - b) * torch.outer(v, v))
@@ -101,7 +105,7 @@ class ModuleStats:
 
     def update_act(self, sq_mean: torch.Tensor) -> None:
         b = self.beta if self.act_steps else 0.0
-        self.act.mul_(b).add_((1 - b) * sq_mean.detach().double())
+        self.act.mul_(b).add_((1 - b) * sq_mean.detach().double().cpu())
         self.act_steps += 1
 
     def rescale(self, d: torch.Tensor) -> None:
@@ -181,14 +185,14 @@ class ActivationScorer(_NoCompScorer):
     name = "activation"
 
     def _scores(self, stats, A, B, active):
-        return stats.act[active] * (B.detach()[:, active].double() ** 2).sum(0)
+        return stats.act[active] * (B.detach()[:, active].double() ** 2).sum(0).cpu()
 
 
 class MagnitudeScorer(_NoCompScorer):
     name = "magnitude"
 
     def _scores(self, stats, A, B, active):
-        return B.detach()[:, active].double().norm(dim=0) * A.detach()[active].double().norm(dim=1)
+        return (B.detach()[:, active].double().norm(dim=0) * A.detach()[active].double().norm(dim=1)).cpu()
 
 
 SCORERS: dict[str, type] = {c.name: c for c in (ObsScorer, TaylorScorer, ActivationScorer, MagnitudeScorer)}

@@ -158,6 +158,7 @@ class _Module:
 
 
 def _zero(t: torch.Tensor, dead: torch.Tensor, rows: bool) -> None:
+    dead = dead.to(t.device)  # the mask lives on the CPU with the statistics
     if rows:
         t[dead] = 0.0
     else:
@@ -316,7 +317,7 @@ class PrunedLoRACallback:
             if self.scorer.compensates and self.schedule.compensate:
                 keep = [i for i, a in enumerate(active) if a not in removed[n]]
                 cols = [active[i] for i in keep]
-                m.B.data[:, cols] *= gates[keep].to(m.B.dtype)  # fold δ into B: no gates remain
+                m.B.data[:, cols] *= gates[keep].to(m.B.device, m.B.dtype)  # fold δ into B: no gates remain
                 d = torch.ones(m.mask.numel(), dtype=torch.float64)
                 d[cols] = gates[keep]
                 m.stats.rescale(d)
