@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -176,7 +175,7 @@ def main() -> None:
     from rankadaptor.fileio import write_json_atomic
     from rankadaptor.prune.artefact import load_pruned_tokenizer
     from rankadaptor.provenance import provenance
-    from rankadaptor.report.tables import compare_to, markdown_table, summarise
+    from rankadaptor.report.tables import compare_to, summarise
 
     args.work.mkdir(parents=True, exist_ok=True)
     pruned = prepare_pruned(args, args.work)
@@ -194,29 +193,40 @@ def main() -> None:
             runs.append(measure(args, pruned, variant, seed, texts))
             write_json_atomic(partial, runs)
 
-    order = ["uncompressed"] + [f"{m} -{int(round(r * 100))}%" for r in args.reductions for m in METHODS]
     runs = [r for r in runs if r["limit"] == args.limit]  # one table per evaluation size
     summary = summarise(runs)
     paired = compare_to(runs, "uncompressed")
     params = {r["method"]: r["params"] for r in runs}
     result = {"benchmark": "para_quality", "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "summary": summary, "paired_vs_uncompressed": paired, "params": params, "runs": runs,
+              "n_ppl_sequences": len(texts), "summary": summary, "paired_vs_uncompressed": paired,
+              "paired_ppl_vs_uncompressed": paired_ppl(runs), "params": params, "runs": runs,
               "provenance": provenance(args.seeds[0])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS / "para_quality.json", result)
+    (RESULTS / "para_quality.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The results tables (also what benchmarks/readme_tables.py puts in the README)."""
+    from rankadaptor.report.tables import markdown_table
+
+    a = result["settings"]
+    summary, paired, params = result["summary"], result["paired_vs_uncompressed"], result["params"]
+    order = ["uncompressed"] + [f"{m} -{int(round(r * 100))}%" for r in a["reductions"] for m in METHODS]
     lines = [
-        f"# PARA quality: SmolLM2-135M pruned {args.prune_ratio:.0%}, r={args.rank} adapter, seeds {args.seeds}",
+        f"# PARA quality: SmolLM2-135M pruned {a['prune_ratio']:.0%}, r={a['rank']} adapter, seeds {a['seeds']}",
         "",
-        f"Accuracy on the first {args.limit} documents per task; perplexity on {len(texts)} held-out "
-        f"sequences of {args.seq_len} tokens; {args.steps} training steps per seed; PARA normalize={args.normalize}.",
+        f"Accuracy on the first {a['limit']} documents per task; perplexity on {result.get('n_ppl_sequences', a['ppl_seqs'])} held-out "
+        f"sequences of {a['seq_len']} tokens; {a['steps']} training steps per seed; PARA normalize={a['normalize']}.",
         "",
         markdown_table(summary, [m for m in order if m in summary]),
         "",
         "| method | LoRA params | discarded energy | PPL − uncompressed (paired) | avg acc − uncompressed (paired) |",
         "|---|---|---|---|---|",
     ]
-    ppl_paired = paired_ppl(runs)
-    energy = {r["method"]: r.get("discarded_energy_fraction") for r in runs}
+    ppl_paired = result["paired_ppl_vs_uncompressed"]
+    energy = {r["method"]: r.get("discarded_energy_fraction") for r in result["runs"]}
     for m in order[1:]:
         if m not in summary:
             continue
@@ -225,13 +235,10 @@ def main() -> None:
         pp = ppl_paired.get(m)
         ppl_cell = f"{pp['mean']:+.2f} [{pp['ci_low']:+.2f}, {pp['ci_high']:+.2f}]" if pp else "–"
         lines.append(f"| {m} | {params.get(m)} | {energy.get(m, 0):.1%} | {ppl_cell} | {acc_cell} |")
-    result["paired_ppl_vs_uncompressed"] = ppl_paired
-    write_json_atomic(RESULTS / "para_quality.json", result)
-    lines += ["", f"Command: `.venv/bin/python benchmarks/para_quality.py --seeds {' '.join(map(str, args.seeds))} "
-              f"--limit {args.limit} --steps {args.steps} --lr {args.lr} --ppl-seqs {args.ppl_seqs}`; git {result['provenance']['git_commit']}."]
-    (RESULTS / "para_quality.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    lines += ["", f"Command: `.venv/bin/python benchmarks/para_quality.py --seeds {' '.join(map(str, a['seeds']))} "
+              f"--limit {a['limit']} --steps {a['steps']} --lr {a['lr']} --ppl-seqs {a['ppl_seqs']}`; "
+              f"git {result['provenance']['git_commit']}."]
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

@@ -213,9 +213,15 @@ def write_markdown(path: Path, text: str) -> None:
 
 def write(out: Path, payload: dict) -> None:
     from rankadaptor.fileio import write_json_atomic
-    from rankadaptor.report.tables import TASK_LABEL, TASK_ORDER
 
     write_json_atomic(out, payload)
+    write_markdown(out.with_suffix(".md"), markdown(payload))
+
+
+def markdown(payload: dict) -> str:
+    """The results tables (also what benchmarks/readme_tables.py puts in the README)."""
+    from rankadaptor.report.tables import TASK_LABEL, TASK_ORDER
+
     s = payload["setup"]
     lines = [f"# recover_baselines ({s['model_state']})", "",
              f"{s['steps']} steps × batch {s['batch_size']} × seq {s['seq_len']} tokens, lr {s['lr']} (linear decay), "
@@ -265,7 +271,7 @@ def write(out: Path, payload: dict) -> None:
             lines.append(f"* {r['method']} seed {r['seed']}: {r['lora_params']:,} of {r['budget']:,} "
                          f"(gap {r['budget_gap']:,}, within one component: {r['within_one_component']}); "
                          f"final ranks {min(r['final_ranks'])}–{max(r['final_ranks'])}")
-    write_markdown(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
