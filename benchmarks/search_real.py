@@ -163,9 +163,11 @@ def markdown(result) -> str:
              f"{s['seq_len']} tokens at lr {s['lr']}; budget uniform r=8 ± 5 %. One search per strategy (seed "
              f"{s['search_seed']}); its pick and uniform re-evaluated with {s['final_seeds']} seeds (paired). "
              f"Mean trial {result['trial_seconds']['mean']:.0f} s on "
-             f"{result['provenance']['hardware'].get('cpu', 'CPU')}, git {result['provenance']['git_commit']}.", "",
-             "| strategy | trials to best | best loss in search | pick − uniform (3 seeds, 95 % CI) | verdict | model CV Spearman |",
-             "|---|---|---|---|---|---|"]
+             f"{result['provenance']['hardware'].get('processor', 'CPU')} ({result['provenance']['hardware'].get('cpu_count', '?')} cores), git {result['provenance']['git_commit']}.", "",
+             "| strategy | trials to best | best loss in search | pick's LoRA params / uniform's | pick − uniform (3 seeds, 95 % CI) | verdict | model CV Spearman |",
+             "|---|---|---|---|---|---|---|"]
+    costs = s["space"]["layer_costs"]
+    uniform_cost = sum(8 * c for c in costs)
     for r in result["runs"]:
         d = r["difference_vs_uniform"] or {}
         # the objective is a loss: report pick minus uniform in loss units (negative = pick is better)
@@ -174,7 +176,10 @@ def markdown(result) -> str:
                    ("pick better" if d and d["mean"] > 0 else "pick worse")) if d else "n/a"
         cv, p = r["model_cv"].get("spearman"), r["model_cv"].get("p_value")
         cv_text = "n/a (too few trials)" if cv is None else f"{cv:+.2f} (p={p:.2f})"
-        lines.append(f"| {r['strategy']} | {r['trials_to_best']} | {r['best_search_loss']:.4f} | {diff} | {verdict} | "
+        if r["best_ranks"] == [8] * len(costs):
+            diff, verdict = "0 (the pick is the uniform plan)", "no trial beat uniform"
+        ratio = sum(k * c for k, c in zip(r["best_ranks"], costs, strict=True)) / uniform_cost
+        lines.append(f"| {r['strategy']} | {r['trials_to_best']} | {r['best_search_loss']:.4f} | {ratio:.3f} | {diff} | {verdict} | "
                      f"{cv_text} |")
     lines += ["", "Uniform r=8's loss in the search (trial 1): " +
               ", ".join(f"{r['strategy']} {r['uniform_search_loss']:.4f}" for r in result["runs"]
