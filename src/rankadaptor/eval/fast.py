@@ -49,6 +49,12 @@ def encode(lm, context: str, continuation: str) -> tuple[list[int], list[int]]:
     return lm._encode_pair(context, continuation)
 
 
+def _score(logp: torch.Tensor, cont: list[int]) -> tuple[float, bool]:
+    """(sum of log-probabilities of ``cont``, whether each token is the argmax) from its log-softmax rows."""
+    target = torch.tensor(cont, device=logp.device)
+    return logp.gather(1, target[:, None]).sum().item(), bool((logp.argmax(-1) == target).all())
+
+
 @torch.no_grad()
 def _full_sequence(model, ctx: list[int], cont: list[int], max_length: int, device) -> tuple[float, bool]:
     # lm-eval's own rule for over-long requests: keep the last max_length + 1 tokens, drop the final one
@@ -56,9 +62,7 @@ def _full_sequence(model, ctx: list[int], cont: list[int], max_length: int, devi
     # only the continuation's positions are scored: the LM head (a fifth of a small model's FLOPs
     # per token) is skipped on the context
     logits = model(input_ids=inp, logits_to_keep=len(cont)).logits
-    logp = torch.log_softmax(logits[0, -len(cont):].float(), -1)
-    target = torch.tensor(cont, device=device)
-    return logp.gather(1, target[:, None]).sum().item(), bool((logp.argmax(-1) == target).all())
+    return _score(torch.log_softmax(logits[0, -len(cont):].float(), -1), cont)
 
 
 @torch.no_grad()
@@ -84,10 +88,9 @@ def score_shared_context(model, ctx: list[int], conts: list[list[int]], device) 
         logp = torch.log_softmax(logits.float(), -1)
         for i, c in enumerate(conts):
             if len(c) > 1:
-                target = torch.tensor(c[1:], device=device)
-                lp = logp[i, :len(c) - 1]
-                lls[i] += lp.gather(1, target[:, None]).sum().item()
-                greedy[i] = greedy[i] and bool((lp.argmax(-1) == target).all())
+                ll, is_greedy = _score(logp[i, :len(c) - 1], c[1:])
+                lls[i] += ll
+                greedy[i] = greedy[i] and is_greedy
     return list(zip(lls, greedy, strict=True))
 
 
@@ -119,9 +122,7 @@ def score_batch(model, pairs: list[tuple[list[int], list[int]]], device) -> list
                    logits_to_keep=keep).logits
     out = []
     for i, (_, cont) in enumerate(pairs):
-        logp = torch.log_softmax(logits[i, keep - len(cont):].float(), -1)
-        target = torch.tensor(cont, device=logp.device)
-        out.append((logp.gather(1, target[:, None]).sum().item(), bool((logp.argmax(-1) == target).all())))
+        out.append(_score(torch.log_softmax(logits[i, keep - len(cont):].float(), -1), cont))
     return out
 
 
@@ -129,6 +130,11 @@ def score_documents(lm, model, documents, device, progress=None) -> list[list[tu
     """Scores of every document's requests (lm-eval's choice order), sharing or batching per document."""
     results: list[list] = []
     batched: list[tuple[int, int, list[int], list[int]]] = []  # (doc, request, ctx, cont)
+
+    def finished(d: int) -> None:  # one progress step per document, once all its requests are scored
+        if progress is not None and not any(r is None for r in results[d]):
+            progress.update(1)
+
     for d, instances in enumerate(documents):
         encoded = [encode(lm, *inst.args) for inst in instances]
         results.append([None] * len(encoded))
@@ -145,8 +151,7 @@ def score_documents(lm, model, documents, device, progress=None) -> list[list[tu
                     results[d][i] = r
             else:
                 batched += [(d, i, list(ctx), encoded[i][1]) for i in idx]
-        if progress is not None and not any(r is None for r in results[d]):
-            progress.update(1)
+        finished(d)
     # longest first, so that each batch pads little and memory peaks early
     batched.sort(key=lambda b: -(len(b[2]) + len(b[3])))
     start = 0
@@ -155,8 +160,7 @@ def score_documents(lm, model, documents, device, progress=None) -> list[list[tu
         chunk = batched[start:start + max(1, BATCH_TOKENS // width)]
         for (d, i, _, _), r in zip(chunk, score_batch(model, [(c, x) for _, _, c, x in chunk], device), strict=True):
             results[d][i] = r
-            if progress is not None and not any(v is None for v in results[d]):
-                progress.update(1)
+            finished(d)
         start += len(chunk)
     return results
 
