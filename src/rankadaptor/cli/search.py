@@ -15,10 +15,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from rankadaptor.metrics import TASKS
 from rankadaptor.errors import RankAdaptorError
 
 log = logging.getLogger(__name__)
-TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -29,11 +29,7 @@ from pathlib import Path
 
 from rankadaptor.errors import RankAdaptorError
 
-TASKS: tuple[str, ...] = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
-
-# Metrics lm-eval defines per task: boolq and winogrande have acc only (for winogrande a
-# length-normalised score would divide by the *context* length, which is why lm-eval omits it).
-ACC_NORM_TASKS = frozenset({"piqa", "hellaswag", "arc_easy", "arc_challenge", "openbookqa"})
+from rankadaptor.metrics import ACC_NORM_TASKS, TASKS  # noqa: F401  (re-exported)
 
 OLMO_TEST_ID_LIMIT = 1_000_000
 

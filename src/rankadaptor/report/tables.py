@@ -10,22 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable, Mapping
 
+from rankadaptor.metrics import TASK_LABEL, TASKS, task_score  # noqa: F401  (task_score re-exported)
 from rankadaptor.stats import mean_ci, paired_difference
 
-TASK_ORDER = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
-TASK_LABEL = {
-    "boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaS", "winogrande": "WinoG",
-    "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA",
-}
-REPORTED_METRIC = {
-    "boolq": "acc", "piqa": "acc", "winogrande": "acc", "arc_easy": "acc",
-    "hellaswag": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm",
-}
-
-
-def task_score(task_result: Mapping, task: str) -> float:
-    metric = REPORTED_METRIC.get(task, "acc")
-    return float(task_result.get(metric, task_result.get("acc")))
+TASK_ORDER = TASKS
 
 
 def run_scores(results: Mapping) -> dict[str, float]:

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rankadaptor.metrics import TASKS
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import read_json
 from rankadaptor.search.perf_model import AdamW, MLPConfig, PerformanceModel, build_mlp
 
 log = logging.getLogger(__name__)
 
-TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
 
 @dataclass

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from rankadaptor.metrics import TASKS
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 FIDELITIES = ("screen", "full")
-TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
 
 class SyntheticObjective:
