@@ -73,7 +73,7 @@ def _full_sequence(model, ctx: list[int], cont: list[int], max_length: int, devi
 # remainder against its document's cached keys/values. Tests set PREFIX_SHARING = False to score
 # whole sequences (one padded forward of context+continuation per request) and compare both with HFLM.
 PREFIX_SHARING = True
-BATCH_TOKENS = 4096  # padded tokens per forward pass
+BATCH_TOKENS = 1024  # padded tokens per forward pass (1 thread: larger batches were slower)
 
 
 class _Forward:
@@ -89,82 +89,93 @@ class _Forward:
                 self.head(self.body(input_ids=probe).last_hidden_state), model(input_ids=probe).logits, atol=1e-4):
             self.body = None
 
-    def __call__(self, inp, rows, cols, **kwargs):
+    def __call__(self, inp, positions: list[tuple[int, int]], use_cache: bool, **kwargs):
+        rows, cols = [r for r, _ in positions], [c for _, c in positions]
         if self.body is not None:
-            out = self.body(input_ids=inp, use_cache=True, **kwargs)
+            out = self.body(input_ids=inp, use_cache=use_cache, **kwargs)
             logits = self.head(out.last_hidden_state[rows, cols])
         else:
-            out = self.model(input_ids=inp, use_cache=True, **kwargs)
+            out = self.model(input_ids=inp, use_cache=use_cache, **kwargs)
             logits = out.logits[rows, cols]
         return torch.log_softmax(logits.float(), -1), out.past_key_values
 
 
-def _shared_prefix(seqs: list[list[int]], cap: int) -> int:
-    n = 0
-    while n < cap and all(len(s) > n and s[n] == seqs[0][n] for s in seqs):
+def _shared_prefix(seqs: list[list[int]]) -> int:
+    n, cap = 0, min(map(len, seqs))
+    while n < cap and all(s[n] == seqs[0][n] for s in seqs):
         n += 1
     return n
+
+
+class _Tally:
+    """(log-likelihood, all greedy) per request, summed over the scored tokens of every pass."""
+
+    def __init__(self):
+        self.scores: dict[tuple[int, int], list] = {}
+        self.wanted: dict[tuple[int, int], list[tuple[tuple[int, int], int]]] = {}  # position -> [(request, target)]
+
+    def want(self, position: tuple[int, int], request: tuple[int, int], target: int) -> None:
+        self.wanted.setdefault(position, []).append((request, target))
+
+    def positions(self) -> list[tuple[int, int]]:
+        return list(self.wanted)
+
+    def add(self, logp: torch.Tensor) -> None:
+        """``logp``: one log-softmax row per position of ``positions()``, in that order."""
+        best = logp.argmax(-1).tolist()
+        for i, (position, asks) in enumerate(self.wanted.items()):
+            for request, target in asks:
+                entry = self.scores.setdefault(request, [0.0, True])
+                entry[0] += logp[i, target].item()
+                entry[1] = entry[1] and best[i] == target
+        self.wanted = {}
 
 
 @torch.no_grad()
 def _score_batch(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], list[int]]]]], sharing: bool,
                  device) -> dict[tuple[int, int], tuple[float, bool]]:
-    """Scores of the requests of ``docs`` = [(doc index, [(ctx, cont) per request])], two passes."""
-    # per document: the prefix P (at most the shortest context, so scored positions start at P - 1 or later)
-    prefixes = []
-    for _, reqs in docs:
-        inputs = [(c + x)[:-1] for c, x in reqs]
-        prefixes.append(_shared_prefix(inputs, min(len(c) for c, _ in reqs)) if sharing else 0)
-    width = max(prefixes)
-    scored: dict[tuple[int, int], list] = {}  # (doc, request) -> [log-likelihood, all greedy]
-    cache = None
-    if width:
+    """Scores of the requests of ``docs`` = [(doc index, [(ctx, cont) per request])], in two passes.
+
+    Input position q of a request predicts its token q + 1; the scored positions are
+    len(ctx) - 1 .. len(ctx) + len(cont) - 2. Those before the document's shared prefix length P
+    are read from the prefix pass (the same tokens for every request up to P), the others from the
+    remainder pass.
+    """
+    inputs = [[(c + x)[:-1] for c, x in reqs] for _, reqs in docs]
+    prefixes = [_shared_prefix(seqs) if sharing and len(seqs) > 1 else 0 for seqs in inputs]
+    rem = [(r, j, seq[p:]) for r, (seqs, p) in enumerate(zip(inputs, prefixes)) for j, seq in enumerate(seqs)
+           if len(seq) > p]
+    width, tally, cache = max(prefixes), _Tally(), None
+    if width:  # the prefixes, right-padded: no mask needed, padding comes after every real token
         inp = torch.zeros((len(docs), width), dtype=torch.long)
-        for r, ((_, reqs), p) in enumerate(zip(docs, prefixes)):
-            inp[r, :p] = torch.tensor(reqs[0][0][:p])
-        # the last prefix position predicts the first continuation token of requests whose context is the prefix
-        rows = [r for r, p in enumerate(prefixes) if p]
-        logp, cache = forward(inp.to(device), rows, [prefixes[r] - 1 for r in rows])
-        last = dict(zip(rows, logp))
         for r, ((d, reqs), p) in enumerate(zip(docs, prefixes)):
+            inp[r, :p] = torch.tensor(inputs[r][0][:p])
             for j, (ctx, cont) in enumerate(reqs):
-                if p and len(ctx) == p:
-                    scored[(d, j)] = [last[r][cont[0]].item(), int(last[r].argmax()) == cont[0]]
-    # the remainders: every request's input after its document's prefix
-    rem = [(r, j, (ctx + cont)[:-1][p:], ctx, cont) for r, ((_, reqs), p) in enumerate(zip(docs, prefixes))
-           for j, (ctx, cont) in enumerate(reqs)]
-    rem = [x for x in rem if x[2]]
-    if rem:
-        rest = max(len(x[2]) for x in rem)
+                for q in range(len(ctx) - 1, min(p, len(ctx) + len(cont) - 1)):
+                    tally.want((r, q), (d, j), cont[q - len(ctx) + 1])
+        logp, cache = forward(inp.to(device), tally.positions(), use_cache=bool(rem))
+        tally.add(logp)
+    if rem:  # every request's input after its document's prefix, against the prefix's cached keys/values
+        rest = max(len(tokens) for _, _, tokens in rem)
         inp = torch.zeros((len(rem), rest), dtype=torch.long)
         mask = torch.zeros((len(rem), width + rest), dtype=torch.long)
         pos = torch.zeros((len(rem), rest), dtype=torch.long)
-        rows, cols, targets = [], [], []
-        for i, (r, j, tokens, ctx, cont) in enumerate(rem):
-            p = prefixes[r]
+        for i, (r, j, tokens) in enumerate(rem):
+            p, (d, reqs) = prefixes[r], docs[r]
+            ctx, cont = reqs[j]
             inp[i, :len(tokens)] = torch.tensor(tokens)
             mask[i, :p] = 1
             mask[i, width:width + len(tokens)] = 1
             pos[i] = p + torch.arange(rest)
-            first = max(len(ctx) - 1, p)  # the scored positions of this request inside the remainder
-            for q in range(first, len(ctx) + len(cont) - 1):
-                rows.append(i)
-                cols.append(q - p)
-                targets.append(cont[q - len(ctx) + 1])
+            for q in range(max(len(ctx) - 1, p), len(ctx) + len(cont) - 1):
+                tally.want((i, q - p), (d, j), cont[q - len(ctx) + 1])
         kwargs = {"attention_mask": mask.to(device), "position_ids": pos.to(device)}
         if cache is not None:
-            cache.batch_select_indices(torch.tensor([x[0] for x in rem], device=device))
+            cache.batch_select_indices(torch.tensor([r for r, _, _ in rem], device=device))
             kwargs["past_key_values"] = cache
-        logp, _ = forward(inp.to(device), rows, cols, **kwargs)
-        target = torch.tensor(targets, device=logp.device)
-        token_ll = logp.gather(1, target[:, None])[:, 0].tolist()
-        token_greedy = (logp.argmax(-1) == target).tolist()
-        for k, i in enumerate(rows):
-            d, j = docs[rem[i][0]][0], rem[i][1]
-            entry = scored.setdefault((d, j), [0.0, True])
-            entry[0] += token_ll[k]
-            entry[1] = entry[1] and token_greedy[k]
-    return {key: (v[0], bool(v[1])) for key, v in scored.items()}
+        logp, _ = forward(inp.to(device), tally.positions(), use_cache=False, **kwargs)
+        tally.add(logp)
+    return {key: (v[0], bool(v[1])) for key, v in tally.scores.items()}
 
 
 def score_documents(lm, model, documents, device, progress=None) -> list[list[tuple[float, bool]]]:
