@@ -6,8 +6,10 @@ Writes benchmarks/results/eval_baseline.json and .md (``--name`` changes the fil
 without it the full splits are evaluated (about 20,500 documents: hours on one core).
 
 Resumable per task: every finished task is kept in ``benchmarks/work/<name>/<task>.json`` and a
-rerun with the same model, size and backend reuses it (tasks run smallest first). The results
-file is written once every task is there; per-task wall and CPU seconds and commits are kept.
+rerun with the same model, size and backend reuses it (tasks run smallest first). ``--only LIST``
+evaluates just those tasks, so the full splits can run as several jobs of under an hour each; the
+results file is written by the run that finds every task there. Per-task wall and CPU seconds,
+commits and commands are kept.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tasks", default=None, help="comma-separated; default all seven")
+    p.add_argument("--only", default=None, help="evaluate only these of --tasks now (the others must be kept)")
     p.add_argument("--limit", type=int, default=None, help="first N docs per task (default: full splits)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -57,10 +60,14 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     loaded = load_model(args.model)
     tasks = resolve_tasks(args.tasks)
+    only = resolve_tasks(args.only) if args.only else tasks
+    if set(only) - set(tasks):
+        raise SystemExit(f"--only {args.only} names tasks outside --tasks {tasks}")
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     work = HERE / "work" / args.name
     key = {"model_sha256": loaded.identity.get("sha256"), "limit": args.limit, "backend": args.backend}
     sizes = {t: len(load_docs(t, None, args.limit)) for t in tasks}
-    rows, resumed = {}, []
+    rows, resumed, missing = {}, [], []
     for task in sorted(tasks, key=sizes.get):  # smallest first: most tasks are done early
         part = work / f"{task}.json"
         if part.is_file():
@@ -70,18 +77,25 @@ def main(argv=None) -> int:
                 resumed.append(task)
                 print(f"{task}: kept from {part}", flush=True)
                 continue
+        if task not in only:
+            missing.append(task)
+            continue
         ev = evaluate(loaded.model, loaded.tokenizer, tasks=[task], limit=args.limit, batch_size=args.batch_size,
                       seed=args.seed, backend=args.backend)
-        rows[task] = {**ev["tasks"][task], "git_commit": git_commit()}
+        rows[task] = {**ev["tasks"][task], "git_commit": git_commit(), "command": command}
         write_json_atomic(part, {"key": key, "row": rows[task]})
         print(f"{task}: n={rows[task]['n']} acc={rows[task]['acc']:.4f} in {rows[task]['wall_s']:.0f} s", flush=True)
+    if missing:
+        print(f"not yet evaluated: {', '.join(missing)}; run again with --only {','.join(missing)}", flush=True)
+        return 0
     rows = {t: rows[t] for t in tasks}  # the canonical order
     evaluation = {"tasks": rows, "average": average(rows),
                   "settings": {"limit": args.limit, "batch_size": args.batch_size, "seed": args.seed, "num_fewshot": 0,
                                "backend": args.backend, "bootstrap_iters": 0}}
     res = build_results(evaluation, model_identity=loaded.identity, adapter_identity=None, seed=args.seed,
                         wall_s=sum(r["wall_s"] for r in rows.values()))
-    res["benchmark"] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "threads": args.threads,
+    res["benchmark"] = {"command": command, "threads": args.threads,
+                        "task_commands": {t: r.get("command", command) for t, r in rows.items()},
                         "size": "full splits" if args.limit is None else f"first {args.limit} docs per task",
                         "cpu_s": sum(r.get("cpu_s", 0.0) for r in rows.values()), "resumed_tasks": resumed}
     res["published"] = PUBLISHED
@@ -132,7 +146,17 @@ def markdown(res: dict) -> str:
         "acc / acc_norm in percent with lm-eval's standard error (sample std / sqrt(n)); "
         "boolq and winogrande have no acc_norm in lm-eval.", "",
         format_table(res, markdown=True), "", comparison(res), "",
-        f"Command: `.venv/bin/python benchmarks/{b['command']}`", ""])
+        f"Command: `.venv/bin/python benchmarks/{b['command']}`" + _task_commands(b), ""])
+
+
+def _task_commands(b: dict) -> str:
+    """The jobs that evaluated the tasks, when they were not the assembling command itself."""
+    by_command: dict[str, list[str]] = {}
+    for task, command in (b.get("task_commands") or {}).items():
+        by_command.setdefault(command, []).append(task)
+    if set(by_command) <= {b["command"]}:
+        return ""
+    return "; tasks evaluated by " + "; ".join(f"`{c}` ({', '.join(ts)})" for c, ts in by_command.items())
 
 
 if __name__ == "__main__":
