@@ -26,11 +26,13 @@ def test_fast_backend_equals_lm_eval(olmo_root):
         assert fast["tasks"][task]["tokens"] == ref["tasks"][task]["tokens"]
 
 
-@pytest.mark.parametrize("sharing,batch_tokens", [(True, 10**6), (True, 1), (False, 10**6)],
-                         ids=["shared-prefix-batched", "shared-prefix-one-doc", "whole-sequences-batched"])
+@pytest.mark.parametrize("sharing,batch_tokens", [(True, 10**6), (True, 1), (True, 40), (False, 10**6)],
+                         ids=["shared-prefix-batched", "shared-prefix-one-row", "shared-prefix-chunked",
+                              "whole-sequences-batched"])
 def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path, monkeypatch, sharing, batch_tokens):
     """Every scoring path (a shared prefix run once and the remainders against its cache, or whole
-    sequences; many documents per padded batch or one) gives HFLM's log-likelihoods and greedy flags."""
+    sequences; many documents per padded chunk, one row per chunk, or chunks that mix documents of
+    different prefix chunks) gives HFLM's log-likelihoods and greedy flags."""
     from lm_eval.models.huggingface import HFLM
 
     from rankadaptor.eval import fast

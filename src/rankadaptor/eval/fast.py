@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def _full_sequence(model, ctx: list[int], cont: list[int], max_length: int, devi
 # whole sequences (one padded forward of context+continuation per request) and compare both with HFLM.
 PREFIX_SHARING = True
 BATCH_TOKENS = 1024  # padded tokens per forward pass (1 thread: larger batches were slower)
+GROUP_DOCS = 64  # documents whose prefixes and remainders are sorted and chunked together
 
 
 class _Forward:
@@ -85,9 +87,14 @@ class _Forward:
         self.model, self.device = model, device
         self.body, self.head = model.get_decoder(), model.get_output_embeddings()
         probe = torch.tensor([[1, 2, 3]], device=device)
+        out = model(input_ids=probe, use_cache=True)
         if self.body is None or self.head is None or not torch.allclose(
-                self.head(self.body(input_ids=probe).last_hidden_state), model(input_ids=probe).logits, atol=1e-4):
+                self.head(self.body(input_ids=probe).last_hidden_state), out.logits, atol=1e-4):
             self.body = None
+        # cached prefixes are re-assembled as plain per-layer key/value tensors: only for caches that
+        # are exactly that (no sliding-window or recurrent layers); otherwise whole sequences are scored
+        self.plain_cache = isinstance(out.past_key_values, DynamicCache) and all(
+            type(layer) is DynamicLayer for layer in out.past_key_values.layers)
 
     def __call__(self, inp, positions: list[tuple[int, int]], use_cache: bool, **kwargs):
         rows, cols = [r for r, _ in positions], [c for _, c in positions]
@@ -131,48 +138,74 @@ class _Tally:
         self.wanted = {}
 
 
+def _chunks(items: list, length, budget: int) -> list[list]:
+    """Consecutive runs of ``items`` (sorted longest first) whose padded size rows x longest <= budget."""
+    out, start = [], 0
+    while start < len(items):
+        n = max(1, budget // max(1, length(items[start])))
+        out.append(items[start:start + n])
+        start += n
+    return out
+
+
 @torch.no_grad()
-def _score_batch(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], list[int]]]]], sharing: bool,
+def _score_group(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], list[int]]]]], sharing: bool,
                  device) -> dict[tuple[int, int], tuple[float, bool]]:
-    """Scores of the requests of ``docs`` = [(doc index, [(ctx, cont) per request])], in two passes.
+    """Scores of the requests of ``docs`` = [(doc index, [(ctx, cont) per request])].
 
     Input position q of a request predicts its token q + 1; the scored positions are
-    len(ctx) - 1 .. len(ctx) + len(cont) - 2. Those before the document's shared prefix length P
-    are read from the prefix pass (the same tokens for every request up to P), the others from the
-    remainder pass.
+    len(ctx) - 1 .. len(ctx) + len(cont) - 2. Positions inside the document's shared prefix (length P,
+    the same tokens for every request) are read from the prefix pass, the others from the remainder
+    pass. Each pass is cut into chunks of similar length (prefixes sorted by P, remainders by their
+    own length), so padding stays small; a remainder chunk gets its documents' cached prefixes
+    right-padded to the chunk's longest, masked (padding the cache costs attention only).
     """
     inputs = [[(c + x)[:-1] for c, x in reqs] for _, reqs in docs]
     prefixes = [_shared_prefix(seqs) if sharing and len(seqs) > 1 else 0 for seqs in inputs]
-    rem = [(r, j, seq[p:]) for r, (seqs, p) in enumerate(zip(inputs, prefixes)) for j, seq in enumerate(seqs)
-           if len(seq) > p]
-    width, tally, cache = max(prefixes), _Tally(), None
-    if width:  # the prefixes, right-padded: no mask needed, padding comes after every real token
-        inp = torch.zeros((len(docs), width), dtype=torch.long)
-        for r, ((d, reqs), p) in enumerate(zip(docs, prefixes)):
-            inp[r, :p] = torch.tensor(inputs[r][0][:p])
+    rem = sorted(((r, j, seq[p:]) for r, (seqs, p) in enumerate(zip(inputs, prefixes)) for j, seq in enumerate(seqs)
+                  if len(seq) > p), key=lambda x: -len(x[2]))
+    tally, kv = _Tally(), {}  # kv: document row -> its prefix's keys/values (layers, 2, heads, P, dim)
+    needs_cache = {r for r, _, _ in rem}
+    rows = sorted((r for r, p in enumerate(prefixes) if p), key=lambda r: -prefixes[r])
+    for chunk in _chunks(rows, lambda r: prefixes[r], BATCH_TOKENS):
+        width = prefixes[chunk[0]]
+        inp = torch.zeros((len(chunk), width), dtype=torch.long)  # right-padded: no mask needed
+        for i, r in enumerate(chunk):
+            p, (d, reqs) = prefixes[r], docs[r]
+            inp[i, :p] = torch.tensor(inputs[r][0][:p])
             for j, (ctx, cont) in enumerate(reqs):
                 for q in range(len(ctx) - 1, min(p, len(ctx) + len(cont) - 1)):
-                    tally.want((r, q), (d, j), cont[q - len(ctx) + 1])
-        logp, cache = forward(inp.to(device), tally.positions(), use_cache=bool(rem))
+                    tally.want((i, q), (d, j), cont[q - len(ctx) + 1])
+        keep = bool(needs_cache & set(chunk))
+        logp, cache = forward(inp.to(device), tally.positions(), use_cache=keep)
         tally.add(logp)
-    if rem:  # every request's input after its document's prefix, against the prefix's cached keys/values
-        rest = max(len(tokens) for _, _, tokens in rem)
-        inp = torch.zeros((len(rem), rest), dtype=torch.long)
-        mask = torch.zeros((len(rem), width + rest), dtype=torch.long)
-        pos = torch.zeros((len(rem), rest), dtype=torch.long)
-        for i, (r, j, tokens) in enumerate(rem):
+        if keep:
+            stacked = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+            for i, r in enumerate(chunk):
+                kv[r] = stacked[:, :, i, :, :prefixes[r]]
+    for chunk in _chunks(rem, lambda x: len(x[2]), BATCH_TOKENS):
+        rest, width = len(chunk[0][2]), max(prefixes[r] for r, _, _ in chunk)
+        inp = torch.zeros((len(chunk), rest), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width + rest), dtype=torch.long)
+        pos = torch.zeros((len(chunk), rest), dtype=torch.long)
+        past = None
+        if width:
+            some = next(iter(kv.values()))
+            past = some.new_zeros((some.shape[0], 2, len(chunk), some.shape[2], width, some.shape[4]))
+        for i, (r, j, tokens) in enumerate(chunk):
             p, (d, reqs) = prefixes[r], docs[r]
             ctx, cont = reqs[j]
             inp[i, :len(tokens)] = torch.tensor(tokens)
             mask[i, :p] = 1
             mask[i, width:width + len(tokens)] = 1
             pos[i] = p + torch.arange(rest)
+            if p:
+                past[:, :, i, :, :p] = kv[r]
             for q in range(max(len(ctx) - 1, p), len(ctx) + len(cont) - 1):
                 tally.want((i, q - p), (d, j), cont[q - len(ctx) + 1])
         kwargs = {"attention_mask": mask.to(device), "position_ids": pos.to(device)}
-        if cache is not None:
-            cache.batch_select_indices(torch.tensor([r for r, _, _ in rem], device=device))
-            kwargs["past_key_values"] = cache
+        if past is not None:
+            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=[(layer[0], layer[1]) for layer in past])
         logp, _ = forward(inp.to(device), tally.positions(), use_cache=False, **kwargs)
         tally.add(logp)
     return {key: (v[0], bool(v[1])) for key, v in tally.scores.items()}
@@ -181,6 +214,7 @@ def _score_batch(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], 
 def score_documents(lm, model, documents, device, progress=None) -> list[list[tuple[float, bool]]]:
     """Scores of every document's requests (lm-eval's choice order), batched across documents."""
     forward = _Forward(model, device)
+    sharing = PREFIX_SHARING and forward.plain_cache
     results: list[list] = []
     todo: list[tuple[int, list[tuple[list[int], list[int]]]]] = []
     for d, instances in enumerate(documents):
@@ -193,18 +227,14 @@ def score_documents(lm, model, documents, device, progress=None) -> list[list[tu
                 progress.update(1)
         else:
             todo.append((d, encoded))
-    # longest first, so that each batch pads little and memory peaks early
+    # groups of documents of similar length (longest first, so memory peaks early), each scored in
+    # chunks sorted inside the group
     todo.sort(key=lambda t: -max(len(c) + len(x) for c, x in t[1]))
-    start = 0
-    while start < len(todo):
-        width = max(len(c) + len(x) for c, x in todo[start][1])
-        per_doc = width * len(todo[start][1]) if not PREFIX_SHARING else width + sum(len(x) for _, x in todo[start][1])
-        batch = todo[start:start + max(1, BATCH_TOKENS // per_doc)]
-        for (d, j), score in _score_batch(forward, batch, PREFIX_SHARING, device).items():
+    for group in _chunks(todo, lambda t: 1, GROUP_DOCS):
+        for (d, j), score in _score_group(forward, group, sharing, device).items():
             results[d][j] = score
         if progress is not None:
-            progress.update(len(batch))
-        start += len(batch)
+            progress.update(len(group))
     return results
 
 
