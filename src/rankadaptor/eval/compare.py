@@ -62,7 +62,7 @@ def check_comparable(a: list[dict], b: list[dict], names_a: list[str], names_b: 
     first, first_name = everyone[0]
     tasks = list(first["tasks"])
     for res, name in everyone:
-        if list(res["tasks"]) != tasks:
+        if set(res["tasks"]) != set(tasks):  # the same tasks, in any order
             raise RankAdaptorError(f"{first_name} evaluated tasks {tasks} but {name} evaluated {list(res['tasks'])}; "
                                    "compare results made on the same tasks (`--tasks`)")
         for task in tasks:
