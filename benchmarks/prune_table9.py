@@ -39,7 +39,7 @@ def one(args) -> dict:
     torch.set_num_threads(args.threads)
     from rankadaptor.assets import text_corpus_path
     from rankadaptor.models.loading import load_model
-    from rankadaptor.prune.artefact import PruneConfig, prune_model
+    from rankadaptor.prune.pruning import PruneConfig, prune_model
 
     loaded = load_model(args.model)
     model, tok = loaded.model, loaded.tokenizer

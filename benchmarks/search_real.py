@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
-    from rankadaptor.cli.search import layer_costs
+    from rankadaptor.lora.ranks import layer_costs
     from rankadaptor.fileio import write_json_atomic
     from rankadaptor.models.loading import load_model
     from rankadaptor.provenance import provenance
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     model_dir = pruned_artefact(args.threads)
     loaded = load_model(str(model_dir))
     n = loaded.model.config.num_hidden_layers
-    base = dict(n_layers=n, layer_costs=tuple(layer_costs(loaded.model, n)))
+    base = dict(n_layers=n, layer_costs=tuple(layer_costs(loaded.model)))
     space = SearchSpace(**base, budget=SearchSpace(**base).uniform_budget(8), tolerance=0.05)
     del loaded
     recovery = dict(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, threads=args.threads)

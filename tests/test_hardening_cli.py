@@ -225,7 +225,7 @@ def test_bad_input_exits_2_with_a_message_and_changes_nothing(case, inputs, tmp_
 def test_prunedlora_flag_choices_match_the_library():
     from rankadaptor.lora import pruned_lora
     from rankadaptor.lora.obs import SCORERS
-    from rankadaptor.lora.pruned_lora_flags import SCORER_NAMES, SCOPES
+    from rankadaptor.cli.prunedlora_flags import SCORER_NAMES, SCOPES
 
     assert SCORER_NAMES == tuple(sorted(SCORERS))
     assert pruned_lora.SCOPES == SCOPES

@@ -6,7 +6,8 @@ from peft import PeftModel
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.adalora import AdaLoraMethod, current_ranks, effective_params
 from rankadaptor.lora.ranks import RankPlan, count_lora_params
-from rankadaptor.lora.recover import RecoveryConfig, get_method, recover
+from rankadaptor.lora.methods import get_method
+from rankadaptor.lora.recover import RecoveryConfig, recover
 from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
 
 

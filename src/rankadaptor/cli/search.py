@@ -93,14 +93,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def layer_costs(model, n_layers: int) -> list[float]:
-    """LoRA parameters per unit rank of each decoder layer, from the recover part's exact counter."""
-    from rankadaptor.lora.ranks import RankPlan, count_lora_params
-
-    return [float(count_lora_params(model, RankPlan(ranks=[int(j == i) for j in range(n_layers)])))
-            for i in range(n_layers)]
-
-
 def _budget(text: str, space_kwargs: dict):
     from rankadaptor.search.space import SearchSpace
 
@@ -173,11 +165,12 @@ def run(args) -> int:
         objective = SyntheticObjective(space, noise=args.synthetic_noise, seed=args.synthetic_seed)
         identity = {"model": args.model, **objective.identity()}
     else:
+        from rankadaptor.lora.ranks import layer_costs
         from rankadaptor.models.loading import load_model
 
         loaded = load_model(args.model)
         n_layers = loaded.model.config.num_hidden_layers
-        base = dict(n_layers=n_layers, layer_costs=tuple(layer_costs(loaded.model, n_layers)), **shape)
+        base = dict(n_layers=n_layers, layer_costs=tuple(layer_costs(loaded.model)), **shape)
         space = SearchSpace(**base, budget=_budget(args.budget, base), tolerance=args.budget_tolerance)
         objective = RecoverEvalObjective(args.model, args.objective, args.steps, args.screen_steps,
                                          args.limit, args.screen_limit, data=args.data)

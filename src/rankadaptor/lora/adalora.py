@@ -24,7 +24,6 @@ import torch
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.ranks import DEFAULT_TARGETS, RankPlan, count_lora_params, linear_shapes
-from rankadaptor.lora.recover import register_method
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +208,3 @@ def _n_layers(model) -> int:
     from rankadaptor.lora.ranks import decoder_layer_names
 
     return len(decoder_layer_names(model))
-
-
-register_method("adalora", AdaLoraMethod)

@@ -221,7 +221,7 @@ def base_model_of(model):
 
 
 def decoder_layer_names(model) -> list[str]:
-    """Full names of the decoder blocks, in order (via the model family adapter when known)."""
+    """Full names of the decoder blocks, in order (via the model family when known)."""
     model = base_model_of(model)
     try:
         from rankadaptor.models.families import get_family
@@ -262,6 +262,15 @@ def count_lora_params(model, plan: RankPlan) -> int:
     return sum(r * (shapes[n][0] + shapes[n][1]) for n, r in plan.module_ranks(model).items())
 
 
+def layer_costs(model) -> list[int]:
+    """LoRA parameters per unit of rank in each decoder layer: Σ (d_in + d_out) over its targets.
+
+    A per-layer rank plan's exact count is then ``Σ ranks[i] * layer_costs[i]`` (pruned layers are
+    narrower, so their rank is cheaper: the search's budget constraint needs exactly this)."""
+    n_layers = len(decoder_layer_names(model))
+    return [count_lora_params(model, RankPlan(ranks=[int(j == i) for j in range(n_layers)])) for i in range(n_layers)]
+
+
 def wrapped_ranks(peft_model) -> dict[str, int]:
     """{module name relative to the base model: r} of every LoRA layer inside a PeftModel."""
     from peft.tuners.lora import LoraLayer
@@ -294,3 +303,19 @@ def apply_plan(model, plan: RankPlan, adapter_name: str = "default"):
     peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     verify_ranks(peft_model, plan)
     return peft_model
+
+
+class PlanMethod:
+    """Plain LoRA with the ranks of a ``RankPlan`` (uniform, LoRA*, a plan file, a search result)."""
+
+    name = "plan"
+
+    def __init__(self, plan: RankPlan):
+        self.plan = plan
+
+    def validate(self, model) -> None:
+        self.plan.module_ranks(model)  # raises on wrong layer count, unknown module, rank too big
+
+    def prepare(self, model, config, total_steps: int):
+        info = {"plan": self.plan.to_dict(), "planned_params": count_lora_params(model, self.plan)}
+        return apply_plan(model, self.plan), [], info

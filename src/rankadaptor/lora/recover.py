@@ -21,9 +21,8 @@ is the step itself, since the batch order is a pure function of the seed. Runnin
 recovery again resumes from the latest checkpoint and ends with the same adapter as an
 uninterrupted run; the folder is removed once ``OUT`` is complete.
 
-A method (``METHODS`` registry) has ``prepare(model, config, total_steps) -> (peft_model,
-callbacks, info)`` and ``expected_ranks(peft_model) -> {module: r} | None``; other parts register
-theirs with ``register_method(name, cls)``.
+A method (``rankadaptor.lora.methods``: the table of them) has ``prepare(model, config, total_steps)
+-> (peft_model, callbacks, info)`` and ``expected_ranks(peft_model) -> {module: r} | None``.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from typing import Any
 
 from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.lora.ranks import RankPlan, apply_plan, count_lora_params
+from rankadaptor.lora.ranks import PlanMethod, RankPlan
 
 log = logging.getLogger(__name__)
 
@@ -141,50 +140,6 @@ _OPTIONAL = {"max_steps", "epochs", "micro_batch_size", "max_grad_norm", "thread
 class RecoveryResult:
     model: Any  # the trained PeftModel
     record: dict = field(default_factory=dict)
-
-
-# ---- methods: how the model is wrapped -----------------------------------------------------------
-class PlanMethod:
-    """Plain LoRA with the ranks of a ``RankPlan`` (uniform, LoRA*, a plan file, a search result)."""
-
-    name = "plan"
-
-    def __init__(self, plan: RankPlan):
-        self.plan = plan
-
-    def validate(self, model) -> None:
-        self.plan.module_ranks(model)  # raises on wrong layer count, unknown module, rank too big
-
-    def prepare(self, model, config: RecoveryConfig, total_steps: int):
-        info = {"plan": self.plan.to_dict(), "planned_params": count_lora_params(model, self.plan)}
-        return apply_plan(model, self.plan), [], info
-
-
-METHODS: dict[str, type] = {"plan": PlanMethod}
-
-
-def register_method(name: str, cls: type) -> None:
-    """Add a recovery method (e.g. ``prunedlora``); its constructor takes keyword options."""
-    METHODS[name] = cls
-
-
-def get_method(name: str) -> type:
-    if name not in METHODS:
-        _load_plugins()
-    if name not in METHODS:
-        raise RankAdaptorError(f"recovery method {name!r} unknown; valid: {sorted(METHODS)}")
-    return METHODS[name]
-
-
-def _load_plugins() -> None:
-    """Import the modules that register methods (AdaLoRA here, PrunedLoRA from its own module)."""
-    import importlib
-
-    for module in ("rankadaptor.lora.adalora", "rankadaptor.lora.pruned_lora"):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            log.debug("recovery method module %s not available: %s", module, exc)
 
 
 # ---- the loop ------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""What each unit of the demo computes, on a worker process (see ``rankadaptor.demo``).
+"""What each unit of the demo computes, on a worker process (see ``rankadaptor.demo.run``).
 
 ``UnitWork`` holds the pieces every unit shares, loaded once per worker and reused (the pruned model,
 the tokenised recovery corpus, the held-out texts, uniform r=8's parameter budget), and one method
 per stage: dense evaluation, pruning, evaluation without recovery, recovery with a rank plan or a
 recovery method followed by evaluation, PARA, and the RankAdaptor search. Each stage returns its unit's
-result as a JSON-ready dict; ``rankadaptor.demo.Demo`` adds the unit graph and runs it.
+result as a JSON-ready dict; ``rankadaptor.demo.run.Demo`` adds the unit graph and runs it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rankadaptor.errors import RankAdaptorError
 
 if TYPE_CHECKING:
-    from rankadaptor.demo import Preset
+    from rankadaptor.demo.presets import Preset
 
 __all__ = ["UnitWork", "texts_for_tokens"]
 
@@ -106,7 +106,8 @@ class UnitWork:
     def prune(self) -> dict:
         from rankadaptor.assets import text_corpus_path
         from rankadaptor.models.loading import load_model
-        from rankadaptor.prune.artefact import PruneConfig, prune_model, save_pruned
+        from rankadaptor.models.artefact import save_pruned
+        from rankadaptor.prune.pruning import PruneConfig, prune_model
 
         loaded = load_model(self.model_spec)
         text = Path(text_corpus_path("train")).read_text(encoding="utf-8")
@@ -138,7 +139,7 @@ class UnitWork:
     def para(self, seed: int, budget: int) -> dict:
         from peft import PeftModel
 
-        from rankadaptor.lora.para import CompressConfig, compress
+        from rankadaptor.compress.para import CompressConfig, compress
         from rankadaptor.lora.ranks import RankPlan
         from rankadaptor.lora.recover import recover
 
@@ -160,7 +161,7 @@ class UnitWork:
         """RankAdaptor search on held-out loss with short trials; returns the best ranks found."""
         import optuna
 
-        from rankadaptor.cli.search import layer_costs
+        from rankadaptor.lora.ranks import layer_costs
         from rankadaptor.search import engine
         from rankadaptor.search.objective import RecoverEvalObjective
         from rankadaptor.search.outputs import write_outputs
@@ -170,7 +171,7 @@ class UnitWork:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         loaded = self.load_pruned()
         n_layers = loaded.model.config.num_hidden_layers
-        base = dict(n_layers=n_layers, layer_costs=tuple(layer_costs(loaded.model, n_layers)))
+        base = dict(n_layers=n_layers, layer_costs=tuple(layer_costs(loaded.model)))
         space = SearchSpace(**base, budget=SearchSpace(**base).uniform_budget(8), tolerance=0.05)
         del loaded
         kwargs = dict(batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len, lr=self.cfg.lr)
@@ -192,7 +193,7 @@ class UnitWork:
 
     def budget_method(self, name: str):
         """The recovery method ``name`` (prunedlora or adalora) set to uniform r=8's parameter budget."""
-        from rankadaptor.lora.recover import get_method
+        from rankadaptor.lora.methods import get_method
 
         cls = get_method(name)
         budget = self.uniform_budget()

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.lora.adapter_io import LoraAdapter, LoraModule, output_config, read_adapter, write_adapter
+from rankadaptor.compress.adapter_io import LoraAdapter, LoraModule, output_config, read_adapter, write_adapter
 
 log = logging.getLogger(__name__)
 

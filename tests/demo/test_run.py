@@ -69,7 +69,7 @@ def test_report_table_and_verdicts(tmp_path):
 
 
 def test_heldout_prefix_gives_the_same_perplexity():
-    from rankadaptor.demo import texts_for_tokens
+    from rankadaptor.demo.units import texts_for_tokens
     from rankadaptor.eval.perplexity import perplexity, token_stream
     from tests.tiny_models import tiny_llama, tiny_tokenizer
 
@@ -86,7 +86,7 @@ def test_heldout_prefix_gives_the_same_perplexity():
 
 def test_plan_is_a_valid_graph_with_work_for_every_unit(tmp_path):
     from rankadaptor.demo import Demo
-    from rankadaptor.scheduler import chain_lengths
+    from rankadaptor.demo.scheduler import chain_lengths
 
     demo = Demo(PRESETS["quick"], tmp_path)
     units = demo.plan()
@@ -106,12 +106,12 @@ def test_plan_is_a_valid_graph_with_work_for_every_unit(tmp_path):
 def test_console_shows_progress_and_warnings_not_library_chatter():
     import logging
 
-    from rankadaptor.demo_workers import console_filter
+    from rankadaptor.demo.workers import console_filter
 
     def rec(name, level):
         return logging.LogRecord(name, level, __file__, 1, "m", None, None)
 
-    assert console_filter(rec("rankadaptor.demo", logging.INFO))
+    assert console_filter(rec("rankadaptor.demo.run", logging.INFO))
     assert console_filter(rec("rankadaptor.eval.harness", logging.WARNING))
     assert not console_filter(rec("rankadaptor.eval.harness", logging.INFO))
     assert not console_filter(rec("lm_eval.tasks", logging.INFO))
