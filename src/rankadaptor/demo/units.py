@@ -10,6 +10,7 @@ result as a JSON-ready dict; ``rankadaptor.demo.run.Demo`` adds the unit graph a
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,36 +160,28 @@ class UnitWork:
 
     def search(self) -> dict:
         """RankAdaptor search on held-out loss with short trials; returns the best ranks found."""
-        import optuna
-
         from rankadaptor.lora.ranks import layer_costs
-        from rankadaptor.search import engine
         from rankadaptor.search.objective import RecoverEvalObjective
-        from rankadaptor.search.outputs import write_outputs
-        from rankadaptor.search.sampler import make_sampler
-        from rankadaptor.search.space import SearchSpace
+        from rankadaptor.search.study import SearchSettings, run_study
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         loaded = self.load_pruned()
-        n_layers = loaded.model.config.num_hidden_layers
-        base = dict(n_layers=n_layers, layer_costs=tuple(layer_costs(loaded.model)))
-        space = SearchSpace(**base, budget=SearchSpace(**base).uniform_budget(8), tolerance=0.05)
+        costs = layer_costs(loaded.model)
         del loaded
         kwargs = dict(batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len, lr=self.cfg.lr)
         objective = RecoverEvalObjective(str(self.pruned_dir), "loss", self.cfg.search_steps,
                                          limit=None, recovery_kwargs=kwargs)
         identity = {**objective.identity(), "model": self.model_spec, "pruned": str(self.pruned_dir)}
-        sampler = make_sampler("rankadaptor", space, seed=0, n_initial=max(2, self.cfg.search_trials // 2))
-        study = engine.open_study("demo", f"sqlite:///{self.out / 'search.db'}", space, identity, "rankadaptor",
-                                  objective.direction, sampler)
-        config = engine.SearchConfig(n_trials=self.cfg.search_trials, final_seeds=0, seed=0)
-        state = engine.run_search(study, space, objective, config)
-        report = engine.finalize(study, space, objective, config)
         plan_path = self.out / "search" / "ranks.json"
+        # an interrupted unit's outputs are redrawn; the study itself resumes from its database
         if plan_path.exists():
             plan_path.unlink()
-        write_outputs(study, space, report, plan_path, self.out / "search" / "report", config, identity)
-        return {"ranks": report["best"]["ranks"], "plan": str(plan_path), "state": _jsonable(state),
+        shutil.rmtree(self.out / "search" / "report", ignore_errors=True)
+        settings = SearchSettings(study="demo", storage=f"sqlite:///{self.out / 'search.db'}",
+                                  trials=self.cfg.search_trials, n_initial=max(2, self.cfg.search_trials // 2),
+                                  final_seeds=0, out=str(plan_path), report=str(self.out / "search" / "report"))
+        result = run_study(settings, objective, costs, identity)
+        report = result.report
+        return {"ranks": report["best"]["ranks"], "plan": str(plan_path), "state": _jsonable(result.state),
                 "messages": report["messages"], "model_cv": report["model_cv"]}
 
     def budget_method(self, name: str):
