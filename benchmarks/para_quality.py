@@ -38,7 +38,8 @@ def prepare_pruned(args, work: Path) -> Path:
         return out
     from rankadaptor.assets import text_corpus_path
     from rankadaptor.models.loading import load_model
-    from rankadaptor.prune.artefact import PruneConfig, prune_model, save_pruned
+    from rankadaptor.models.artefact import save_pruned
+    from rankadaptor.prune.pruning import PruneConfig, prune_model
 
     loaded = load_model(args.model)
     cfg = PruneConfig(ratio=args.prune_ratio, importance="element1", seed=0)
@@ -56,7 +57,7 @@ def train_adapter(args, pruned: Path, seed: int, out: Path) -> Path:
     from rankadaptor.assets import text_corpus_path
     from rankadaptor.lora.ranks import RankPlan
     from rankadaptor.lora.recover import RecoveryConfig, recover
-    from rankadaptor.prune.artefact import load_pruned, load_pruned_tokenizer
+    from rankadaptor.models.artefact import load_pruned, load_pruned_tokenizer
 
     model, tok = load_pruned(pruned), load_pruned_tokenizer(pruned)
     n_layers = model.config.num_hidden_layers
@@ -72,8 +73,8 @@ def make_variants(adapter_dir: Path, seed_dir: Path, reductions, normalize: str)
     import math as _m
 
     from rankadaptor.errors import RankAdaptorError
-    from rankadaptor.lora.adapter_io import read_adapter
-    from rankadaptor.lora.para import decompose_adapter
+    from rankadaptor.compress.adapter_io import read_adapter
+    from rankadaptor.compress.para import decompose_adapter
 
     adapter = read_adapter(adapter_dir)
     spectra, costs = decompose_adapter(adapter)
@@ -96,7 +97,7 @@ def make_variants(adapter_dir: Path, seed_dir: Path, reductions, normalize: str)
 
 
 def _write_variant(adapter, spectra, costs, method: str, budget: int, normalize: str, out: Path) -> None:
-    from rankadaptor.lora.para import (CompressConfig, compress_adapter, compress_to_ranks,
+    from rankadaptor.compress.para import (CompressConfig, compress_adapter, compress_to_ranks,
                                        energy_rule_ranks_for_budget, save_compressed, uniform_ranks_for_budget)
 
     if out.exists():
@@ -124,7 +125,7 @@ def measure(args, pruned: Path, variant: dict, seed: int, texts: list[str]) -> d
     from peft import PeftModel
 
     from rankadaptor.eval import evaluate, perplexity
-    from rankadaptor.prune.artefact import load_pruned, load_pruned_tokenizer
+    from rankadaptor.models.artefact import load_pruned, load_pruned_tokenizer
 
     tok = load_pruned_tokenizer(pruned)
     model = PeftModel.from_pretrained(load_pruned(pruned), variant["dir"]).eval()
@@ -173,7 +174,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from rankadaptor.fileio import write_json_atomic
-    from rankadaptor.prune.artefact import load_pruned_tokenizer
+    from rankadaptor.models.artefact import load_pruned_tokenizer
     from rankadaptor.provenance import provenance
     from rankadaptor.report.tables import compare_to, summarise
 

@@ -47,7 +47,7 @@ SHAPE_REPRESENTATIVES = {"self_attn.q_proj": 4, "mlp.gate_proj": 2, "mlp.down_pr
 def make_adapter(n_layers: int, r: int, seed: int, only: tuple[str, ...] | None = None):
     import torch
 
-    from rankadaptor.lora.adapter_io import LoraAdapter, LoraModule
+    from rankadaptor.compress.adapter_io import LoraAdapter, LoraModule
 
     g = torch.Generator().manual_seed(seed)
     modules = {}
@@ -74,7 +74,7 @@ def child(args) -> dict:
     base_mb = rss_peak_mb()
     t0 = time.perf_counter()
     if args.mode == "para":
-        from rankadaptor.lora.para import CompressConfig, compress_adapter, decompose
+        from rankadaptor.compress.para import CompressConfig, compress_adapter, decompose
 
         new, report = compress_adapter(adapter, CompressConfig(keep_fraction=args.keep_fraction))
         seconds = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""Pruned without recovery (the analogue of seed 001's Table 9) on SmolLM2-135M.
+"""Pruned without recovery (the analogue of RankAdaptor's Table 9) on SmolLM2-135M.
 
 For every (method, ratio) the script prunes the base model in a fresh child process (so peak
 memory is that configuration's own), then measures parameters, held-out perplexity, pruning
@@ -39,7 +39,7 @@ def one(args) -> dict:
     torch.set_num_threads(args.threads)
     from rankadaptor.assets import text_corpus_path
     from rankadaptor.models.loading import load_model
-    from rankadaptor.prune.artefact import PruneConfig, prune_model
+    from rankadaptor.prune.pruning import PruneConfig, prune_model
 
     loaded = load_model(args.model)
     model, tok = loaded.model, loaded.tokenizer

@@ -65,7 +65,8 @@ def pruned_model(args, work: Path):
         loaded = load_model(args.model)
         return loaded.model, loaded.tokenizer, {"pruned": False, "model": loaded.identity}
     from rankadaptor.assets import text_corpus_path
-    from rankadaptor.prune.artefact import PruneConfig, load_pruned, load_pruned_tokenizer, prune_model, save_pruned
+    from rankadaptor.models.artefact import load_pruned, load_pruned_tokenizer, save_pruned
+    from rankadaptor.prune.pruning import PruneConfig, prune_model
 
     out = work / f"pruned-{int(round(args.prune_ratio * 100))}"
     if not out.exists():

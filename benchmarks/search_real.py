@@ -79,6 +79,7 @@ class CachedObjective:
 def one_strategy(strategy, space, objective, args, identity):
     import optuna
 
+    from rankadaptor.search.storage import open_storage
     from rankadaptor.search.engine import SearchConfig, finalize, history, open_study, run_search
     from rankadaptor.search.sampler import completed_data, make_sampler
 
@@ -86,7 +87,7 @@ def one_strategy(strategy, space, objective, args, identity):
     db.unlink(missing_ok=True)  # a benchmark run starts its studies fresh
     sampler = make_sampler(strategy, space, seed=args.seed,
                            **(dict(n_initial=max(3, args.trials // 3)) if strategy != "random" else {}))
-    study = open_study(f"{strategy}-{args.seed}", f"sqlite:///{db}", space, identity, strategy,
+    study = open_study(f"{strategy}-{args.seed}", open_storage(f"sqlite:///{db}"), space, identity, strategy,
                        objective.direction, sampler)
     cfg = SearchConfig(n_trials=args.trials, patience=args.trials, final_seeds=args.final_seeds, seed=args.seed)
     t0 = time.perf_counter()
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
-    from rankadaptor.cli.search import layer_costs
+    from rankadaptor.lora.ranks import layer_costs
     from rankadaptor.fileio import write_json_atomic
     from rankadaptor.models.loading import load_model
     from rankadaptor.provenance import provenance
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     model_dir = pruned_artefact(args.threads)
     loaded = load_model(str(model_dir))
     n = loaded.model.config.num_hidden_layers
-    base = dict(n_layers=n, layer_costs=tuple(layer_costs(loaded.model, n)))
+    base = dict(n_layers=n, layer_costs=tuple(layer_costs(loaded.model)))
     space = SearchSpace(**base, budget=SearchSpace(**base).uniform_budget(8), tolerance=0.05)
     del loaded
     recovery = dict(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, threads=args.threads)

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from rankadaptor.cli import main
-from rankadaptor.prune.artefact import PruneConfig, prune_model, save_pruned
-from tests.lora.para_helpers import make_adapter
+from rankadaptor.models.artefact import save_pruned
+from rankadaptor.prune.pruning import PruneConfig, prune_model
+from tests.compress.para_helpers import make_adapter
 from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
 
 

@@ -18,7 +18,7 @@ from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.ranks import RankPlan
 from rankadaptor.lora.recover import RecoveryConfig, recover
 from rankadaptor.models import loading
-from rankadaptor.prune.artefact import PruneConfig, prune_model
+from rankadaptor.prune.pruning import PruneConfig, prune_model
 from tests.tiny_models import TINY_TEXT, save_tiny_model_and_corpus, tiny_llama, tiny_tokenizer
 
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.lora.adapter_io import read_adapter
-from rankadaptor.lora.para import CompressConfig, compress
+from rankadaptor.compress.adapter_io import read_adapter
+from rankadaptor.compress.para import CompressConfig, compress
 from rankadaptor.lora.ranks import ALPHA_RULES, DEFAULT_TARGETS, RankPlan, apply_plan, wrapped_ranks
 from tests.tiny_models import tiny_llama
 

@@ -7,7 +7,8 @@ from peft import PeftModel
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.pruned_lora import PruneSchedule, PrunedLoRACallback, PrunedLoRAMethod, hf_callback, shrink
 from rankadaptor.lora.ranks import RankPlan, apply_plan, wrapped_ranks
-from rankadaptor.lora.recover import RecoveryConfig, get_method, recover
+from rankadaptor.lora.methods import get_method
+from rankadaptor.lora.recover import RecoveryConfig, recover
 from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
 
 

@@ -20,7 +20,8 @@ from rankadaptor.cli import main
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.checkpoint import CheckpointStore, checkpoint_dir_for, decode, encode
 from rankadaptor.lora.ranks import RankPlan
-from rankadaptor.lora.recover import RecoveryConfig, get_method, recover
+from rankadaptor.lora.methods import get_method
+from rankadaptor.lora.recover import RecoveryConfig, recover
 from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

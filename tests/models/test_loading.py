@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -57,9 +55,7 @@ def test_pruned_artefact_delegates_to_prune(saved_tiny, monkeypatch):
         calls.append(d)
         return tiny_llama(seed=3, num_hidden_layers=2).train()
 
-    fake = types.ModuleType("rankadaptor.prune.artefact")
-    fake.load_pruned = fake_load_pruned
-    monkeypatch.setitem(sys.modules, "rankadaptor.prune.artefact", fake)
+    monkeypatch.setattr("rankadaptor.models.loading.load_pruned", fake_load_pruned)
     loaded = load_model(path)
     assert calls == [path]
     assert loaded.identity["source"] == "pruned" and loaded.identity["n_layers"] == 2

@@ -5,7 +5,8 @@ import torch
 
 from rankadaptor.models.families import get_family
 from rankadaptor.prune.importance import calibration_batches
-from rankadaptor.prune.artefact import PruneConfig, load_pruned, prune_model, save_pruned
+from rankadaptor.models.artefact import load_pruned, save_pruned
+from rankadaptor.prune.pruning import PruneConfig, prune_model
 from tests.prune.helpers import TEXTS, ids, tiny_family
 from tests.tiny_models import tiny_tokenizer
 

@@ -7,8 +7,9 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from rankadaptor.cli import main
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.prune import artefact
-from rankadaptor.prune.artefact import PruneConfig, load_pruned, prune_model
+from rankadaptor.models import artefact
+from rankadaptor.models.artefact import load_pruned
+from rankadaptor.prune.pruning import PruneConfig, prune_model
 from tests.prune.helpers import TEXTS, ids, tiny_family
 from tests.tiny_models import tiny_tokenizer
 
@@ -55,7 +56,7 @@ def test_output_appears_only_when_complete(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("rankadaptor.prune.artefact.write_json_atomic", boom)
+    monkeypatch.setattr("rankadaptor.models.artefact.write_json_atomic", boom)
     with pytest.raises(OSError):
         artefact.save_pruned(pruned, tiny_tokenizer(), man, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -107,6 +108,7 @@ def test_cli_prunes_local_dir_without_touching_it(tmp_path, capsys):
 def test_cli_choices_match_library():
     from rankadaptor.cli import prune as cli_prune
     from rankadaptor.prune.importance import IMPORTANCES
+    from rankadaptor.prune.pruning import METHODS
 
-    assert tuple(cli_prune.METHODS) == artefact.METHODS
+    assert tuple(cli_prune.METHODS) == METHODS
     assert tuple(cli_prune.IMPORTANCES) == tuple(IMPORTANCES)

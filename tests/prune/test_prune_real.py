@@ -6,7 +6,8 @@ import torch
 def test_real_model_width_prune_round_trip(tmp_path):
     """SmolLM2-135M, 20 % by l2 importance (no gradients: keeps the test short); reload through load_model."""
     from rankadaptor.models.loading import load_model
-    from rankadaptor.prune.artefact import PruneConfig, prune_model, save_pruned
+    from rankadaptor.models.artefact import save_pruned
+    from rankadaptor.prune.pruning import PruneConfig, prune_model
 
     loaded = load_model("smollm2-135m")
     model, tok = loaded.model, loaded.tokenizer

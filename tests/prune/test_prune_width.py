@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from rankadaptor.models.families import get_family
-from rankadaptor.prune.artefact import PruneConfig, load_pruned, prune_model, save_pruned
+from rankadaptor.models.artefact import load_pruned, save_pruned
+from rankadaptor.prune.pruning import PruneConfig, prune_model
 from rankadaptor.prune.importance import IMPORTANCES, Element1, Element2, Slice, get_importance, gradient_stats, unit_scores, calibration_batches
 from tests.prune.helpers import TEXTS, ids, tiny_family
 from tests.tiny_models import tiny_tokenizer

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rankadaptor.fileio import refuse_bad_out_parent
-    from rankadaptor.lora.para import CompressConfig, compress
+    from rankadaptor.compress.para import CompressConfig, compress
 
     refuse_bad_out_parent(args.out)
 

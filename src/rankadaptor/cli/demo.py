@@ -36,7 +36,8 @@ def run(args) -> int:
         refuse_bad_out_parent(args.out)
     import logging
 
-    from rankadaptor.demo import console_filter, run_demo
+    from rankadaptor.demo import run_demo
+    from rankadaptor.demo.workers import console_filter
 
     for handler in logging.getLogger().handlers:  # the CLI's console: progress lines and warnings only
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):

@@ -68,9 +68,13 @@ def _check_args(args) -> Path:
 def run(args) -> int:
     out = _check_args(args)  # bad input fails before the model loads
     if args.ppl_text is not None:
+        from rankadaptor.errors import RankAdaptorError
         from rankadaptor.eval.perplexity import paragraphs
 
-        paragraphs(args.ppl_text)  # a missing or empty file fails before the model loads
+        try:
+            paragraphs(args.ppl_text)  # a missing or empty file fails before the model loads
+        except RankAdaptorError as exc:
+            raise RankAdaptorError(f"--ppl-text FILE: {exc}") from None
 
     import torch
 

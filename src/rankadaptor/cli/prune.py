@@ -73,7 +73,8 @@ def load_input(spec: str):
 
 def run(args) -> int:
     from rankadaptor.fileio import refuse_bad_out_parent, refuse_same_path
-    from rankadaptor.prune.artefact import PruneConfig, prune_model, save_pruned
+    from rankadaptor.models.artefact import save_pruned
+    from rankadaptor.prune.pruning import PruneConfig, prune_model
 
     if not 0.0 < args.ratio < 1.0:
         raise RankAdaptorError(f"--ratio {args.ratio} is outside (0, 1); give the fraction of parameters to remove, e.g. 0.2")

@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
                         "command resumes from it (default 0: no checkpoints)")
     p.add_argument("--out", required=True, help="new adapter directory (refuses to overwrite; an unfinished "
                                                  "run with checkpoints resumes)")
-    from rankadaptor.lora.pruned_lora_flags import add_prunedlora_arguments
+    from rankadaptor.cli.prunedlora_flags import add_prunedlora_arguments
 
     add_prunedlora_arguments(p)
     p.set_defaults(func=run)
@@ -131,7 +131,8 @@ def recovery_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from rankadaptor.lora.recover import get_method, recover
+    from rankadaptor.lora.methods import get_method
+    from rankadaptor.lora.recover import recover
     from rankadaptor.models.loading import load_model
 
     # Everything checkable without the model is checked first.

@@ -1,4 +1,4 @@
-"""PrunedLoRA (seed 002): start LoRA at rank R0 and prune rank components during training.
+"""PrunedLoRA: start LoRA at rank R0 and prune rank components during training.
 
 Every ``prune_every`` steps after ``warmup_steps``, the least important rank components (column j
 of B with row j of A) are removed: ``prune_k`` per module (``scope="module"``, every module ends at
@@ -26,10 +26,11 @@ import torch
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.obs import ModuleStats, gate_gradient, get_scorer, SCORERS
 from rankadaptor.lora.pruned_lora_export import hf_callback, lora_modules, shrink  # noqa: F401  (public API)
-from rankadaptor.lora.pruned_lora_flags import SCOPES, add_prunedlora_arguments  # noqa: F401  (public API)
 from rankadaptor.lora.ranks import RankPlan, apply_plan, linear_shapes
 
 log = logging.getLogger(__name__)
+
+SCOPES = ("module", "global")  # the CLI's torch-free flag list repeats these (a test checks they agree)
 
 
 @dataclass
@@ -376,12 +377,3 @@ def method_from_args(args, **plan_kwargs) -> PrunedLoRAMethod:
                             prune_every=args.prune_every, prune_k=args.prune_k, scope=args.scope,
                             scorer=args.prune_scorer, warmup_steps=args.prune_warmup, final_steps=args.prune_final,
                             floor=args.prune_floor, **plan_kwargs)
-
-
-def _register() -> None:
-    from rankadaptor.lora.recover import register_method
-
-    register_method(PrunedLoRAMethod.name, PrunedLoRAMethod)
-
-
-_register()

@@ -34,7 +34,7 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 # "2r": alpha = 2·r per module (LLM-Pruner's recipe, scale 2 everywhere); "fixed": alpha = ``alpha``
 # (scale alpha/r); "rslora": alpha = ``alpha`` with rank-stabilised scale alpha/sqrt(r).
 ALPHA_RULES = ("2r", "fixed", "rslora")
-LORA_STAR_RANKS = (4, 6, 10, 12)  # seed 001's "LoRA*": ranks rising by quarter of the layers
+LORA_STAR_RANKS = (4, 6, 10, 12)  # RankAdaptor's "LoRA*": ranks rising by quarter of the layers
 
 
 def peft_pattern_key(module_name: str) -> str:
@@ -221,7 +221,7 @@ def base_model_of(model):
 
 
 def decoder_layer_names(model) -> list[str]:
-    """Full names of the decoder blocks, in order (via the model family adapter when known)."""
+    """Full names of the decoder blocks, in order (via the model family when known)."""
     model = base_model_of(model)
     try:
         from rankadaptor.models.families import get_family
@@ -262,6 +262,63 @@ def count_lora_params(model, plan: RankPlan) -> int:
     return sum(r * (shapes[n][0] + shapes[n][1]) for n, r in plan.module_ranks(model).items())
 
 
+def layer_costs(model) -> list[int]:
+    """LoRA parameters per unit of rank in each decoder layer: Σ (d_in + d_out) over its targets.
+
+    A per-layer rank plan's exact count is then ``Σ ranks[i] * layer_costs[i]`` (pruned layers are
+    narrower, so their rank is cheaper: the search's budget constraint needs exactly this)."""
+    return [sum(layer.values()) for layer in module_costs(model)]
+
+
+def module_costs(model, target_modules=DEFAULT_TARGETS) -> list[dict[str, int]]:
+    """Per decoder layer, {full module name: LoRA parameters per unit of rank (d_in + d_out)} of its targets.
+
+    What a per-module rank search needs: the names a ``RankPlan`` override uses and the exact cost of
+    one rank of each module, in layer order and, within a layer, in ``target_modules`` order."""
+    n_layers = len(decoder_layer_names(model))
+    shapes = linear_shapes(model)
+    names = RankPlan(ranks=[1] * n_layers, target_modules=tuple(target_modules)).module_ranks(model)
+    layers = decoder_layer_names(model)
+    out = []
+    for prefix in layers:
+        mine = {n: sum(shapes[n]) for n in names if n.startswith(prefix + ".")}
+        order = {t: i for i, t in enumerate(target_modules)}
+        out.append(dict(sorted(mine.items(), key=lambda kv: order[kv[0].rsplit(".", 1)[-1]])))
+    return out
+
+
+def paired_lora_init(peft_model, seed: int) -> int:
+    """Re-draw every LoRA A of a PeftModel from its own generator, seeded by (seed, module name).
+
+    Common random numbers for a rank search: row i of a module's A is the i-th draw of that module's
+    generator whatever its rank, so two plans that give a module the same rank start it identically
+    (and a lower rank starts from the first rows of a higher one). The draws follow PEFT's default
+    (Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(d_in), 1/sqrt(d_in))); B stays zero. The global
+    RNG is not touched. Returns the number of modules re-drawn.
+    """
+    import hashlib
+
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    n = 0
+    for name, mod in base_model_of(peft_model).named_modules():
+        if not isinstance(mod, LoraLayer):
+            continue
+        for adapter, A in mod.lora_A.items():
+            if not isinstance(A, torch.nn.Linear):
+                continue
+            key = hashlib.sha256(f"{int(seed)}:{name}:{adapter}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+            r, d_in = A.weight.shape
+            bound = 1.0 / math.sqrt(d_in)
+            rows = torch.stack([torch.rand(d_in, generator=gen, dtype=torch.float64) for _ in range(r)])
+            with torch.no_grad():
+                A.weight.copy_(((2 * rows - 1) * bound).to(A.weight.dtype))
+            n += 1
+    return n
+
+
 def wrapped_ranks(peft_model) -> dict[str, int]:
     """{module name relative to the base model: r} of every LoRA layer inside a PeftModel."""
     from peft.tuners.lora import LoraLayer
@@ -294,3 +351,19 @@ def apply_plan(model, plan: RankPlan, adapter_name: str = "default"):
     peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     verify_ranks(peft_model, plan)
     return peft_model
+
+
+class PlanMethod:
+    """Plain LoRA with the ranks of a ``RankPlan`` (uniform, LoRA*, a plan file, a search result)."""
+
+    name = "plan"
+
+    def __init__(self, plan: RankPlan):
+        self.plan = plan
+
+    def validate(self, model) -> None:
+        self.plan.module_ranks(model)  # raises on wrong layer count, unknown module, rank too big
+
+    def prepare(self, model, config, total_steps: int):
+        info = {"plan": self.plan.to_dict(), "planned_params": count_lora_params(model, self.plan)}
+        return apply_plan(model, self.plan), [], info

@@ -21,9 +21,8 @@ is the step itself, since the batch order is a pure function of the seed. Runnin
 recovery again resumes from the latest checkpoint and ends with the same adapter as an
 uninterrupted run; the folder is removed once ``OUT`` is complete.
 
-A method (``METHODS`` registry) has ``prepare(model, config, total_steps) -> (peft_model,
-callbacks, info)`` and ``expected_ranks(peft_model) -> {module: r} | None``; other parts register
-theirs with ``register_method(name, cls)``.
+A method (``rankadaptor.lora.methods``: the table of them) has ``prepare(model, config, total_steps)
+-> (peft_model, callbacks, info)`` and ``expected_ranks(peft_model) -> {module: r} | None``.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from typing import Any
 
 from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.lora.ranks import RankPlan, apply_plan, count_lora_params
+from rankadaptor.lora.ranks import PlanMethod, RankPlan
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,9 @@ class RecoveryConfig:
     threads: int | None = None
     max_val: int = 32  # held-out examples used for the validation loss
     checkpoint_every: int = 0  # steps between resumable checkpoints (beside ``out``); 0 = none
+    # common random numbers for rank search: each module's LoRA A from its own generator seeded by
+    # (seed, module name), so two plans giving a module the same rank start it identically
+    paired_init: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -121,6 +123,10 @@ def _check_types(config) -> None:
     """Wrong types (a string lr from a hand-written config) fail with a message, not a TypeError later."""
     for f in fields(config):
         value = getattr(config, f.name)
+        if f.name in _BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise RankAdaptorError(f"{f.name} = {value!r} must be true or false")
+            continue
         kind = _FIELD_TYPES.get(f.name)
         if value is None and (f.name in _OPTIONAL or kind is None):
             continue
@@ -135,56 +141,13 @@ _FIELD_TYPES = {"max_steps": int, "epochs": float, "lr": float, "batch_size": in
                 "seq_len": int, "seed": int, "warmup_steps": int, "weight_decay": float, "eval_every": int,
                 "max_grad_norm": float, "threads": int, "max_val": int, "checkpoint_every": int}
 _OPTIONAL = {"max_steps", "epochs", "micro_batch_size", "max_grad_norm", "threads"}
+_BOOL_FIELDS = {"paired_init"}
 
 
 @dataclass
 class RecoveryResult:
     model: Any  # the trained PeftModel
     record: dict = field(default_factory=dict)
-
-
-# ---- methods: how the model is wrapped -----------------------------------------------------------
-class PlanMethod:
-    """Plain LoRA with the ranks of a ``RankPlan`` (uniform, LoRA*, a plan file, a search result)."""
-
-    name = "plan"
-
-    def __init__(self, plan: RankPlan):
-        self.plan = plan
-
-    def validate(self, model) -> None:
-        self.plan.module_ranks(model)  # raises on wrong layer count, unknown module, rank too big
-
-    def prepare(self, model, config: RecoveryConfig, total_steps: int):
-        info = {"plan": self.plan.to_dict(), "planned_params": count_lora_params(model, self.plan)}
-        return apply_plan(model, self.plan), [], info
-
-
-METHODS: dict[str, type] = {"plan": PlanMethod}
-
-
-def register_method(name: str, cls: type) -> None:
-    """Add a recovery method (e.g. ``prunedlora``); its constructor takes keyword options."""
-    METHODS[name] = cls
-
-
-def get_method(name: str) -> type:
-    if name not in METHODS:
-        _load_plugins()
-    if name not in METHODS:
-        raise RankAdaptorError(f"recovery method {name!r} unknown; valid: {sorted(METHODS)}")
-    return METHODS[name]
-
-
-def _load_plugins() -> None:
-    """Import the modules that register methods (AdaLoRA here, PrunedLoRA from its own module)."""
-    import importlib
-
-    for module in ("rankadaptor.lora.adalora", "rankadaptor.lora.pruned_lora"):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            log.debug("recovery method module %s not available: %s", module, exc)
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -230,6 +193,11 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
     random.seed(config.seed)
     torch.manual_seed(config.seed)  # LoRA's A init and dropout masks follow the seed
     peft_model, method_callbacks, info = method.prepare(model, config, total_steps)
+    if config.paired_init:
+        from rankadaptor.lora.ranks import paired_lora_init
+
+        paired_lora_init(peft_model, config.seed)
+        torch.manual_seed(config.seed)  # dropout masks then do not depend on how much PEFT's own init drew
     callbacks = list(method_callbacks) + list(callbacks)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)

@@ -1,7 +1,7 @@
-"""Family adapters: where a decoder-only model keeps the parts that pruning and LoRA touch.
+"""Model families: where a decoder-only model keeps the parts that pruning and LoRA touch.
 
 Pruning code never reaches into ``model.model.layers[i].self_attn`` directly; it asks the
-family adapter, so a new architecture is one small class here. Supported families share the
+model's ``ModelFamily``, so a new architecture is one small class here. Supported families share the
 LLaMA block layout (q/k/v/o attention with grouped-query heads, gate/up/down SiLU MLP); they
 differ in biases (Qwen2 has q/k/v biases), per-head norms (Qwen3 normalises q and k over the
 head dimension with one weight shared by all heads, so head pruning leaves those norms
@@ -20,7 +20,7 @@ MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
-class FamilyAdapter:
+class ModelFamily:
     """Access to one model's decoder blocks; subclasses set the family name and quirks."""
 
     model: object
@@ -92,43 +92,43 @@ class FamilyAdapter:
                 layer.layer_idx = i
 
 
-class LlamaFamily(FamilyAdapter):
+class LlamaFamily(ModelFamily):
     name = "llama"
     model_types = ("llama",)
 
 
-class MistralFamily(FamilyAdapter):
+class MistralFamily(ModelFamily):
     name = "mistral"
     model_types = ("mistral",)
 
 
-class Qwen2Family(FamilyAdapter):
+class Qwen2Family(ModelFamily):
     name = "qwen2"
     model_types = ("qwen2",)
 
 
-class Qwen3Family(FamilyAdapter):
+class Qwen3Family(ModelFamily):
     name = "qwen3"
     model_types = ("qwen3",)
     head_norms = ("q_norm", "k_norm")
 
 
-FAMILIES: dict[str, type[FamilyAdapter]] = {
+FAMILIES: dict[str, type[ModelFamily]] = {
     cls.name: cls for cls in (LlamaFamily, MistralFamily, Qwen2Family, Qwen3Family)
 }
 
 
-def family_for_model_type(model_type: str) -> type[FamilyAdapter]:
+def family_for_model_type(model_type: str) -> type[ModelFamily]:
     for cls in FAMILIES.values():
         if model_type in cls.model_types:
             return cls
     raise RankAdaptorError(
         f"unsupported architecture {model_type!r}; supported families: {', '.join(sorted(FAMILIES))}. "
-        "Use a LLaMA, Mistral, Qwen2 or Qwen3 causal LM, or add a FamilyAdapter in rankadaptor.models.families"
+        "Use a LLaMA, Mistral, Qwen2 or Qwen3 causal LM, or add a ModelFamily in rankadaptor.models.families"
     )
 
 
-def get_family(model) -> FamilyAdapter:
+def get_family(model) -> ModelFamily:
     """The adapter for ``model`` (a causal LM, possibly wrapped by PEFT), or a clear refusal."""
     # PEFT wraps the causal LM (PeftModel -> LoraModel -> LM); get_base_model() returns the LM.
     base = model.get_base_model() if hasattr(type(model), "get_base_model") else model

@@ -4,7 +4,7 @@
 
 1. an asset alias (``smollm2-135m``): the cached safetensors copy, fetched on first use;
 2. an existing ``.gguf`` file: dequantised to ``dtype`` by transformers;
-3. an existing directory with ``pruning.json``: a pruned artefact (``rankadaptor.prune.artefact``);
+3. an existing directory with ``pruning.json``: a pruned artefact (``rankadaptor.models.artefact``);
 4. an existing directory with ``config.json``: a Hugging Face model directory;
 5. something shaped like a hub id (``org/name``): ``from_pretrained`` when the hub is reachable,
    otherwise an immediate error (no network time-outs) naming the offline alternatives.
@@ -32,6 +32,7 @@ import torch
 from rankadaptor import assets
 from rankadaptor.device import resolve_device
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.models.artefact import load_pruned
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,6 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
         model, tok = load_gguf(path, dtype)
         return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf", device)
     if source == "pruned":
-        from rankadaptor.prune.artefact import load_pruned  # owned by prune; imported only when needed
-
         model = load_pruned(path).to(dtype)
         return _finish(model, _load_tokenizer(path), spec_str, path, weights_sha256(path), "pruned", device)
     if source == "local":

@@ -22,17 +22,17 @@ from torch import nn
 
 from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.models.families import FamilyAdapter
+from rankadaptor.models.families import ModelFamily
 from rankadaptor.prune.width import count_params
 
 log = logging.getLogger(__name__)
 
 
-def block_params(fam: FamilyAdapter, i: int) -> int:
+def block_params(fam: ModelFamily, i: int) -> int:
     return sum(p.numel() for p in fam.layers[i].parameters())
 
 
-def blocks_to_remove(fam: FamilyAdapter, ratio: float, layers: range) -> int:
+def blocks_to_remove(fam: ModelFamily, ratio: float, layers: range) -> int:
     per_block = sum(block_params(fam, i) for i in layers) / max(len(layers), 1)
     n = int(round(ratio * count_params(fam.model) / per_block)) if per_block else 0
     if n >= len(layers):
@@ -58,7 +58,7 @@ class BlockScorer:
     name = ""
     needs_grad = False
 
-    def scores(self, fam: FamilyAdapter, layers: range, batches: torch.Tensor, stats) -> dict[int, float]:
+    def scores(self, fam: ModelFamily, layers: range, batches: torch.Tensor, stats) -> dict[int, float]:
         raise NotImplementedError
 
 
@@ -127,7 +127,7 @@ BLOCK_SCORERS: dict[str, type[BlockScorer]] = {
 }
 
 
-def remove_blocks(fam: FamilyAdapter, removed: list[int]) -> None:
+def remove_blocks(fam: ModelFamily, removed: list[int]) -> None:
     """Drop blocks in place; fix the config and every block's ``layer_idx`` (the KV cache uses it)."""
     removed_set = set(removed)
     keep = [i for i in range(fam.n_layers) if i not in removed_set]
@@ -139,7 +139,7 @@ def remove_blocks(fam: FamilyAdapter, removed: list[int]) -> None:
     fam.renumber_layers()
 
 
-def prune_depth(fam: FamilyAdapter, method: str, ratio: float, layers: range, batches, stats) -> dict:
+def prune_depth(fam: ModelFamily, method: str, ratio: float, layers: range, batches, stats) -> dict:
     n = blocks_to_remove(fam, ratio, layers)
     scorer = BLOCK_SCORERS[method]()
     if batches is not None:  # calibration text is tokenized on the CPU

@@ -1,4 +1,4 @@
-"""What to cut: importance scores for coupled structures (seed 001, Eq. 2; LLM-Pruner).
+"""What to cut: importance scores for coupled structures (RankAdaptor Eq. 2; LLM-Pruner).
 
 A *unit* is the smallest thing width pruning removes together:
 
@@ -25,7 +25,7 @@ import torch
 
 from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.models.families import FamilyAdapter
+from rankadaptor.models.families import ModelFamily
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _cols(t: torch.Tensor | None, units: int) -> torch.Tensor | None:
     return None if t is None else t.t().reshape(units, -1)
 
 
-def _coupled(fam: FamilyAdapter, i: int, stats, kind: str):
+def _coupled(fam: ModelFamily, i: int, stats, kind: str):
     """(tensor name suffix, weight, row/col, units) of every weight coupled in layer i's units."""
     names = {id(p): n for n, p in fam.model.named_parameters()}
     if kind == "attn":
@@ -216,7 +216,7 @@ def _coupled(fam: FamilyAdapter, i: int, stats, kind: str):
     return units, out
 
 
-def unit_scores(fam: FamilyAdapter, i: int, kind: str, imp: Importance, stats=None) -> torch.Tensor:
+def unit_scores(fam: ModelFamily, i: int, kind: str, imp: Importance, stats=None) -> torch.Tensor:
     """Importance of every KV group (``kind='attn'``) or MLP channel (``kind='mlp'``) of layer i."""
     units, slices = _coupled(fam, i, stats, kind)
     total = torch.zeros(units, dtype=torch.float64)  # on the CPU: the ranking needs only a few numbers

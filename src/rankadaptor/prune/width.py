@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.models.families import FamilyAdapter
+from rankadaptor.models.families import ModelFamily
 from rankadaptor.prune.importance import Importance, unit_scores
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def count_params(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def _unit_sizes(fam: FamilyAdapter, i: int) -> tuple[int, int]:
+def _unit_sizes(fam: ModelFamily, i: int) -> tuple[int, int]:
     """Parameters freed by removing one KV group, and one MLP channel, of layer i."""
     attn = fam.attn_proj(i)
     groups = fam.num_kv_heads(i)
@@ -38,7 +38,7 @@ def _unit_sizes(fam: FamilyAdapter, i: int) -> tuple[int, int]:
     return per_group // groups, per_channel
 
 
-def plan_width(fam: FamilyAdapter, ratio: float, layers: range) -> dict:
+def plan_width(fam: ModelFamily, ratio: float, layers: range) -> dict:
     """How many KV groups and MLP channels each layer in ``layers`` loses for whole-model ratio R."""
     total = count_params(fam.model)
     target = ratio * total
@@ -71,7 +71,7 @@ def plan_width(fam: FamilyAdapter, ratio: float, layers: range) -> dict:
     return {"layer_ratio": layer_ratio, "drop_groups": drop_groups, "drop_channels": drop_channels}
 
 
-def choose_units(fam: FamilyAdapter, plan: dict, imp: Importance, stats) -> dict[int, dict]:
+def choose_units(fam: ModelFamily, plan: dict, imp: Importance, stats) -> dict[int, dict]:
     """Per layer: sorted indices of the KV groups and channels to keep (highest importance)."""
     keep: dict[int, dict] = {}
     for i in plan["drop_groups"]:
@@ -118,7 +118,7 @@ def head_index(groups: list[int], per_group_heads: int, head_dim: int) -> torch.
     return torch.cat([torch.arange(g * span, (g + 1) * span) for g in groups]) if groups else torch.zeros(0, dtype=torch.long)
 
 
-def slice_layer(fam: FamilyAdapter, i: int, kv_groups: list[int], channels: list[int]) -> None:
+def slice_layer(fam: ModelFamily, i: int, kv_groups: list[int], channels: list[int]) -> None:
     """Keep only the given KV groups (with their query heads and o_proj columns) and channels."""
     attn, hd, gs = fam.attention(i), fam.head_dim, fam.group_size(i)
     q_idx = head_index(kv_groups, gs, hd)
@@ -136,7 +136,7 @@ def slice_layer(fam: FamilyAdapter, i: int, kv_groups: list[int], channels: list
         mlp.intermediate_size = len(channels)
 
 
-def prune_width(fam: FamilyAdapter, ratio: float, layers: range, imp: Importance, stats) -> dict:
+def prune_width(fam: ModelFamily, ratio: float, layers: range, imp: Importance, stats) -> dict:
     """Slice every layer in range in place; return the plan and the kept indices per layer."""
     plan = plan_width(fam, ratio, layers)
     keep = choose_units(fam, plan, imp, stats)

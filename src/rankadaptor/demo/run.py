@@ -23,66 +23,18 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import read_json, write_json_atomic
-from rankadaptor.demo_units import UnitWork, texts_for_tokens
-from rankadaptor.demo_workers import LOG_NAME, console_filter, default_workers, execute_in_worker, init_worker, log_to_file
-from rankadaptor.scheduler import Progress, Unit, run_units
-
-__all__ = ["PRESETS", "Demo", "Preset", "RunDir", "console_filter", "preset", "run_demo", "texts_for_tokens"]
+from rankadaptor.demo.presets import EVAL_TOKENS_PER_DOC, FULL_SPLIT_DOCS, SECONDS_PER_TOKEN, VAL_EXAMPLES, Preset, preset
+from rankadaptor.demo.scheduler import Progress, Unit, run_units
+from rankadaptor.demo.units import UnitWork
+from rankadaptor.demo.workers import LOG_NAME, default_workers, execute_in_worker, init_worker, log_to_file
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    seeds: tuple[int, ...]
-    steps: int  # recovery optimizer steps per run
-    batch_size: int
-    seq_len: int
-    eval_limit: int | None  # documents per task (None = full splits)
-    ppl_tokens: int  # held-out tokens for perplexity
-    search_trials: int
-    search_steps: int
-    high_rank: int  # start rank of the PARA and PrunedLoRA adapters
-    prune_ratio: float = 0.2
-    calibration: int = 10
-    eval_batch_size: int = 16
-    lr: float = 2e-4
-
-
-PRESETS: dict[str, Preset] = {
-    # about two minutes: proves every stage runs; its numbers are noise
-    "smoke": Preset("smoke", seeds=(0,), steps=2, batch_size=2, seq_len=64, eval_limit=4, ppl_tokens=1024,
-                    search_trials=3, search_steps=1, high_rank=16),
-    # the default, sized for ~15 min on 2 CPU cores (two 1-thread workers): every stage at a size where
-    # it does real work (8 steps of 4×128 tokens, 6 search trials, 10 docs per task, 2 seeds for an
-    # interval — a wide one). 22 min measured with one 2-thread process; with two 1-thread workers the
-    # units' measured CPU seconds (about 1,200 s in all) schedule into ~10-11 min.
-    "quick": Preset("quick", seeds=(0, 1), steps=8, batch_size=4, seq_len=128, eval_limit=10, ppl_tokens=2048,
-                    search_trials=6, search_steps=4, high_rank=32),
-    # the paper's scale (LLM-Pruner recipe: 2 epochs of batch 64 in the paper; here 2000 steps) for a GPU
-    "paper": Preset("paper", seeds=(0, 1, 2), steps=2000, batch_size=64, seq_len=256, eval_limit=None,
-                    ppl_tokens=200_000, search_trials=60, search_steps=200, high_rank=32, eval_batch_size=64),
-}
-
-# Cost model behind the progress bar and the scheduling order (seconds at one CPU thread); the
-# bar rescales by how long finished units really took, so these need only be roughly right.
-SECONDS_PER_TOKEN = 0.0025  # one forward token of the pruned SmolLM2-135M (2-3 ms CPU time measured here)
-EVAL_TOKENS_PER_DOC = 120  # forward tokens the scorer spends per document, across the seven tasks
-FULL_SPLIT_DOCS = 3000  # mean documents per task when a preset evaluates whole splits
-VAL_EXAMPLES = 32  # RecoveryConfig.max_val: the held-out blocks every recovery scores at its end
-
-
-def preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise RankAdaptorError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 class RunDir:
@@ -134,8 +86,6 @@ class Demo(UnitWork):
     # ---- the whole pipeline -------------------------------------------------------------------
     def plan(self) -> list[Unit]:
         """Every unit with its expected cost (seconds at one thread) and what it waits for."""
-        from rankadaptor.lora.recover import get_method
-
         c = self.cfg
         docs = (c.eval_limit or FULL_SPLIT_DOCS) * 7
         ev = SECONDS_PER_TOKEN * (docs * EVAL_TOKENS_PER_DOC + c.ppl_tokens) + 5
@@ -147,14 +97,8 @@ class Demo(UnitWork):
         for s in c.seeds:
             units += [Unit(f"uniform-s{s}", train + ev, ("prune",)), Unit(f"lora-star-s{s}", train + ev, ("prune",)),
                       Unit(f"rankadaptor-s{s}", train + ev, ("search",)), Unit(f"para-s{s}", 1.2 * train + ev, ("prune",))]
-        for name in ("prunedlora", "adalora"):
-            try:
-                get_method(name)
-            except RankAdaptorError:
-                log.warning("recovery method %s is not available; its row is left out", name)
-                continue
-            # both cost about twice a LoRA step here: AdaLoRA's SVD-form layers, PrunedLoRA's pruning events
-            units += [Unit(f"{name}-s{s}", 2 * train + ev, ("prune",)) for s in c.seeds]
+        # both cost about twice a LoRA step here: AdaLoRA's SVD-form layers, PrunedLoRA's pruning events
+        units += [Unit(f"{name}-s{s}", 2 * train + ev, ("prune",)) for name in ("prunedlora", "adalora") for s in c.seeds]
         return units
 
     def work(self, key: str) -> Callable[[], dict]:
@@ -167,16 +111,10 @@ class Demo(UnitWork):
             return fixed[key]
         method, _, s = key.rpartition("-s")
         seed = int(s)
-        if method == "uniform":
-            return lambda: self.recover_and_eval(key, seed, plan=RankPlan.uniform(self.n_layers(), 8))
-        if method == "lora-star":
-            return lambda: self.recover_and_eval(key, seed, plan=RankPlan.lora_star(self.n_layers()))
         if method == "rankadaptor":
-            return lambda: self.recover_and_eval(key, seed, plan=RankPlan(ranks=self._search_result()["ranks"]))
-        if method == "para":
-            return lambda: self.para(seed, self.uniform_budget())
-        if method in ("prunedlora", "adalora"):
-            return lambda: self.recover_and_eval(key, seed, method=self.budget_method(method))
+            return lambda: self.train_and_eval(key, "plan", seed, plan=RankPlan(ranks=self._search_result()["ranks"]))
+        if method in ("uniform", "lora-star", "para", "prunedlora", "adalora"):
+            return lambda: self.train_and_eval(key, method, seed)
         raise RankAdaptorError(f"unknown demo unit {key!r}")
 
     def _search_result(self) -> dict:
@@ -211,7 +149,8 @@ class Demo(UnitWork):
             log.info("[%d/%d] %s done in %s%s", count["done"], len(units), unit.key,
                      _duration(result.get("wall_s")), _headline(result))
 
-        execute = partial(execute_in_worker, self.cfg, str(self.out), self.model_spec, device)
+        # the workers build their own Demo from this factory (a picklable partial), once per process
+        execute = partial(execute_in_worker, partial(Demo, self.cfg, self.out, self.model_spec), device)
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
         t0 = time.perf_counter()
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,

@@ -1,7 +1,7 @@
 """``recover --method prunedlora`` flags, kept free of torch so that ``rankadaptor --help`` stays instant.
 
-``rankadaptor.lora.pruned_lora`` re-exports ``add_prunedlora_arguments`` and ``SCOPES``; a test
-checks that ``SCORER_NAMES`` lists exactly the scorers registered in ``rankadaptor.lora.obs``.
+``SCOPES`` and ``SCORER_NAMES`` repeat the library's names (``rankadaptor.lora.pruned_lora.SCOPES``,
+the scorers registered in ``rankadaptor.lora.obs``) without importing torch; a test checks they agree.
 """
 
 from __future__ import annotations

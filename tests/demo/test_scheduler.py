@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.scheduler import Progress, Unit, chain_lengths, run_units
+from rankadaptor.demo.scheduler import Progress, Unit, chain_lengths, run_units
 
 
 def _graph():

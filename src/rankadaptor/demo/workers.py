@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 LOG_NAME = "demo.log"
-_WORKER_DEMO: dict[tuple, object] = {}
+_WORKER_DEMO: dict[str, Any] = {}  # this worker process's demo and the factory that made it
 
 
 def log_to_file(log_file: str | Path) -> None:
@@ -56,24 +58,30 @@ def init_worker(threads: int, log_file: str) -> None:
 
 def console_filter(record: logging.LogRecord) -> bool:
     """What the demo's console shows: its own progress lines, rankadaptor's warnings, any error."""
-    if record.name in ("rankadaptor.demo", "rankadaptor.scheduler"):
+    if record.name in ("rankadaptor.demo.run", "rankadaptor.demo.scheduler"):
         return True
     if record.name.startswith("rankadaptor"):
         return record.levelno >= logging.WARNING
     return record.levelno >= logging.ERROR
 
 
-def execute_in_worker(cfg, out: str, model_spec: str, device: str, key: str) -> dict:
+def execute_in_worker(make_demo: Callable[[], Any], device: str, key: str) -> dict:
+    """Run unit ``key`` on this worker's demo, built once by ``make_demo`` (its caches live as long
+    as the worker: the pruned model, the tokenised corpus)."""
     from rankadaptor.device import default_device
 
-    ident = (cfg, out, model_spec)
-    if ident not in _WORKER_DEMO:  # one Demo per worker process: its caches live as long as the worker
-        from rankadaptor.demo import Demo
-
+    if not _same_factory(_WORKER_DEMO.get("factory"), make_demo):
         _WORKER_DEMO.clear()
-        _WORKER_DEMO[ident] = Demo(cfg, Path(out), model_spec)
+        _WORKER_DEMO.update(factory=make_demo, demo=make_demo())
     with default_device(device):  # every model the unit loads (dense, pruned, search trials) goes there
-        return _WORKER_DEMO[ident].execute(key)
+        return _WORKER_DEMO["demo"].execute(key)
+
+
+def _same_factory(a, b) -> bool:
+    """Equal factories build equal demos (a partial arrives as a new object with every unit)."""
+    if isinstance(a, partial) and isinstance(b, partial):
+        return a.func is b.func and a.args == b.args and a.keywords == b.keywords
+    return a is not None and a == b
 
 
 def default_workers(device: str = "cpu") -> int:

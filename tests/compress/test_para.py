@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.lora.adapter_io import pattern_value, read_adapter
-from rankadaptor.lora.para import CompressConfig, compress, decompose
-from tests.lora.para_helpers import load_peft, make_adapter, merged_deltas, tree_hash
+from rankadaptor.compress.adapter_io import pattern_value, read_adapter
+from rankadaptor.compress.para import CompressConfig, compress, decompose
+from tests.compress.para_helpers import load_peft, make_adapter, merged_deltas, tree_hash
 from tests.tiny_models import tiny_llama
 
 
@@ -166,7 +166,7 @@ def test_input_never_modified_and_output_atomic(adapter, tmp_path, monkeypatch):
     report = json.loads((tmp_path / "ok" / "compress.json").read_text())
     assert report["provenance"]["versions"]["torch"] and report["settings"] == {"keep_fraction": 0.3, "normalize": "none", "min_rank": 0}
 
-    import rankadaptor.lora.para as para
+    import rankadaptor.compress.para as para
 
     def boom(tmp, adapter):
         (tmp / "adapter_model.safetensors").write_bytes(b"partial")
@@ -185,7 +185,7 @@ def test_input_never_modified_and_output_atomic(adapter, tmp_path, monkeypatch):
 
 
 def test_baseline_allocations_fit_budget(adapter):
-    from rankadaptor.lora.para import (compress_to_ranks, decompose_adapter, energy_rule_ranks_for_budget,
+    from rankadaptor.compress.para import (compress_to_ranks, decompose_adapter, energy_rule_ranks_for_budget,
                                        uniform_ranks_for_budget)
 
     old = read_adapter(adapter)

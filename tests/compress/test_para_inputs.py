@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from rankadaptor.cli import main
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.lora.para import CompressConfig, compress, decompose, truncate
-from tests.lora.para_helpers import make_adapter, tree_hash
+from rankadaptor.compress.para import CompressConfig, compress, decompose, truncate
+from tests.compress.para_helpers import make_adapter, tree_hash
 
 
 @pytest.fixture(scope="module")
