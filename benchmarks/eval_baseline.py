@@ -5,8 +5,9 @@ Writes benchmarks/results/eval_baseline.json and .md (``--name`` changes the fil
 ``--limit N`` evaluates the first N documents of each task's lm-eval split (stored order);
 without it the full splits are evaluated (about 20,500 documents: hours on one core).
 
-Resumable per task: every finished task is kept in ``benchmarks/work/<name>/<task>.json`` and a
-rerun with the same model, size and backend reuses it (tasks run smallest first). ``--only LIST``
+Resumable per task: every finished task is kept in ``benchmarks/results/<name>.tasks/<task>.json``
+(committed, so another session or machine resumes too) and a rerun with the same model, size and
+backend reuses it (tasks run smallest first). ``--only LIST``
 evaluates just those tasks, so the full splits can run as several jobs of under an hour each; the
 results file is written by the run that finds every task there. Per-task wall and CPU seconds,
 commits and commands are kept.
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     if set(only) - set(tasks):
         raise SystemExit(f"--only {args.only} names tasks outside --tasks {tasks}")
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    work = HERE / "work" / args.name
+    work = RESULTS / f"{args.name}.tasks"
     key = {"model_sha256": loaded.identity.get("sha256"), "limit": args.limit, "backend": args.backend}
     sizes = {t: len(load_docs(t, None, args.limit)) for t in tasks}
     rows, resumed, missing = {}, [], []
