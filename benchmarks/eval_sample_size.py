@@ -25,7 +25,8 @@ DETECT_POINTS = (1, 2, 5)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", default=str(RESULTS / "eval_baseline.json"), help="an evaluation with per-document data")
+    p.add_argument("--results", default=str(RESULTS / "eval_baseline.json"),
+                   help="an evaluation with per-document data, or eval_baseline's per-task folder (NAME.tasks)")
     p.add_argument("--against", default=None, help="a second evaluation on the same documents (observed discordance)")
     p.add_argument("--demo-docs", type=int, default=10, help="documents per task of the demo's quick preset")
     args = p.parse_args(argv)
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     from rankadaptor.provenance import provenance
     from rankadaptor.stats import detectable_difference
 
-    first = read_json(args.results, "results file")
+    first = _load(Path(args.results), read_json)
     against = read_json(args.against, "results file") if args.against else None
     sizes = {str(d): sample_sizes(first, against, detect=d / 100) for d in DETECT_POINTS}
     one = sizes[str(DETECT_POINTS[0])]
@@ -54,6 +55,18 @@ def main(argv=None) -> int:
     (RESULTS / "eval_sample_size.md").write_text(text, encoding="utf-8")
     print(text)
     return 0
+
+
+def _load(path: Path, read_json) -> dict:
+    """A results file, or the tasks finished so far in an eval_baseline per-task folder."""
+    if not path.is_dir():
+        return read_json(path, "results file")
+    parts = {p.stem: read_json(p, "per-task result") for p in sorted(path.glob("*.json"))}
+    if not parts:
+        raise SystemExit(f"{path} holds no finished task")
+    first = next(iter(parts.values()))
+    return {"tasks": {t: part["row"] for t, part in parts.items()},
+            "provenance": {"git_commit": first["row"].get("git_commit")}}
 
 
 def markdown(res: dict) -> str:
