@@ -5,11 +5,13 @@ head on every position. Here the requests, their tokenisation and the per-docume
 still come from lm-eval (the task object's ``build_all_requests``, HFLM's ``_encode_pair`` /
 ``prefix_token_id``, the task's ``process_results``); only the log-likelihood computation differs:
 
-* the requests of one document share a token prefix (the context for multiple choice, the words
-  before the blank for WinoGrande): it runs once, and every request's remainder is scored against
-  its cached keys/values;
-* documents are batched across documents, longest first: one right-padded forward of the
-  prefixes, then one forward of all their remainders (a one-token continuation needs none);
+* the requests of one document share a token prefix (the context for multiple choice and more
+  when every choice starts alike, the words before the blank for WinoGrande): it runs once, and
+  every request's remainder is scored against its cached keys/values;
+* documents are batched across documents in groups: the prefixes in chunks of similar length
+  (right-padded, no mask), then the remainders in chunks of similar length, each chunk with its
+  documents' cached prefixes re-assembled (padding the cache costs attention only); a one-token
+  continuation needs no remainder pass;
 * the LM head runs only on the positions that are scored.
 
 Results agree with ``simple_evaluate`` to float rounding (tests compare acc/acc_norm on the same
@@ -67,12 +69,9 @@ def _full_sequence(model, ctx: list[int], cont: list[int], max_length: int, devi
     return _score(torch.log_softmax(logits[0, -len(cont):].float(), -1), cont)
 
 
-# Every document's requests share a token prefix: the context for multiple choice (all choices
-# after one context), the words before the blank for WinoGrande (choices differ in the option).
-# Documents are batched across documents, length-sorted: one right-padded forward of the prefixes
-# (no mask needed: padding sits after every real token), then one forward of every request's
-# remainder against its document's cached keys/values. Tests set PREFIX_SHARING = False to score
-# whole sequences (one padded forward of context+continuation per request) and compare both with HFLM.
+# Tests set PREFIX_SHARING = False to score whole sequences (one padded forward of context +
+# continuation per request, chunked by length) and small BATCH_TOKENS to force many chunks, and
+# compare every path with HFLM.
 PREFIX_SHARING = True
 BATCH_TOKENS = 1024  # padded tokens per forward pass (1 thread: larger batches were slower)
 GROUP_DOCS = 64  # documents whose prefixes and remainders are sorted and chunked together
