@@ -155,6 +155,7 @@ def check_adapter(adapter, manifest: dict, pruned: Path, merge: bool) -> dict:
                                "read); re-save it with PeftModel.save_pretrained")
     modules = dict(build_skeleton(manifest)[0].named_modules())
     base = config.get("base_model_name_or_path")
+    names_base = f"it names {base!r} as its base" if base else "it names no base model"
     try:
         with safe_open(str(adapter / ADAPTER_WEIGHTS), "pt") as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
@@ -175,13 +176,12 @@ def check_adapter(adapter, manifest: dict, pruned: Path, merge: bool) -> dict:
             dims = (module.num_embeddings, module.embedding_dim)
         else:
             raise RankAdaptorError(f"--adapter {adapter} adapts {name}, which {pruned} does not have: the adapter "
-                                   f"was made for another model (its base: {base!r}); pass one trained on {pruned}")
+                                   f"was made for another model ({names_base}); pass one trained on {pruned}")
         side, want, got = (("input", dims[0], shape[-1]) if part.split(".")[0].endswith("A")
                            else ("output", dims[1], shape[0]))
         if want != got:
             raise RankAdaptorError(f"--adapter {adapter} was made for another model: its {name} has {side} size "
-                                   f"{got} but {pruned} has {want} (the adapter's base: {base!r}); "
-                                   f"pass an adapter trained on {pruned}")
+                                   f"{got} but {pruned} has {want} ({names_base}); pass an adapter trained on {pruned}")
     if merge and manifest.get("tied_embeddings") and targets & {"model.embed_tokens", "lm_head"}:
         raise RankAdaptorError(f"--adapter {adapter} adapts a tied embedding; merging it would change the input and "
                                "output embeddings alike, unlike the adapter; export without --merge")
