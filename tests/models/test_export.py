@@ -85,6 +85,10 @@ def root(tmp_path_factory):
     _pruned(root, "qwen3", family="qwen3", ratio=0.3, layers=(1, 4), importance="l1")  # per-head q/k norms
     _pruned(root, "depth", method="shortgpt", ratio=0.2, layers=(1, 4))  # blocks removed, widths as the base
     _pruned(root, "uniform", ratio=0.3, layers=(0, 4), importance="l2")  # every block pruned alike
+    # every block alike at 5 of 6 heads: 96 % 5 != 0, which a transformers config refuses, so code it is
+    model, manifest = prune_model(tiny_family("llama", hidden_size=96, num_attention_heads=6, num_key_value_heads=6),
+                                  tiny_tokenizer(), PruneConfig(ratio=0.12, layers=(0, 4), importance="l1"))
+    save_pruned(model, tiny_tokenizer(), manifest, root / "uniform-indivisible")
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join(TINY_TEXT * 20))
     loaded = load_model(root / "llama")  # the way `rankadaptor recover PRUNED` loads it
@@ -98,7 +102,7 @@ MERGE_VARIANTS = {
                      alpha_pattern={"model.layers.1.self_attn.q_proj": 3, "model.layers.2.mlp.down_proj": 20}),
     "rslora": dict(use_rslora=True),
 }
-ARTEFACTS = ["llama", "qwen2", "qwen3", "depth", "uniform"]
+ARTEFACTS = ["llama", "qwen2", "qwen3", "depth", "uniform", "uniform-indivisible"]
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +139,12 @@ def test_artefacts_load_with_plain_transformers(root, plain):
         assert isinstance(plain[name], torch.Tensor), (name, plain[name])
         assert torch.equal(plain[name], _logits(load_pruned(root / name))), name
     # per-layer widths need the modeling file; uniform widths are a plain config of the family, no code
-    for name in ("llama", "qwen2", "qwen3"):
+    for name in ("llama", "qwen2", "qwen3", "uniform-indivisible"):
         config = json.loads((root / name / "config.json").read_text())
         assert (root / name / MODELING_FILE).is_file() and config["architectures"] == ["PrunedForCausalLM"]
         assert len(config["pruned_layers"]) == config["num_hidden_layers"] == 4
+    assert {w["num_attention_heads"] for w in json.loads(
+        (root / "uniform-indivisible" / "config.json").read_text())["pruned_layers"]} == {5}
     for name in ("depth", "uniform"):
         config = json.loads((root / name / "config.json").read_text())
         assert not (root / name / MODELING_FILE).exists() and "auto_map" not in config

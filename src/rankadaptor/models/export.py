@@ -62,12 +62,9 @@ def transformers_config(manifest: dict):
     if len(set(widths)) == 1:  # one width for all blocks: maybe the family's own config can say it
         heads, kv_heads, inter = widths[0]
         head_dim = build_skeleton(manifest)[0].model.layers[0].self_attn.head_dim
-        plain = manifest_config(manifest)
-        plain.tie_word_embeddings = config.tie_word_embeddings
-        plain.num_attention_heads, plain.num_key_value_heads, plain.intermediate_size = heads, kv_heads, inter
-        plain.head_dim = head_dim
-        if _builds_shapes(plain, manifest):
-            plain.architectures = [family_class]
+        plain = _plain_config(config, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                              intermediate_size=inter, head_dim=head_dim, architectures=[family_class])
+        if plain is not None and _builds_shapes(plain, manifest):
             return plain, False
     config.pruned_layers = [{"num_attention_heads": h, "num_key_value_heads": kv, "intermediate_size": i}
                             for h, kv, i in widths]
@@ -76,15 +73,24 @@ def transformers_config(manifest: dict):
     return config, True
 
 
+def _plain_config(config, **changes):
+    """``config`` with ``changes``, through the constructor's checks (which a load runs too), or None."""
+    from transformers import AutoConfig
+
+    values = {**config.to_dict(), **changes}
+    model_type = values.pop("model_type")
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except Exception:  # noqa: BLE001  (transformers' validators raise ValueError or hub's StrictDataclass errors)
+        return None  # e.g. hidden_size not a multiple of the head count: per-layer widths it is
+
+
 def _builds_shapes(config, manifest: dict) -> bool:
     """Does the family's own class, from ``config`` alone, build every tensor at the artefact's shape?"""
     from transformers import AutoModelForCausalLM
 
-    try:
-        with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(config)
-    except (ValueError, TypeError):  # e.g. hidden_size not divisible by the head count
-        return False
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
     want = {n: t.shape for n, t in build_skeleton(manifest)[0].state_dict().items()}
     return {n: t.shape for n, t in plain.state_dict().items()} == want
 
