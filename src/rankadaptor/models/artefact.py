@@ -5,7 +5,9 @@ transformers 5 cannot load per-layer widths with ``from_pretrained`` and insists
 head counts in its config and the real per-layer shapes in ``pruning.json``. ``load_pruned``
 builds the model on the meta device, resizes every pruned projection from the manifest,
 assigns the saved tensors (``load_state_dict(assign=True)``), re-ties the embeddings and
-re-creates the rotary embedding, whose buffer is not saved.
+re-creates the rotary embedding, whose buffer is not saved. Beside them ``save_pruned`` writes a
+``config.json`` (and, for per-layer widths, a small modeling file) so that plain transformers and
+PEFT load the artefact too (``rankadaptor.models.export``).
 
 ``pruning.json`` (format ``rankadaptor-pruned-model``, format_version 1):
 
@@ -20,8 +22,9 @@ re-creates the rotary embedding, whose buffer is not saved.
   ``num_heads``, ``num_key_value_heads``, ``intermediate_size``, ``kept_kv_groups`` and
   ``kept_channels`` (base indices, ``null`` for blocks outside the range or depth pruning);
 * ``removed_layers`` (base indices), ``block_scores`` (depth), ``calibration``
-  {sequences, seq_len, used, source}, ``seed``, ``pruning_wall_time_s``, ``config_used``,
-  ``provenance``.
+  {sequences, seq_len, used, source, peak_gradient_bytes}, ``seed``, ``pruning_wall_time_s``,
+  ``config_used``, ``provenance``;
+* ``export`` (only in a directory ``rankadaptor export`` wrote): source, merged, adapter, provenance.
 """
 
 from __future__ import annotations
