@@ -208,8 +208,8 @@ def layer_gradients(model, batches: torch.Tensor, layers: range, fisher: bool, r
             for p in params:
                 p.requires_grad_(False)
             if i in layers:
-                count = len(batches)
-                stats = {names[id(p)]: (sums[j] / count, squares[j] / count if fisher else None)
+                count = len(batches)  # means in place: no second copy of the block's statistics
+                stats = {names[id(p)]: (sums[j].div_(count), squares[j].div_(count) if fisher else None)
                          for j, p in enumerate(params)}
                 results[i] = reduce(i, stats)
             del sums, squares
