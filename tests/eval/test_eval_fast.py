@@ -55,3 +55,27 @@ def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path, monkeypatch, sharin
 def test_unknown_backend(olmo_root):
     with pytest.raises(RankAdaptorError, match="valid: lm_eval, fast"):
         evaluate(None, None, tasks=["piqa"], data_root=olmo_root, backend="vllm")
+
+
+def test_shared_prefix_cache_with_uneven_heads(olmo_root, tmp_path):
+    """Width pruning leaves layers with different key/value head counts; the prefix cache is kept
+    per layer, so the shared-prefix path still gives HFLM's log-likelihoods."""
+    from lm_eval.models.huggingface import HFLM
+
+    from rankadaptor.eval import fast
+    from rankadaptor.eval.fast import lm_eval_requests
+    from rankadaptor.prune.pruning import PruneConfig, prune_model
+    from tests.tiny_models import TINY_TEXT
+
+    model, tok = tiny_llama(seed=3), tiny_tokenizer()
+    model, _ = prune_model(model, tok, PruneConfig(ratio=0.3, layers=(1, 4), importance="l1"), TINY_TEXT * 10)
+    heads = {layer.self_attn.k_proj.out_features for layer in model.model.layers}
+    assert len(heads) > 1, "the pruned model must have layers with different KV widths"
+    lm = HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=4)
+    task = "hellaswag"  # four endings after one shared context: the prefix path is taken
+    write_task_files(task, load_docs(task, olmo_root), tmp_path / task)
+    _, docs = lm_eval_requests(task, tmp_path / task)
+    for instances, ours in zip(docs, fast.score_documents(lm, model, docs, "cpu"), strict=True):
+        theirs = lm.loglikelihood(instances, disable_tqdm=True)
+        for (a, ga), (b, gb) in zip(ours, theirs, strict=True):
+            assert a == pytest.approx(b, abs=1e-4) and ga == gb

@@ -163,7 +163,9 @@ def _score_group(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], 
     prefixes = [_shared_prefix(seqs) if sharing and len(seqs) > 1 else 0 for seqs in inputs]
     rem = sorted(((r, j, seq[p:]) for r, (seqs, p) in enumerate(zip(inputs, prefixes)) for j, seq in enumerate(seqs)
                   if len(seq) > p), key=lambda x: -len(x[2]))
-    tally, kv = _Tally(), {}  # kv: document row -> its prefix's keys/values (layers, 2, heads, P, dim)
+    # kv: document row -> its prefix's keys/values, one (2, heads, P, dim) tensor per layer; a list,
+    # not one stacked tensor, because width pruning leaves layers with different head counts
+    tally, kv = _Tally(), {}
     needs_cache = {r for r, _, _ in rem}
     rows = sorted((r for r, p in enumerate(prefixes) if p), key=lambda r: -prefixes[r])
     for chunk in _chunks(rows, lambda r: prefixes[r], BATCH_TOKENS):
@@ -179,9 +181,9 @@ def _score_group(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], 
         logp, cache = forward(inp.to(device), tally.positions(), use_cache=keep)
         tally.add(logp)
         if keep:
-            stacked = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+            layers = [torch.stack([layer.keys, layer.values]) for layer in cache.layers]
             for i, r in enumerate(chunk):
-                kv[r] = stacked[:, :, i, :, :prefixes[r]]
+                kv[r] = [layer[:, i, :, :prefixes[r]] for layer in layers]
     for chunk in _chunks(rem, lambda x: len(x[2]), BATCH_TOKENS):
         rest, width = len(chunk[0][2]), max(prefixes[r] for r, _, _ in chunk)
         inp = torch.zeros((len(chunk), rest), dtype=torch.long)
@@ -189,8 +191,8 @@ def _score_group(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], 
         pos = torch.zeros((len(chunk), rest), dtype=torch.long)
         past = None
         if width:
-            some = next(iter(kv.values()))
-            past = some.new_zeros((some.shape[0], 2, len(chunk), some.shape[2], width, some.shape[4]))
+            past = [layer.new_zeros((2, len(chunk), layer.shape[1], width, layer.shape[3]))
+                    for layer in next(iter(kv.values()))]
         for i, (r, j, tokens) in enumerate(chunk):
             p, (d, reqs) = prefixes[r], docs[r]
             ctx, cont = reqs[j]
@@ -199,7 +201,8 @@ def _score_group(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], 
             mask[i, width:width + len(tokens)] = 1
             pos[i] = p + torch.arange(rest)
             if p:
-                past[:, :, i, :, :p] = kv[r]
+                for layer, prefix in zip(past, kv[r]):
+                    layer[:, i, :, :p] = prefix
             for q in range(max(len(ctx) - 1, p), len(ctx) + len(cont) - 1):
                 tally.want((i, q - p), (d, j), cont[q - len(ctx) + 1])
         kwargs = {"attention_mask": mask.to(device), "position_ids": pos.to(device)}
