@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rankadaptor.cli import SEED
 from rankadaptor.errors import RankAdaptorError
 
 DEFAULT_PPL_TOKENS = 16384
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=("lm_eval", "fast"), default="lm_eval",
                    help="lm_eval: lm-eval's simple_evaluate (default); fast: the same lm-eval requests scored "
                         "with each document's context run once (tested to give the same acc/acc_norm)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True, help="results JSON file to write (refuses to overwrite)")
     p.set_defaults(func=run)
 
@@ -51,17 +52,11 @@ def _check_args(args) -> Path:
         raise RankAdaptorError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.ppl_seq_len < 2 or args.ppl_max_tokens < 2:
         raise RankAdaptorError("--ppl-seq-len and --ppl-max-tokens must be >= 2")
-    from rankadaptor.fileio import refuse_bad_out_parent
+    from rankadaptor.fileio import check_output
 
-    out = Path(args.out)
-    if out.exists():
-        raise RankAdaptorError(f"{out} already exists; choose a new --out path (results are never overwritten)")
-    refuse_bad_out_parent(out)
-    if not out.parent.exists():
-        raise RankAdaptorError(f"directory {out.parent} of --out does not exist; create it first")
     if args.adapter is not None and not Path(args.adapter).is_dir():
         raise RankAdaptorError(f"--adapter {args.adapter} is not a directory; pass a PEFT adapter directory")
-    return out
+    return check_output(args.out, inputs=[args.model, args.adapter, args.ppl_text], size=1 << 20)
 
 
 def _ppl_text(path: str | None) -> tuple[list[str], str]:
@@ -69,10 +64,10 @@ def _ppl_text(path: str | None) -> tuple[list[str], str]:
         from rankadaptor.assets import text_corpus_path
 
         path = text_corpus_path("heldout")
+    from rankadaptor.fileio import read_text_file
+
     p = Path(path)
-    if not p.is_file():
-        raise RankAdaptorError(f"perplexity text file {p} not found; pass --ppl-text FILE")
-    docs = [d.strip() for d in p.read_text(encoding="utf-8", errors="replace").split("\n\n") if d.strip()]
+    docs = [d.strip() for d in read_text_file(p, "perplexity text file", "--ppl-text").split("\n\n") if d.strip()]
     if not docs:
         raise RankAdaptorError(f"perplexity text file {p} is empty")
     return docs, str(p.resolve())
@@ -87,11 +82,9 @@ def run(args) -> int:
     from rankadaptor.eval import evaluate, perplexity
     from rankadaptor.eval.adapter import load_adapter
     from rankadaptor.eval.results import build_results, format_table
-    from rankadaptor.fileio import refuse_same_path, write_json_atomic
+    from rankadaptor.fileio import write_json_atomic
     from rankadaptor.models.loading import load_model
 
-    if args.adapter is not None:
-        refuse_same_path(args.adapter, out)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     loaded = load_model(args.model)

@@ -15,8 +15,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from rankadaptor.metrics import TASKS
+from rankadaptor.cli import SEED, at_least
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.metrics import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -47,49 +48,50 @@ def add_parser(sub) -> None:
                         "(default 120; keep it several heartbeat intervals)")
     p.add_argument("--max-retry", type=int, default=2,
                    help="times a crashed trial's plan is queued again before it stays failed (default 2)")
-    p.add_argument("--poll-interval", type=float, default=5.0, metavar="S",
+    p.add_argument("--poll-interval", type=at_least(0, float, above=True), default=5.0, metavar="S",
                    help="seconds between looks at the study while other workers hold the remaining trials")
     p.add_argument("--strategy", choices=("rankadaptor", "random", "tpe"), default="rankadaptor")
     p.add_argument("--objective", choices=("average", "loss", *TASKS, "synthetic"), default="average",
                    help="seven-task average accuracy, one task's accuracy, or held-out loss")
     p.add_argument("--budget", default="uniform:8",
                    help="LoRA parameter budget: 'uniform:R' (the count of uniform rank R), a number, or 'none'")
-    p.add_argument("--budget-tolerance", type=float, default=0.05, help="relative budget tolerance (default 0.05)")
+    p.add_argument("--budget-tolerance", type=at_least(0, float), default=0.05, help="relative budget tolerance (default 0.05)")
     p.add_argument("--candidates", type=_ints, default=(2, 4, 6, 8, 10, 12))
     p.add_argument("--fixed-first", type=int, default=4, help="first layers kept at --fixed-rank (default 4)")
     p.add_argument("--fixed-last", type=int, default=2, help="last layers kept at --fixed-rank (default 2)")
     p.add_argument("--fixed-rank", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20, help="recovery steps per trial (full fidelity)")
-    p.add_argument("--limit", type=int, default=200, help="evaluation examples per task (full fidelity)")
+    p.add_argument("--steps", type=at_least(1), default=20, help="recovery steps per trial (full fidelity)")
+    p.add_argument("--limit", type=at_least(1), default=200, help="evaluation examples per task (full fidelity)")
     p.add_argument("--data", default=None, metavar="FILE",
                    help="recovery data (Alpaca JSON or plain text; default: the bundled offline corpus)")
     p.add_argument("--multi-fidelity", action="store_true",
                    help="screen trials with --screen-steps/--screen-limit; finalists get the full budget")
-    p.add_argument("--screen-steps", type=int, default=None)
-    p.add_argument("--screen-limit", type=int, default=None)
-    p.add_argument("--n-initial", type=int, default=8, help="initial design size incl. the uniform baseline")
-    p.add_argument("--pool", type=int, default=10_000, help="random valid candidates scored per round")
+    p.add_argument("--screen-steps", type=at_least(1), default=None)
+    p.add_argument("--screen-limit", type=at_least(1), default=None)
+    p.add_argument("--n-initial", type=at_least(1), default=8, help="initial design size incl. the uniform baseline")
+    p.add_argument("--pool", type=at_least(1), default=10_000, help="random valid candidates scored per round")
     p.add_argument("--acquisition", choices=("ucb", "ei"), default="ucb")
-    p.add_argument("--kappa", type=float, default=1.0, help="UCB exploration weight")
-    p.add_argument("--ensemble", type=int, default=5, help="performance-model ensemble size")
+    p.add_argument("--kappa", type=at_least(0, float), default=1.0, help="UCB exploration weight")
+    p.add_argument("--ensemble", type=at_least(1), default=5, help="performance-model ensemble size")
     p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP hidden sizes (default 32,32,32)")
-    p.add_argument("--patience", type=int, default=8, help="convergence: trials without improvement")
-    p.add_argument("--model-tolerance", type=float, default=0.5,
+    p.add_argument("--patience", type=at_least(1), default=8, help="convergence: trials without improvement")
+    p.add_argument("--model-tolerance", type=at_least(0, float, above=True), default=0.5,
                    help="convergence: mean |pred-measured| / std(measured) over the last --patience trials")
     p.add_argument("--meta", default=None, metavar="FILE",
                    help="rank-measurements JSON for offline meta-learning (all settings are source tasks)")
     p.add_argument("--meta-method", choices=("reptile", "pooled"), default="reptile")
-    p.add_argument("--final-seeds", type=int, default=3, help="seeds re-evaluating best and uniform (>= 3)")
-    p.add_argument("--finalists", type=int, default=1, help="top measured plans re-evaluated at full budget")
+    p.add_argument("--final-seeds", type=at_least(3), default=3,
+                   help="seeds re-evaluating best and uniform (>= 3: a paired 95 %% interval needs them)")
+    p.add_argument("--finalists", type=at_least(1), default=1, help="top measured plans re-evaluated at full budget")
     p.add_argument("--no-finalize", action="store_true", help="only search (extra worker processes)")
     p.add_argument("--out", default=None, help="best plan JSON (RankPlan format for `recover --ranks`)")
     p.add_argument("--report", default=None, help="summary + plots directory (default <out>.search)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cv-every", type=int, default=1, help="report the model's CV Spearman every N trials")
-    p.add_argument("--epochs", type=int, default=300, help=argparse.SUPPRESS)
-    p.add_argument("--synthetic-layers", type=int, default=16, help=argparse.SUPPRESS)
-    p.add_argument("--synthetic-noise", type=float, default=0.005, help=argparse.SUPPRESS)
-    p.add_argument("--synthetic-seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--cv-every", type=at_least(1), default=1, help="report the model's CV Spearman every N trials")
+    p.add_argument("--epochs", type=at_least(1), default=300, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-layers", type=at_least(1), default=16, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-noise", type=at_least(0, float), default=0.005, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-seed", type=SEED, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -119,20 +121,18 @@ def _validate(args) -> None:
         raise RankAdaptorError(f"--trials {args.trials} must be >= 1")
     if not args.no_finalize and not args.out:
         raise RankAdaptorError("--out FILE is required unless --no-finalize is given")
-    if args.out and Path(args.out).exists():
-        raise RankAdaptorError(f"--out {args.out} already exists; choose a new file (results are never overwritten)")
-    from rankadaptor.fileio import refuse_bad_out_parent
+    from rankadaptor.data.recovery import check_data_source
+    from rankadaptor.fileio import check_output, require_file
 
-    for out in (args.out, args.report):
-        if out:
-            refuse_bad_out_parent(out)
-    if args.out and not args.no_finalize:
-        report = Path(args.report) if args.report else Path(args.out).with_name(Path(args.out).stem + ".search")
-        if report.exists():  # found only after the whole search otherwise
-            raise RankAdaptorError(f"report directory {report} already exists; choose another --out or --report "
-                                   "(results are never overwritten)")
-    if args.meta and not Path(args.meta).is_file():
-        raise RankAdaptorError(f"--meta file {args.meta} not found")
+    inputs = [args.model, args.meta, args.data]
+    if args.out and not args.no_finalize:  # both are found only after the whole search otherwise
+        check_output(args.out, inputs=inputs, size=1 << 20)
+        report = args.report or Path(args.out).with_name(Path(args.out).stem + ".search")
+        check_output(report, flag="--report", inputs=inputs, size=8 << 20)
+    if args.meta:
+        require_file(args.meta, "--meta file")
+    if args.objective != "synthetic":
+        check_data_source(args.data)
 
 
 def run(args) -> int:
@@ -144,8 +144,10 @@ def run(args) -> int:
     from rankadaptor.search.perf_model import MLPConfig
     from rankadaptor.search.sampler import make_sampler
     from rankadaptor.search.space import SearchSpace
-    from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, default_storage_url, open_storage
+    from rankadaptor.search.storage import (HeartbeatConfig, check_storage_url, check_study_name, default_storage_url,
+                                            open_storage)
 
+    check_study_name(args.study)
     _validate(args)
     # the database URL is checked before any work; a server is connected to now, an SQLite file is
     # created only once every other input has been checked (a bad input leaves nothing on disk)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from rankadaptor.checks import BROKEN_OUTPUTS, finite
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.fileio import private_tempdir
 from rankadaptor.eval.tasks import ACC_NORM_TASKS, load_docs, resolve_tasks, validate_limit, write_task_files
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def evaluate(model, tokenizer, tasks=None, limit: int | None = None, batch_size:
     docs = {t: load_docs(t, data_root, limit) for t in names}  # fail on missing data before any work
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="rankadaptor-eval-") as tmp:
+    with private_tempdir("rankadaptor-eval-") as tmp:  # a killed run's folder is removed by the next one
         lm = _hflm(model, tokenizer, batch_size)
         for t in names:
             runner = run_task if backend == "lm_eval" else run_task_fast_path
@@ -130,6 +131,10 @@ def run_task(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: in
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
     if len(samples) != len(docs):
         raise RankAdaptorError(f"lm-eval scored {len(samples)} of {len(docs)} {task} documents")
+    for s in samples:  # a NaN log-likelihood still "picks" a choice: it must not become an accuracy
+        for resp in s["filtered_resps"]:
+            finite(resp[0] if isinstance(resp, (list, tuple)) else resp,
+                   f"{task} document {s['doc_id']}: a log-likelihood", BROKEN_OUTPUTS)
     per_doc = [{"acc": float(s["acc"]), "acc_norm": float(s.get("acc_norm", s["acc"]))} for s in samples]
     row = summarise(task, per_doc)
     _check_against_lm_eval(task, row, out["results"][task])

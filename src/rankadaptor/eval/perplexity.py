@@ -16,6 +16,7 @@ import math
 import torch
 from tqdm import tqdm
 
+from rankadaptor.checks import BROKEN_OUTPUTS, finite
 from rankadaptor.errors import RankAdaptorError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def perplexity(model, tokenizer, texts, seq_len: int = 256, max_tokens: int | No
             total_tokens += len(window) - 1
     finally:
         model.train(was_training)
-    ppl = math.exp(total_nll / total_tokens)
+    mean_nll = finite(total_nll / total_tokens, "the perplexity's mean negative log-likelihood", BROKEN_OUTPUTS)
+    ppl = finite(math.exp(mean_nll) if mean_nll < 700 else math.inf, "the perplexity", BROKEN_OUTPUTS)
     log.info("perplexity %.3f over %d predicted tokens (seq_len %d)", ppl, total_tokens, seq_len)
     return ppl

@@ -31,7 +31,8 @@ import torch
 
 from rankadaptor import assets
 from rankadaptor.device import resolve_device
-from rankadaptor.errors import RankAdaptorError
+from rankadaptor.errors import RankAdaptorError, first_line, user_file_errors
+from rankadaptor.fileio import read_json
 from rankadaptor.models.artefact import load_pruned
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,18 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
     device = resolve_device(device)  # an unusable device fails before a slow load
     path = Path(spec_str).expanduser()
     if source == "alias":
-        path = assets.ensure(spec_str)
+        path = assets.ensure(spec_str)  # every file checked against the manifest's sha256 (assets._check)
         model, tok = _load_hf_dir(path, dtype)
-        sha = assets.manifest_sha256(spec_str, "model.safetensors")
+        sha = assets.manifest_sha256(spec_str, "model.safetensors")  # so this hash is the loaded bytes'
+
         return _finish(model, tok, spec_str, path, sha, "alias", device)
     if source == "gguf":
         model, tok = load_gguf(path, dtype)
         return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf", device)
     if source == "pruned":
+        tok = _load_tokenizer(path)
         model = load_pruned(path).to(dtype)
-        return _finish(model, _load_tokenizer(path), spec_str, path, weights_sha256(path), "pruned", device)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "pruned", device)
     if source == "local":
         model, tok = _load_hf_dir(path, dtype)
         return _finish(model, tok, spec_str, path, weights_sha256(path), "local", device)
@@ -107,20 +110,39 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
 
 
 def _load_hf_dir(path: Path, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    # cheap parts first, each blamed on its own file: config.json, the tokenizer, then the weights
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except user_file_errors() as exc:
+        raise RankAdaptorError(f"{path / 'config.json'} cannot be used ({first_line(exc)}); it is damaged or not a "
+                               "transformers model config: save the model again with save_pretrained") from exc
+    tokenizer = _load_tokenizer(path)
     log.info("loading model from %s", path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    return model, _load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+    except user_file_errors() as exc:
+        raise RankAdaptorError(f"cannot load the model in {path}: {type(exc).__name__}: {first_line(exc)}; check "
+                               "its config.json and weights files, or save the model again with save_pretrained") from exc
+    return model, tokenizer
+
+
+# files one of which a tokenizer needs (tokenizer_config.json alone only says which class to build)
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer.tiktoken")
 
 
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
+    if not any((path / f).is_file() for f in VOCAB_FILES):
+        raise RankAdaptorError(f"{path} has no tokenizer (none of {', '.join(VOCAB_FILES)}); save it next to the "
+                               f"model with tokenizer.save_pretrained({str(path)!r})")
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise RankAdaptorError(f"{path} has no loadable tokenizer ({exc}); save the tokenizer next to the model") from exc
+    except user_file_errors() as exc:
+        raise RankAdaptorError(f"the tokenizer in {path} cannot be loaded ({first_line(exc)}); save it again with "
+                               "tokenizer.save_pretrained") from exc
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
@@ -162,7 +184,7 @@ def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str], device) -> Load
     offline_hint = (f"no local path {spec!r} exists and the Hugging Face hub is not reachable from here, "
                     f"so the hub id {spec!r} cannot be downloaded; "
                     f"use an alias ({', '.join(aliases)}), a local Hugging Face model directory, or a .gguf file")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable()
+    offline = hub_unreachable()
     if offline and not _in_hf_cache(spec):
         raise RankAdaptorError(offline_hint)  # before transformers retries the network for ~30 s
     try:
@@ -212,6 +234,11 @@ def _hub_offline(offline: bool) -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old_env
 
 
+def hub_unreachable() -> bool:
+    """True when the Hugging Face hub cannot be used: ``HF_HUB_OFFLINE`` is set, or it does not answer."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable()
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """One short request to the hub endpoint (honours proxies); DNS failure returns at once."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
@@ -240,8 +267,31 @@ def weights_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_bytes(spec: str | os.PathLike) -> int:
+    """Bytes of ``spec``'s weight files on disk (0 when unknown: a hub id, an alias not fetched yet).
+
+    Cheap (file sizes only): commands use it to check, before any work, that an output of about
+    this size fits on the disk.
+    """
+    source = model_source(spec)
+    if source == "hub":
+        return 0
+    if source == "alias":
+        try:
+            files = read_json(assets.asset_dir(str(spec)) / assets.MANIFEST)["files"]
+        except (RankAdaptorError, KeyError, TypeError):
+            return 0
+        return sum(int(m["size"]) for rel, m in files.items() if Path(rel).suffix in WEIGHT_SUFFIXES)
+    path = Path(spec).expanduser()
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+    return sum(f.stat().st_size for f in files)
+
+
 def _finish(model, tok, spec: str, path: Path, sha: str | None, source: str, device) -> LoadedModel:
+    from rankadaptor.checks import CORRUPT_WEIGHTS, finite_tensors
+
     model.to(device).eval()  # weights are read on the CPU first; one copy to the device after
+    finite_tensors(model.named_parameters(), f"model {spec}", CORRUPT_WEIGHTS)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # batching needs a pad token; eos is the usual choice
     cfg = model.config
