@@ -91,6 +91,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with claim(path, wait=True):  # a sweep elsewhere then never takes our temporary file for a dead run's
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _live.add(tmp)
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
@@ -99,6 +100,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        finally:
+            _live.discard(tmp)
     return path
 
 
@@ -136,23 +139,28 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterato
     with claim(out):
         sweep_stale(out.parent)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+        _live.add(str(tmp))
         try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+            try:
+                yield tmp
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if out.exists():
+                old = out.with_name(f".{out.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        finally:
+            _live.discard(str(tmp))
 
 
 # ---- claims: one writer per output -----------------------------------------------------------------
 _held: dict[str, tuple[int, int]] = {}  # lock key -> (fd, depth) for the claims this process holds
+_live: set[str] = set()  # the .partial folders and .tmp files this process is writing now
 
 
 def _lock_path(target: Path) -> Path:
@@ -208,9 +216,9 @@ def claim(target: str | os.PathLike, flag: str = "--out", wait: bool = False) ->
 
 
 def _claimed_elsewhere(target: Path) -> bool:
-    """Whether a live process (this one included) holds the claim of ``target``."""
+    """Whether another live process holds the claim of ``target``."""
     if str(_key(target)) in _held:
-        return True
+        return False
     try:
         fd = os.open(_lock_path(_key(target)), os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
@@ -231,8 +239,9 @@ _STALE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?:partial|tmp)$")
 def sweep_stale(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """Remove what killed writers left in ``folder``: ``.OUT.*.partial`` directories, ``.OUT.*.tmp`` files.
 
-    A leftover is stale when nobody holds the claim of the output it was being written for
-    (every writer here claims its output first), so a concurrent run's partial is never touched.
+    A leftover is stale when it is not being written by this process and no other process holds
+    the claim of the output it was being written for (every writer here claims its output first),
+    so a concurrent run's partial is never touched.
     """
     folder = Path(folder)
     removed = []
@@ -240,7 +249,7 @@ def sweep_stale(folder: str | os.PathLike, recursive: bool = False) -> list[Path
         return removed
     for p in folder.rglob(".*") if recursive else folder.glob(".*"):
         m = _STALE.match(p.name)
-        if m is None or _claimed_elsewhere(p.parent / m["name"]):
+        if m is None or str(p) in _live or _claimed_elsewhere(p.parent / m["name"]):
             continue
         log.warning("removing %s, left half-written by an interrupted run", p)
         if p.is_dir():
@@ -260,13 +269,16 @@ def private_tempdir(prefix: str) -> Iterator[Path]:
     with claim(root / f"{prefix}{os.getpid()}"):
         for old in root.glob(f"{prefix}*-*"):
             pid = old.name[len(prefix):].split("-", 1)[0]
-            if old.is_dir() and pid.isdigit() and not _claimed_elsewhere(root / f"{prefix}{pid}"):
+            if old.is_dir() and pid.isdigit() and str(old) not in _live \
+                    and not _claimed_elsewhere(root / f"{prefix}{pid}"):
                 log.warning("removing %s, left by an interrupted run", old)
                 shutil.rmtree(old, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+        _live.add(str(tmp))
         try:
             yield tmp
         finally:
+            _live.discard(str(tmp))
             shutil.rmtree(tmp, ignore_errors=True)
 
 

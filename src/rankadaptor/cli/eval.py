@@ -75,6 +75,9 @@ def _ppl_text(path: str | None) -> tuple[list[str], str]:
 
 def run(args) -> int:
     out = _check_args(args)  # bad input fails before the model loads
+    from rankadaptor.eval.tasks import data_dir
+
+    data_dir()  # the benchmark files, checked against their manifest (rebuilt or explained) before the model loads
     ppl_docs, ppl_source = _ppl_text(args.ppl_text) if args.ppl else (None, None)
 
     import torch

@@ -84,7 +84,7 @@ def add_parser(sub) -> None:
                    help="seeds re-evaluating best and uniform (>= 3: a paired 95 %% interval needs them)")
     p.add_argument("--finalists", type=at_least(1), default=1, help="top measured plans re-evaluated at full budget")
     p.add_argument("--no-finalize", action="store_true", help="only search (extra worker processes)")
-    p.add_argument("--out", default=None, help="best plan JSON (RankPlan format for `recover --ranks`)")
+    p.add_argument("--out", default=None, help="best plan JSON (RankPlan format for `rankadaptor recover --ranks`)")
     p.add_argument("--report", default=None, help="summary + plots directory (default <out>.search)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--cv-every", type=at_least(1), default=1, help="report the model's CV Spearman every N trials")

