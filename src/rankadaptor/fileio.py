@@ -87,13 +87,18 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     obj = _json_safe(obj, "", found)
     if found:
         log.warning("%s: non-finite value(s) at %s written as null", path, ", ".join(found[:5]))
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with claim(path, wait=True):  # a sweep elsewhere then never takes our temporary file for a dead run's
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         _live.add(tmp)
         try:
-            with os.fdopen(fd, "w") as fh:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
             os.replace(tmp, path)
         except BaseException:
@@ -306,11 +311,16 @@ def check_output(out: str | os.PathLike, *, flag: str = "--out", inputs: Iterabl
         raise RankAdaptorError(f"{flag} {out}: cannot write in {anchor} ({problem}); choose another {flag}")
     check_room(out, size, flag)
     if hold:
-        _command_claims.enter_context(claim(out, flag))
+        hold_claim(out, flag)
     return out
 
 
 _command_claims = contextlib.ExitStack()
+
+
+def hold_claim(out: str | os.PathLike, flag: str = "--out") -> None:
+    """Claim ``out`` until ``release_claims()`` (the end of the command) or the process exits."""
+    _command_claims.enter_context(claim(out, flag))
 
 
 def release_claims() -> None:

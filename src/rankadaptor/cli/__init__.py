@@ -24,6 +24,7 @@ MODEL_COMMANDS = {"compress", "demo", "eval", "prune", "recover", "search"}
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
     "assets": "rankadaptor.cli.assets",
+    "compare": "rankadaptor.cli.compare",
     "compress": "rankadaptor.cli.compress",
     "demo": "rankadaptor.cli.demo",
     "eval": "rankadaptor.cli.eval",

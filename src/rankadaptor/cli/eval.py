@@ -59,30 +59,20 @@ def _check_args(args) -> Path:
     return check_output(args.out, inputs=[args.model, args.adapter, args.ppl_text], size=1 << 20)
 
 
-def _ppl_text(path: str | None) -> tuple[list[str], str]:
-    if path is None:
-        from rankadaptor.assets import text_corpus_path
-
-        path = text_corpus_path("heldout")
-    from rankadaptor.fileio import read_text_file
-
-    p = Path(path)
-    docs = [d.strip() for d in read_text_file(p, "perplexity text file", "--ppl-text").split("\n\n") if d.strip()]
-    if not docs:
-        raise RankAdaptorError(f"perplexity text file {p} is empty")
-    return docs, str(p.resolve())
-
-
 def run(args) -> int:
     out = _check_args(args)  # bad input fails before the model loads
+    if args.ppl_text is not None:
+        from rankadaptor.eval.perplexity import paragraphs
+        from rankadaptor.fileio import require_file
+
+        paragraphs(require_file(args.ppl_text, "perplexity text file", "--ppl-text"))  # missing, empty or binary
     from rankadaptor.eval.tasks import data_dir
 
     data_dir()  # the benchmark files, checked against their manifest (rebuilt or explained) before the model loads
-    ppl_docs, ppl_source = _ppl_text(args.ppl_text) if args.ppl else (None, None)
 
     import torch
 
-    from rankadaptor.eval import evaluate, perplexity
+    from rankadaptor.eval import evaluate, heldout_perplexity
     from rankadaptor.eval.adapter import load_adapter
     from rankadaptor.eval.results import build_results, format_table
     from rankadaptor.fileio import write_json_atomic
@@ -98,14 +88,13 @@ def run(args) -> int:
                   seed=args.seed, backend=args.backend)
     ppl = None
     if args.ppl:
-        value = perplexity(model, loaded.tokenizer, ppl_docs, seq_len=args.ppl_seq_len, max_tokens=args.ppl_max_tokens)
-        ppl = {"perplexity": value, "source": ppl_source, "seq_len": args.ppl_seq_len,
-               "max_tokens": args.ppl_max_tokens}
+        ppl = heldout_perplexity(model, loaded.tokenizer, n_tokens=args.ppl_max_tokens, seq_len=args.ppl_seq_len,
+                                 text_path=args.ppl_text).to_dict()
     res = build_results(ev, model_identity=loaded.identity, adapter_identity=adapter_identity, seed=args.seed,
                         wall_s=time.perf_counter() - start, perplexity=ppl)
     write_json_atomic(out, res)
     print(format_table(res))
     if ppl is not None:
-        print(f"perplexity {ppl['perplexity']:.3f} ({ppl['max_tokens']} tokens max, windows of {ppl['seq_len']})")
+        print(f"perplexity {ppl['perplexity']:.3f} (first {ppl['n_tokens']} held-out tokens, windows of {ppl['seq_len']})")
     print(f"wrote {out}")
     return 0
