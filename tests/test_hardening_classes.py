@@ -224,7 +224,7 @@ CASES = {
     "diverging-training": (_recover("--ranks", "uniform:2", "--lr", "1e30"),
                            r"training loss at step \d+ is (nan|inf): training diverged \(lower the learning rate"),
     "random-bytes-as-ppl-text": (_eval("model", "--ppl", "--ppl-text", lambda b, t: b / "random.bin"),
-                                 "is a binary file, not text; pass a plain text file as --ppl-text"),
+                                 "perplexity text file .* is a binary file, not text; pass a plain text file"),
     # 2. provenance is true
     "cached-weights-corrupt-same-size-mtime": (_with(_verified_then_corrupted, _eval("smollm2-135m")),
                                                "smollm2-135m is damaged .*sha256 does not match .*could not be rebuilt"),
