@@ -62,10 +62,13 @@ def _check_args(args) -> Path:
 def run(args) -> int:
     out = _check_args(args)  # bad input fails before the model loads
     if args.ppl_text is not None:
+        from rankadaptor.errors import RankAdaptorError
         from rankadaptor.eval.perplexity import paragraphs
-        from rankadaptor.fileio import require_file
 
-        paragraphs(require_file(args.ppl_text, "perplexity text file", "--ppl-text"))  # missing, empty or binary
+        try:
+            paragraphs(args.ppl_text)  # a missing, empty or binary file fails before the model loads
+        except RankAdaptorError as exc:
+            raise RankAdaptorError(f"--ppl-text FILE: {exc}") from None
     from rankadaptor.eval.tasks import data_dir
 
     data_dir()  # the benchmark files, checked against their manifest (rebuilt or explained) before the model loads
