@@ -154,8 +154,8 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, **kw)
         gmodel = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kw)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise RankAdaptorError(f"cannot load GGUF {path}: {exc}") from exc
+    except user_file_errors() as exc:
+        raise RankAdaptorError(f"cannot load GGUF {path}: {first_line(exc)}") from exc
     # transformers marks a GGUF-loaded model as quantised and refuses to save it; rebuild the
     # same architecture from a config without the quantisation entry and move the weights over.
     cfg_dict = gmodel.config.to_dict()
@@ -191,10 +191,10 @@ def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str], device) -> Load
         with _hub_offline(offline):
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=offline)
             tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
-    except OSError as exc:
-        if offline:
+    except user_file_errors() as exc:
+        if offline and isinstance(exc, OSError):
             raise RankAdaptorError(offline_hint) from exc
-        raise RankAdaptorError(f"cannot load {spec!r} from the hub: {exc}") from exc
+        raise RankAdaptorError(f"cannot load {spec!r} from the hub: {first_line(exc)}") from exc
     snapshot = _hf_cache_snapshot(spec)  # where the hub files now lie, for the identity hash
     sha = weights_sha256(snapshot) if snapshot else None
     return _finish(model, tok, spec, snapshot or Path(spec), sha, "hub", device)
