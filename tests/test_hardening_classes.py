@@ -95,14 +95,26 @@ def disk_free(monkeypatch, free: int) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 40, (1 << 40) - free, free))
 
 
-def disk_full_on_write(monkeypatch) -> None:
-    """The disk fills up while the result is being written (after the checks passed)."""
+def disk_full_on_write(monkeypatch, folder: Path) -> None:
+    """The disk fills up while results are written into ``folder`` (after the checks passed): tensors fail
+    as safetensors reports it on a real full disk, JSON as Python does."""
+    import tempfile
+
+    import safetensors
     import safetensors.torch
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]) if len(args) > 1 else None)
+    def full_tensors(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    real_mkstemp = tempfile.mkstemp
+
+    def full_json(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(folder)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_tensors)
+    monkeypatch.setattr(tempfile, "mkstemp", full_json)
 
 
 def tiny_cache(monkeypatch, root: Path) -> Path:
@@ -266,8 +278,10 @@ CASES = {
                                                       "--out", str(b / "some-folder"), "--no-progress"],
                                   "is not a demo run folder"),
     # 4. one line, never a traceback
-    "compress-disk-full-while-writing": (_with(lambda b, tmp, mp: disk_full_on_write(mp), _compress()),
-                                         "I/O error on .*No space left on device .*the disk is full"),
+    "compress-disk-full-while-writing": (_with(lambda b, tmp, mp: disk_full_on_write(mp, tmp), _compress()),
+                                         r"I/O error: No space left on device \(the disk is full"),
+    "eval-disk-full-while-writing": (_with(lambda b, tmp, mp: disk_full_on_write(mp, tmp), _eval("model")),
+                                     r"I/O error on .*: No space left on device \(the disk is full"),
     "cache-is-a-file": (_with(_cache_is_a_file, _no_model_load, _eval("model")),
                         r"the asset cache .* \(\$RANKADAPTOR_CACHE\) is a file, not a directory"),
     "cache-read-only": (_with(_cache_read_only, _no_model_load, _eval("model")),

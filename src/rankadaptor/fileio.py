@@ -29,7 +29,7 @@ from rankadaptor.errors import RankAdaptorError
 
 log = logging.getLogger(__name__)
 
-MIN_FREE_BYTES = 16 << 20  # headroom beyond an output's estimated size: logs, lock files, metadata
+MIN_FREE_BYTES = 4 << 20  # headroom beyond an output's estimated size: logs, lock files, metadata
 
 
 # ---- reading inputs --------------------------------------------------------------------------------
@@ -379,9 +379,27 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:,.0f} MB" if n < 2**30 else f"{n / 2**30:,.1f} GB"
 
 
+def describe_io_error(exc: BaseException) -> str | None:
+    """One line for an I/O error anywhere in ``exc``'s chain, or None when it is not one.
+
+    safetensors reports a full disk as ``SafetensorError("... I/O error: No space left on device
+    (os error 28)")``, not as an OSError; its errno is read back from the message.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return describe_os_error(seen)
+        found = re.search(r"I/O error: .*\(os error (\d+)\)", str(seen))
+        if found:
+            code = int(found[1])
+            return describe_os_error(OSError(code, os.strerror(code)))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for an I/O error: what failed, on which file, and the likely fix."""
-    where = f" {exc.filename}" if exc.filename else ""
+    where = f" on {exc.filename}" if exc.filename else ""
     hints = {errno.ENOSPC: "the disk is full; free some space or write elsewhere",
              errno.EDQUOT: "the disk quota is exhausted; free some space or write elsewhere",
              errno.EROFS: "the filesystem is read-only; write elsewhere",
@@ -391,4 +409,4 @@ def describe_os_error(exc: OSError) -> str:
              errno.EISDIR: "it is a directory, not a file",
              errno.ENOTDIR: "a part of the path is a file, not a directory",
              errno.EIO: "the device reported an input/output error"}
-    return f"I/O error on{where}: {exc.strerror or exc} ({hints.get(exc.errno, 'check the path and the disk')})"
+    return f"I/O error{where}: {exc.strerror or exc} ({hints.get(exc.errno, 'check the path and the disk')})"

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from rankadaptor.fileio import describe_os_error, release_claims
+    from rankadaptor.fileio import describe_io_error, release_claims
 
     try:
         from rankadaptor.device import default_device
@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except RankAdaptorError as exc:
         return _fail(args, str(exc))
-    except OSError as exc:  # disk full, read-only filesystem, permissions: the environment, not a bug
-        return _fail(args, describe_os_error(exc))
+    except Exception as exc:  # disk full, read-only filesystem, permissions: the environment, not a bug
+        problem = describe_io_error(exc)
+        if problem is None:
+            raise  # anything else is a bug: its traceback is the report
+        return _fail(args, problem)
     except KeyboardInterrupt:
         print(f"rankadaptor {args.command}: interrupted", file=sys.stderr)
         return 130
