@@ -466,3 +466,18 @@ def test_every_flag_a_command_module_names_is_one_it_has():
                 if node.value.startswith("--") and " " not in node.value:
                     continue  # an option string itself (add_argument's first argument)
                 assert_flags_exist(command, node.value)
+
+
+def test_verbose_shows_the_traceback_and_a_bug_keeps_it(base, tmp_path, monkeypatch, capsys):
+    from rankadaptor.cli import main
+
+    disk_full_on_write(monkeypatch, tmp_path)
+    argv = ["compress", str(base / "adapter"), "--threshold", "0", "--out", str(tmp_path / "out")]
+    assert main(["-v", "--threads", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("write elsewhere)")
+    import rankadaptor.compress.para as para
+
+    monkeypatch.setattr(para, "compress", lambda *a, **k: 1 / 0)  # a bug, not bad input
+    with pytest.raises(ZeroDivisionError):
+        main(["--threads", "1", *argv])
