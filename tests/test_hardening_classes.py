@@ -374,11 +374,15 @@ def test_a_later_run_removes_what_a_killed_one_half_wrote(base, tmp_path, capsys
     (partial / "adapter_model.safetensors").write_bytes(b"half")
     tmp_file = tmp_path / ".other.json.k1l2e3d4.tmp"  # what write_json_atomic leaves
     tmp_file.write_text("{")
+    old = tmp_file.stat().st_mtime - fileio.TMP_FILE_AGE_S - 1
+    os.utime(tmp_file, (old, old))  # a young one may be another program's write in progress
+    young = tmp_path / ".notes.y1o2u3n4.tmp"
+    young.write_text("being written")
     assert main(["--threads", "1", "compress", str(base / "adapter"), "--threshold", "0", "--out",
                  str(tmp_path / "out")]) == 0
-    assert not partial.exists() and not tmp_file.exists()
+    assert not partial.exists() and not tmp_file.exists() and young.exists()
     assert "left half-written by an interrupted run" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [young.name, "out"]
 
 
 def test_a_live_runs_partial_is_not_touched(tmp_path, other_process_holds):

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -198,7 +199,7 @@ def claim(target: str | os.PathLike, flag: str = "--out", wait: bool = False) ->
         fd, depth = _held[name]
         _held[name] = (fd, depth + 1)
     else:
-        fd = os.open(_lock_path(key), os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock(_lock_path(key))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -206,8 +207,9 @@ def claim(target: str | os.PathLike, flag: str = "--out", wait: bool = False) ->
             os.close(fd)
             raise RankAdaptorError(f"{flag} {target} is being written by another rankadaptor run (pid {owner}); "
                                    f"wait for it to finish or choose another {flag}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with contextlib.suppress(OSError):  # another user's lock file may be read-only to us
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         _held[name] = (fd, 1)
     try:
         yield
@@ -220,12 +222,20 @@ def claim(target: str | os.PathLike, flag: str = "--out", wait: bool = False) ->
             os.close(fd)  # closing the descriptor releases the lock
 
 
+def _open_lock(path: Path) -> int:
+    """A descriptor to flock ``path`` with (read-only when another user made it: flock does not mind)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
 def _claimed_elsewhere(target: Path) -> bool:
     """Whether another live process holds the claim of ``target``."""
     if str(_key(target)) in _held:
         return False
     try:
-        fd = os.open(_lock_path(_key(target)), os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock(_lock_path(_key(target)))
     except OSError:
         return True  # cannot tell: leave it alone
     try:
@@ -238,7 +248,8 @@ def _claimed_elsewhere(target: Path) -> bool:
 
 
 # the names our writers give half-written things: mkdtemp/mkstemp add 8 random characters
-_STALE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?:partial|tmp)$")
+_STALE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?P<kind>partial|tmp)$")
+TMP_FILE_AGE_S = 60  # a .tmp file younger than this may be another program's (same idiom): left alone
 
 
 def sweep_stale(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
@@ -246,7 +257,8 @@ def sweep_stale(folder: str | os.PathLike, recursive: bool = False) -> list[Path
 
     A leftover is stale when it is not being written by this process and no other process holds
     the claim of the output it was being written for (every writer here claims its output first),
-    so a concurrent run's partial is never touched.
+    so a concurrent run's partial is never touched; a ``.tmp`` file must also be a minute old, as
+    other programs name their atomic writes the same way.
     """
     folder = Path(folder)
     removed = []
@@ -255,6 +267,8 @@ def sweep_stale(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     for p in folder.rglob(".*") if recursive else folder.glob(".*"):
         m = _STALE.match(p.name)
         if m is None or str(p) in _live or _claimed_elsewhere(p.parent / m["name"]):
+            continue
+        if m["kind"] == "tmp" and time.time() - p.lstat().st_mtime < TMP_FILE_AGE_S:
             continue
         log.warning("removing %s, left half-written by an interrupted run", p)
         if p.is_dir():
