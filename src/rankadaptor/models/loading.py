@@ -91,7 +91,6 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
         path = assets.ensure(spec_str)  # every file checked against the manifest's sha256 (assets._check)
         model, tok = _load_hf_dir(path, dtype)
         sha = assets.manifest_sha256(spec_str, "model.safetensors")  # so this hash is the loaded bytes'
-
         return _finish(model, tok, spec_str, path, sha, "alias", device)
     if source == "gguf":
         model, tok = load_gguf(path, dtype)
