@@ -169,6 +169,12 @@ CASES = {
                             r"layers\[1\].intermediate_size = 'x'"),
     "pruned-layer-count": (pruned(edit_json("pruning.json", lambda m: m["layers"].pop())), "lists 3 layers"),
     "pruned-dtype": (pruned(edit_json("pruning.json", lambda m: m.update(dtype="float99"))), "not a floating-point torch dtype"),
+    "pruned-dtype-int8": (pruned(edit_json("pruning.json", lambda m: m.update(dtype="int8"))),
+                          "'int8' is not a floating-point torch dtype"),
+    "pruned-hidden-float": (pruned(edit_json("pruning.json", lambda m: m["config"].update(hidden_size=1e9))),
+                            "config is not a valid llama config .*hidden_size.*prune the model again"),
+    "pruned-heads-zero": (pruned(edit_json("pruning.json", lambda m: m["config"].update(num_attention_heads=0))),
+                          "config is not a valid llama config"),
     "pruned-family": (pruned(edit_json("pruning.json", lambda m: m["config"].update(model_type="gpt2"))),
                       "unsupported architecture 'gpt2'"),
     "pruned-width": (pruned(edit_json("pruning.json", lambda m: m["layers"][1].update(
