@@ -39,9 +39,9 @@ def run(args) -> int:
     from rankadaptor.models.loading import weights_bytes
 
     check_output(out, may_exist=True, inputs=[args.model], size=weights_bytes(args.model))
-    from rankadaptor.eval.tasks import data_dir
+    from rankadaptor.eval.tasks import check_data
 
-    data_dir()  # the benchmark files, checked against their manifest before any unit runs
+    check_data(None)  # the seven tasks' benchmark files, checked against their manifest before any unit runs
     import logging
 
     from rankadaptor.demo import run_demo

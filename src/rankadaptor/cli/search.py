@@ -193,9 +193,9 @@ def run(args) -> int:
     if args.objective != "synthetic":
         check_data_source(args.data)  # a hub dataset id offline fails now, not after the model loaded
     if args.objective not in ("synthetic", "loss") and ":" not in args.objective:
-        from rankadaptor.eval.tasks import data_dir
+        from rankadaptor.eval.tasks import check_data
 
-        data_dir()  # the benchmark files, checked against their manifest before the model loads
+        check_data(None if args.objective == "average" else [args.objective])  # before the model loads
     # a database server is connected to now, before the model loads; an SQLite file is created only
     # once every other input has been checked (a bad input leaves nothing on disk)
     url = settings.storage_url()
