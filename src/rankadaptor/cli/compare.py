@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rankadaptor.cli import SEED, at_least
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="paired A vs B comparison of `rankadaptor eval` results (CI, power, sizes)",
@@ -18,8 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--against", nargs="+", required=True, metavar="B.json", help="results of method B (one per seed)")
     p.add_argument("--detect", type=float, default=1.0, metavar="POINTS",
                    help="accuracy difference in points the sample-size column is sized for (default 1)")
-    p.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--boot", type=at_least(1), default=2000, help="bootstrap replicates (default 2000)")
+    p.add_argument("--seed", type=SEED, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the comparison as JSON (new file)")
     p.set_defaults(func=run)
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from rankadaptor.errors import RankAdaptorError
     from rankadaptor.eval.compare import compare_results, comparison_text
-    from rankadaptor.fileio import read_json, refuse_bad_out_parent, write_json_atomic
+    from rankadaptor.fileio import check_output, read_json, write_json_atomic
 
     paths = [*args.a, *args.against]
     seen = set()
@@ -40,11 +42,7 @@ def run(args) -> int:
     if not 0 < args.detect < 100:
         raise RankAdaptorError(f"--detect {args.detect} must be a number of points in (0, 100)")
     if args.out is not None:
-        if Path(args.out).exists():
-            raise RankAdaptorError(f"{args.out} already exists; choose a new --out path (results are never overwritten)")
-        if Path(args.out).resolve() in seen:
-            raise RankAdaptorError(f"--out {args.out} is one of the inputs; choose a new path")
-        refuse_bad_out_parent(args.out)
+        check_output(args.out, inputs=paths, size=1 << 20)
     a = [read_json(p, "results file") for p in args.a]
     b = [read_json(p, "results file") for p in args.against]
     cmp = compare_results(a, b, names_a=args.a, names_b=args.against, detect=args.detect / 100,

@@ -33,10 +33,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rankadaptor.fileio import refuse_bad_out_parent
-    from rankadaptor.compress.para import CompressConfig, compress
+    from pathlib import Path
 
-    refuse_bad_out_parent(args.out)
+    from rankadaptor.compress.para import CompressConfig, compress
+    from rankadaptor.fileio import check_output
+
+    # the compressed adapter is at most as large as its input
+    weights = Path(args.adapter_dir) / "adapter_model.safetensors"
+    check_output(args.out, inputs=[args.adapter_dir], size=weights.stat().st_size if weights.is_file() else 0)
 
     config = CompressConfig(
         target_params=args.target_params,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rankadaptor.cli import SEED
 from rankadaptor.errors import RankAdaptorError
 
 DEFAULT_PPL_TOKENS = 16384
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=("lm_eval", "fast"), default="lm_eval",
                    help="lm_eval: lm-eval's simple_evaluate (default); fast: the same lm-eval requests scored "
                         "with each document's context run once (tested to give the same acc/acc_norm)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True, help="results JSON file to write (refuses to overwrite)")
     p.set_defaults(func=run)
 
@@ -52,17 +53,11 @@ def _check_args(args) -> Path:
         raise RankAdaptorError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.ppl_seq_len < 2 or args.ppl_max_tokens < 2:
         raise RankAdaptorError("--ppl-seq-len and --ppl-max-tokens must be >= 2")
-    from rankadaptor.fileio import refuse_bad_out_parent
+    from rankadaptor.fileio import check_output
 
-    out = Path(args.out)
-    if out.exists():
-        raise RankAdaptorError(f"{out} already exists; choose a new --out path (results are never overwritten)")
-    refuse_bad_out_parent(out)
-    if not out.parent.exists():
-        raise RankAdaptorError(f"directory {out.parent} of --out does not exist; create it first")
     if args.adapter is not None and not Path(args.adapter).is_dir():
         raise RankAdaptorError(f"--adapter {args.adapter} is not a directory; pass a PEFT adapter directory")
-    return out
+    return check_output(args.out, inputs=[args.model, args.adapter, args.ppl_text], size=1 << 20)
 
 
 def run(args) -> int:
@@ -72,20 +67,21 @@ def run(args) -> int:
         from rankadaptor.eval.perplexity import paragraphs
 
         try:
-            paragraphs(args.ppl_text)  # a missing or empty file fails before the model loads
+            paragraphs(args.ppl_text)  # a missing, empty or binary file fails before the model loads
         except RankAdaptorError as exc:
             raise RankAdaptorError(f"--ppl-text FILE: {exc}") from None
+    from rankadaptor.eval.tasks import check_data
+
+    check_data(args.task_list)  # the benchmark files, checked against their manifest before the model loads
 
     import torch
 
     from rankadaptor.eval import evaluate, heldout_perplexity
     from rankadaptor.eval.adapter import load_adapter
     from rankadaptor.eval.results import build_results, format_table
-    from rankadaptor.fileio import refuse_same_path, write_json_atomic
+    from rankadaptor.fileio import write_json_atomic
     from rankadaptor.models.loading import load_model
 
-    if args.adapter is not None:
-        refuse_same_path(args.adapter, out)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     loaded = load_model(args.model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rankadaptor.cli import SEED
 from rankadaptor.errors import RankAdaptorError
 
 METHODS = ("llm-pruner", "shortened-ppl", "shortened-taylor", "shortgpt")
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
     p.add_argument("--calibration-text", default=None, metavar="FILE",
                    help="plain text file for calibration (default: the bundled offline corpus)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=run)
 
 
@@ -44,14 +45,10 @@ def _calibration_texts(path: str | None) -> tuple[list[str], str]:
         except ImportError as exc:
             raise RankAdaptorError("no default calibration corpus is available; pass --calibration-text FILE") from exc
         path = text_corpus_path("train")
-    p = Path(path)
-    if not p.is_file():
-        raise RankAdaptorError(f"calibration text file {p} not found; pass --calibration-text FILE")
-    raw = p.read_bytes()
-    if b"\x00" in raw[:1 << 20]:  # a weights or archive file would otherwise "calibrate" as mojibake
-        raise RankAdaptorError(f"calibration text file {p} contains NUL bytes, so it is a binary file, not text; "
-                               "pass a plain text file as --calibration-text")
-    return [raw.decode("utf-8", errors="replace")], str(p.resolve())
+    from rankadaptor.fileio import read_text_file
+
+    text = read_text_file(path, "calibration text file", "--calibration-text")
+    return [text], str(Path(path).resolve())
 
 
 def load_input(spec: str):
@@ -72,19 +69,17 @@ def load_input(spec: str):
 
 
 def run(args) -> int:
-    from rankadaptor.fileio import refuse_bad_out_parent, refuse_same_path
+    from rankadaptor.fileio import check_output
     from rankadaptor.models.artefact import save_pruned
+    from rankadaptor.models.loading import weights_bytes
     from rankadaptor.prune.pruning import PruneConfig, prune_model
 
     if not 0.0 < args.ratio < 1.0:
         raise RankAdaptorError(f"--ratio {args.ratio} is outside (0, 1); give the fraction of parameters to remove, e.g. 0.2")
     config = PruneConfig(method=args.method, ratio=args.ratio, importance=args.importance, layers=args.layers,
                          calibration=args.calibration, seq_len=args.seq_len, seed=args.seed)
-    if Path(args.model).exists():
-        refuse_same_path(args.model, args.out)
-    if Path(args.out).exists():
-        raise RankAdaptorError(f"output directory {args.out} already exists; choose another --out or remove it")
-    refuse_bad_out_parent(args.out)
+    # the pruned model is smaller than its input: the input's weights bound the output's size
+    check_output(args.out, inputs=[args.model, args.calibration_text], size=weights_bytes(args.model))
     texts, source = _calibration_texts(args.calibration_text)
     model, tokenizer, identity = load_input(args.model)
     model, manifest = prune_model(model, tokenizer, config, texts, identity=identity, inplace=True,

@@ -44,6 +44,8 @@ def add_parser(sub) -> None:
                         "command resumes from it (default 0: no checkpoints)")
     p.add_argument("--out", required=True, help="new adapter directory (refuses to overwrite; an unfinished "
                                                  "run with checkpoints resumes)")
+    p.add_argument("--force", action="store_true",
+                   help="use a --ranks plan file even though it records another model than MODEL")
     from rankadaptor.cli.prunedlora_flags import add_prunedlora_arguments
 
     add_prunedlora_arguments(p)
@@ -135,16 +137,15 @@ def run(args: argparse.Namespace) -> int:
     from rankadaptor.lora.recover import recover
     from rankadaptor.models.loading import load_model
 
-    # Everything checkable without the model is checked first.
-    if Path(args.out).exists():
-        raise RankAdaptorError(f"--out {args.out} already exists; choose another directory or remove it")
-    from rankadaptor.fileio import refuse_bad_out_parent
+    from rankadaptor.data.recovery import check_data_source
+    from rankadaptor.fileio import check_output
 
-    refuse_bad_out_parent(args.out)
+    # Everything checkable without the model is checked first. The adapter's size is known only
+    # once the model is wrapped: recover() checks the room for it then, before training.
+    check_output(args.out, inputs=[args.model, args.data, args.config, args.ranks])
     config = recovery_config(args)
     file_plan = parse_ranks(args.ranks) if args.ranks else None
-    if args.data is not None and Path(args.data).suffix and not Path(args.data).is_file():
-        raise RankAdaptorError(f"--data {args.data} not found")
+    check_data_source(args.data)
     method = None
     if args.method == "prunedlora" and not args.method_arg:
         from rankadaptor.lora.pruned_lora import method_from_args
@@ -156,13 +157,13 @@ def run(args: argparse.Namespace) -> int:
         if args.method == "adalora":
             kwargs.setdefault("uniform_r", args.uniform_r)
         method = _build_method(get_method(args.method), args.method, kwargs)
-    for p in (Path(args.data),) if args.data else ():
-        if p.exists():
-            from rankadaptor.fileio import refuse_same_path
-
-            refuse_same_path(p, args.out)
 
     loaded = load_model(args.model)
+    if file_plan is not None and not args.force:
+        mismatch = file_plan.model_mismatch(loaded.identity)
+        if mismatch:
+            raise RankAdaptorError(f"--ranks {args.ranks}: {mismatch}; make a plan for this model, or pass --force "
+                                   "to use it anyway")
     plan = file_plan
     if args.ranks and plan is None:
         from rankadaptor.lora.ranks import decoder_layer_names

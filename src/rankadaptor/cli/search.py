@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 
+from rankadaptor.cli import SEED, at_least
 from rankadaptor.metrics import TASKS
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def add_parser(sub) -> None:
                         "(default 120; keep it several heartbeat intervals)")
     p.add_argument("--max-retry", type=int, default=2,
                    help="times a crashed trial's plan is queued again before it stays failed (default 2)")
-    p.add_argument("--poll-interval", type=float, default=5.0, metavar="S",
+    p.add_argument("--poll-interval", type=at_least(0, float, above=True), default=5.0, metavar="S",
                    help="seconds between looks at the study while other workers hold the remaining trials")
     # names are checked by the library (rankadaptor.search: STRATEGIES, SURROGATES), which lists the valid ones;
     # importing its tables here would load torch for every --help
@@ -87,7 +88,7 @@ def add_parser(sub) -> None:
                    help="direction of an --objective function without a 'direction' attribute")
     p.add_argument("--budget", default="uniform:8",
                    help="LoRA parameter budget: 'uniform:R' (the count of uniform rank R), a number, or 'none'")
-    p.add_argument("--budget-tolerance", type=float, default=0.01, help="relative budget tolerance (default 0.01)")
+    p.add_argument("--budget-tolerance", type=at_least(0, float), default=0.01, help="relative budget tolerance (default 0.01)")
     p.add_argument("--candidates", type=_ints, default=None,
                    help="rank candidates (default 2,4,6,8,10,12 per layer; 0..32 per module)")
     p.add_argument("--fixed-first", type=int, default=4, help="first layers kept at --fixed-rank (default 4)")
@@ -95,40 +96,41 @@ def add_parser(sub) -> None:
     p.add_argument("--fixed-rank", type=int, default=8)
     p.add_argument("--seed-plan", action="append", default=[], metavar="LABEL=FILE",
                    help="a rank-plan JSON (e.g. another allocator's) offered to the initial design (repeatable)")
-    p.add_argument("--steps", type=int, default=20, help="recovery steps per trial (full fidelity)")
-    p.add_argument("--final-steps", type=int, default=None, help="recovery steps of the final re-evaluations")
-    p.add_argument("--limit", type=int, default=200, help="evaluation examples per task (full fidelity)")
+    p.add_argument("--steps", type=at_least(1), default=20, help="recovery steps per trial (full fidelity)")
+    p.add_argument("--final-steps", type=at_least(1), default=None, help="recovery steps of the final re-evaluations")
+    p.add_argument("--limit", type=at_least(1), default=200, help="evaluation examples per task (full fidelity)")
     p.add_argument("--data", default=None, metavar="FILE",
                    help="recovery data (Alpaca JSON or plain text; default: the bundled offline corpus)")
     p.add_argument("--multi-fidelity", action="store_true",
                    help="screen trials with --screen-steps/--screen-limit (one is required); finalists get the full budget")
-    p.add_argument("--screen-steps", type=int, default=None)
-    p.add_argument("--screen-limit", type=int, default=None)
-    p.add_argument("--n-initial", type=int, default=8, help="initial design size incl. the uniform and seed plans")
-    p.add_argument("--noise-every", type=int, default=8,
+    p.add_argument("--screen-steps", type=at_least(1), default=None)
+    p.add_argument("--screen-limit", type=at_least(1), default=None)
+    p.add_argument("--n-initial", type=at_least(1), default=8, help="initial design size incl. the uniform and seed plans")
+    p.add_argument("--noise-every", type=at_least(0), default=8,
                    help="re-measure the uniform plan and the incumbent on a fresh seed every N trials (0 = never)")
-    p.add_argument("--pool", type=int, default=10_000, help="random valid candidates scored per round")
+    p.add_argument("--pool", type=at_least(1), default=10_000, help="random valid candidates scored per round")
     p.add_argument("--acquisition", choices=("ucb", "ei"), default="ucb")
-    p.add_argument("--kappa", type=float, default=1.0, help="UCB exploration weight")
-    p.add_argument("--ensemble", type=int, default=5, help="MLP surrogate: ensemble size")
+    p.add_argument("--kappa", type=at_least(0, float), default=1.0, help="UCB exploration weight")
+    p.add_argument("--ensemble", type=at_least(1), default=5, help="MLP surrogate: ensemble size")
     p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP surrogate: hidden sizes (default 32,32,32)")
-    p.add_argument("--patience", type=int, default=8, help="convergence: trials without improvement")
-    p.add_argument("--model-tolerance", type=float, default=0.5,
+    p.add_argument("--patience", type=at_least(1), default=8, help="convergence: trials without improvement")
+    p.add_argument("--model-tolerance", type=at_least(0, float, above=True), default=0.5,
                    help="convergence: mean |pred-measured| / std(measured) over the last --patience trials")
     p.add_argument("--meta", default=None, metavar="FILE",
                    help="rank-measurements JSON for offline meta-learning of the MLP surrogate's prior")
     p.add_argument("--meta-method", choices=("reptile", "pooled"), default="reptile")
-    p.add_argument("--final-seeds", type=int, default=3, help="fresh seeds re-evaluating the pick and uniform (>= 3)")
-    p.add_argument("--finalists", type=int, default=1, help="top measured plans re-evaluated at full budget")
+    p.add_argument("--final-seeds", type=at_least(3), default=3,
+                   help="fresh seeds re-evaluating the pick and uniform (>= 3: a paired 95 %% interval needs them)")
+    p.add_argument("--finalists", type=at_least(1), default=1, help="top measured plans re-evaluated at full budget")
     p.add_argument("--no-finalize", action="store_true", help="only search (extra worker processes)")
-    p.add_argument("--out", default=None, help="best plan JSON (RankPlan format for `recover --ranks`)")
+    p.add_argument("--out", default=None, help="best plan JSON (RankPlan format for `rankadaptor recover --ranks`)")
     p.add_argument("--report", default=None, help="summary + plots directory (default <out>.search)")
-    p.add_argument("--seed", type=int, default=0, help="the study's seed: every screening trial runs on it")
-    p.add_argument("--cv-every", type=int, default=1, help="report the model's CV Spearman every N trials")
-    p.add_argument("--epochs", type=int, default=300, help=argparse.SUPPRESS)
-    p.add_argument("--synthetic-layers", type=int, default=16, help=argparse.SUPPRESS)
-    p.add_argument("--synthetic-noise", type=float, default=0.005, help=argparse.SUPPRESS)
-    p.add_argument("--synthetic-seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=SEED, default=0, help="the study's seed: every screening trial runs on it")
+    p.add_argument("--cv-every", type=at_least(1), default=1, help="report the model's CV Spearman every N trials")
+    p.add_argument("--epochs", type=at_least(1), default=300, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-layers", type=at_least(1), default=16, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-noise", type=at_least(0, float), default=0.005, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic-seed", type=SEED, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -178,15 +180,22 @@ def _check_fidelity_flags(args) -> None:
 def run(args) -> int:
     import torch
 
-    from rankadaptor.fileio import refuse_bad_out_parent
+    from rankadaptor.data.recovery import check_data_source
+    from rankadaptor.fileio import hold_claim
     from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, open_storage
     from rankadaptor.search.study import make_space, run_study
 
     _check_fidelity_flags(args)
-    settings = settings_from_args(args, _seed_plans(args.seed_plan))
-    for out in (settings.out, settings.report):
-        if out:
-            refuse_bad_out_parent(out)
+    settings = settings_from_args(args, _seed_plans(args.seed_plan))  # checks the outputs can be written
+    if settings.finalize and not settings.create_only:
+        hold_claim(settings.out)  # no other run writes them while this one searches
+        hold_claim(settings.report_dir(), "--report")
+    if args.objective != "synthetic":
+        check_data_source(args.data)  # a hub dataset id offline fails now, not after the model loaded
+    if args.objective not in ("synthetic", "loss") and ":" not in args.objective:
+        from rankadaptor.eval.tasks import check_data
+
+        check_data(None if args.objective == "average" else [args.objective])  # before the model loads
     # a database server is connected to now, before the model loads; an SQLite file is created only
     # once every other input has been checked (a bad input leaves nothing on disk)
     url = settings.storage_url()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from rankadaptor.checks import BROKEN_ADAPTER, finite_tensors
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import read_json
 
@@ -185,8 +186,36 @@ def _build_adapter(config: dict, tensors: dict[str, torch.Tensor], path: Path) -
         parts.setdefault(name, {})[m.group("part")] = tensor
     if not parts:
         raise RankAdaptorError(f"{path}/{WEIGHTS_NAME} contains no lora_A/lora_B tensors; it is not a LoRA adapter")
+    check_targets(config, parts, path)
     modules = {name: _build_module(name, p, config, path) for name, p in sorted(parts.items(), key=lambda kv: _natural(kv[0]))}
     return LoraAdapter(config=config, modules=modules, extra_tensors=extra, key_prefix=prefixes.pop() if len(prefixes) == 1 else PREFIX)
+
+
+def check_targets(config: dict, module_names, path) -> None:
+    """Every module with LoRA weights must be one the config's ``target_modules`` select.
+
+    PEFT builds LoRA layers from the config alone and drops weights of modules it did not build,
+    so such an adapter would evaluate without them, and a compressed copy would quietly start
+    applying them: either way a different adapter. Matching is PEFT's own rule (with
+    ``layers_to_transform``, ``exclude_modules`` ...).
+    """
+    from types import SimpleNamespace
+
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    targets = config.get("target_modules")
+    if targets is None or targets == "all-linear":
+        return  # nothing to compare: PEFT resolves these against the model itself
+    spec = SimpleNamespace(**{k: config.get(k) for k in ("exclude_modules", "modules_to_save", "target_modules",
+                                                          "target_parameters", "layers_to_transform",
+                                                          "layers_pattern")})
+    spec.target_modules = targets if isinstance(targets, str) else list(targets)
+    missed = [n for n in module_names if not check_target_module_exists(spec, n)]  # excluded ones are falsy
+    if missed:
+        raise RankAdaptorError(
+            f"{path}: {len(missed)} module(s) with LoRA weights, e.g. {missed[0]}, are not selected by "
+            f"adapter_config.json's target_modules {targets!r}; PEFT would ignore their weights, so the config and "
+            "weights do not belong together: save the adapter again with PeftModel.save_pretrained")
 
 
 def _natural(name: str) -> list:
@@ -209,9 +238,7 @@ def _build_module(name: str, parts: dict[str, torch.Tensor], config: dict, path:
     for part, t in ((a_key, A), (b_key, B)):
         if not t.is_floating_point():
             raise RankAdaptorError(f"{path}: module {name} {part} has dtype {t.dtype}; LoRA factors are floating point")
-        if not torch.isfinite(t).all():
-            raise RankAdaptorError(f"{path}: module {name} {part} contains NaN or infinite values; the adapter is "
-                                   "broken (diverged training?) and cannot be compressed")
+    finite_tensors(((f"{name}.{a_key}", A), (f"{name}.{b_key}", B)), f"adapter {path}", BROKEN_ADAPTER)
     r = int(pattern_value(config.get("rank_pattern"), name, config["r"]))
     alpha = float(pattern_value(config.get("alpha_pattern"), name, config.get("lora_alpha", 8)))
     if A.shape[0] != r or B.shape[1] != r:

@@ -95,18 +95,33 @@ class Spectrum:
     V: torch.Tensor | None = None  # d_in x q
 
 
-def decompose(B: torch.Tensor, A: torch.Tensor, scale: float, vectors: bool = True) -> Spectrum:
-    """SVD of scale * B @ A through QR factors; never forms the d_out x d_in product."""
-    B64, A64 = B.detach().to(torch.float64), A.detach().to(torch.float64)
+def decompose(B: torch.Tensor, A: torch.Tensor, scale: float, vectors: bool = True, device=None) -> Spectrum:
+    """SVD of scale * B @ A through QR factors; never forms the d_out x d_in product.
+
+    Computed on ``device`` (None: the CLI's ``--device``, else the CPU: float64 QR of thin factors
+    gains little from a GPU); S comes back on the CPU (the global cut reads it value by value), U
+    and V stay on the device until ``truncate``.
+    """
+    device = _float64_device(device)
+    B64, A64 = B.detach().to(device, torch.float64), A.detach().to(device, torch.float64)
     if not vectors:  # R factors only: the Q factors are never materialised
         RB = torch.linalg.qr(B64, mode="r").R
         RA = torch.linalg.qr(A64.T, mode="r").R
-        return Spectrum(S=torch.linalg.svdvals(scale * (RB @ RA.T)))
+        return Spectrum(S=torch.linalg.svdvals(scale * (RB @ RA.T)).cpu())
     QB, RB = torch.linalg.qr(B64)  # d x q1, q1 x r
     QA, RA = torch.linalg.qr(A64.T)  # k x q2, q2 x r
     core = scale * (RB @ RA.T)  # q1 x q2, at most r x r
     Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)
-    return Spectrum(S=S, U=QB @ Uc, V=QA @ Vch.T)
+    return Spectrum(S=S.cpu(), U=QB @ Uc, V=QA @ Vch.T)
+
+
+def _float64_device(device) -> torch.device:
+    from rankadaptor.device import requested_device, resolve_device
+
+    device = resolve_device(device or requested_device() or "cpu")
+    if device.type == "mps":
+        raise RankAdaptorError("PARA's SVDs are exact in float64, which Apple MPS does not support; use --device cpu")
+    return device
 
 
 def scores(S: torch.Tensor, normalize: str) -> torch.Tensor:
@@ -194,10 +209,10 @@ def _check_budget(budget: int, full_params: int, floor: dict, costs: dict, first
 
 def truncate(spectrum: Spectrum, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced factors of the rank-``rank`` truncation: B' = U sqrt(S), A' = sqrt(S) V^T."""
-    root = spectrum.S[:rank].sqrt()
+    root = spectrum.S[:rank].sqrt().to(spectrum.U.device)
     B = spectrum.U[:, :rank] * root
     A = (spectrum.V[:, :rank] * root).T
-    return B.to(dtype), A.to(dtype)
+    return B.to("cpu", dtype), A.to("cpu", dtype)
 
 
 def decompose_adapter(adapter: LoraAdapter, vectors: bool = False) -> tuple[dict[str, Spectrum], dict[str, int]]:
@@ -326,6 +341,7 @@ def compress(adapter_dir: str | Path, out_dir: str | Path, config: CompressConfi
         "has_rank_pattern": bool(adapter.config.get("rank_pattern")),
     }
     report["method"] = "PARA (exact SVD via QR, one global threshold)"
+    report["device"] = str(_float64_device(None))
     report["provenance"] = provenance(None)
     save_compressed(out_dir, new_adapter, report, overwrite=overwrite)
     return report

@@ -101,6 +101,38 @@ def _is_alpaca(path: Path) -> bool:
 
 
 
+def check_data_source(source) -> str:
+    """What ``source`` is ("default", "file" or "hub"), checked without reading it: cheap, so that a
+    command refuses a bad source before it loads a model.
+
+    A hub dataset id needs the hub or the local Hugging Face cache; offline and uncached it is
+    refused here at once, rather than after the model has loaded and the network has timed out.
+    """
+    if source is None:
+        return "default"
+    path = Path(source)
+    if path.is_dir():
+        raise RankAdaptorError(f"recovery data {source} is a directory, not a file; pass a text, .json or .jsonl file")
+    if path.is_file():
+        return "file"
+    text = str(source)
+    if path.suffix or path.is_absolute() or text.startswith(".") or text.count("/") != 1:
+        raise RankAdaptorError(f"recovery data {source} not found; pass an existing text, .json or .jsonl file")
+    from rankadaptor.models.loading import hub_unreachable
+
+    if hub_unreachable() and not _in_hub_cache(text):
+        raise RankAdaptorError(f"recovery data {source!r} is not a local file, and as a hub dataset id it cannot be "
+                               "downloaded: the Hugging Face hub is not reachable from here and the dataset is not in "
+                               "the local cache; pass a local .json/.jsonl Alpaca file or a text file")
+    return "hub"
+
+
+def _in_hub_cache(dataset_id: str) -> bool:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return (Path(HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}").is_dir()
+
+
 def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: float = 0.05,
                        max_val: int = 64, max_train: int | None = None) -> RecoveryData:
     """Tokenise ``source`` (file path, or a hub dataset id when online; ``None`` = default corpus)."""
@@ -108,12 +140,13 @@ def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: floa
         raise RankAdaptorError(f"seq_len {seq_len} too small; use >= 8")
     if not 0.0 < val_fraction < 0.5:
         raise RankAdaptorError(f"val_fraction {val_fraction} must be in (0, 0.5)")
+    kind = check_data_source(source)
     if source is None:
         from rankadaptor.assets import text_corpus_path
 
         source = text_corpus_path("train")
     path = Path(source)
-    if path.is_file():
+    if kind != "hub":
         identity = {"source": str(path), "sha256": sha256_file(path)}
         if _is_alpaca(path):
             examples = _tokenise_records(read_alpaca_records(path), tokenizer, seq_len)
@@ -125,8 +158,6 @@ def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: floa
             identity["format"] = "text"
             n_val = min(max_val, max(1, int(len(blocks) * val_fraction)))
             train, val = blocks[:-n_val], blocks[-n_val:]
-    elif path.suffix or path.exists() or "/" not in str(source):
-        raise RankAdaptorError(f"recovery data {source} not found; pass an existing text, .json or .jsonl file")
     else:
         records = _hub_records(str(source))
         identity = {"source": str(source), "format": "alpaca-hub"}
@@ -136,7 +167,7 @@ def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: floa
     if not train or not val:
         raise RankAdaptorError(
             f"recovery data {source} gives {len(train)} training and {len(val)} validation examples of "
-            f"up to {seq_len} tokens; supply more data or lower --seq-len"
+            f"up to {seq_len} tokens; supply more data or use a shorter sequence length (seq_len)"
         )
     identity.update(n_train=len(train), n_val=len(val), seq_len=seq_len,
                     train_tokens=sum(map(len, train)), val_tokens=sum(map(len, val)))
@@ -146,11 +177,9 @@ def load_recovery_data(source, tokenizer, seq_len: int = 128, val_fraction: floa
 
 def _read_text_corpus(path: Path) -> str:
     """A text corpus; a few undecodable bytes are replaced, but a binary file is refused."""
-    raw = path.read_bytes()
-    if b"\x00" in raw[:1 << 20]:
-        raise RankAdaptorError(f"recovery data {path} contains NUL bytes, so it is a binary file, not text; "
-                               "pass a text file or an Alpaca .json/.jsonl file")
-    return raw.decode("utf-8", errors="replace")
+    from rankadaptor.fileio import read_text_file
+
+    return read_text_file(path, "recovery data")
 
 
 def _tokenise_records(records: list[dict], tokenizer, seq_len: int) -> list[list[int]]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.fileio import read_json, write_json_atomic
+from rankadaptor.fileio import claim, read_json, sweep_stale, write_json_atomic
 from rankadaptor.demo.presets import EVAL_TOKENS_PER_DOC, FULL_SPLIT_DOCS, SECONDS_PER_TOKEN, VAL_EXAMPLES, Preset, preset
 from rankadaptor.demo.scheduler import Progress, Unit, run_units
 from rankadaptor.demo.units import UnitWork
@@ -58,7 +58,12 @@ class RunDir:
         return done["result"]
 
     def check_resumable(self) -> None:
-        """Refuse, before anything is written, a folder holding a run made with other settings."""
+        """Refuse, before anything is written, a folder that is not a demo run or holds one made with other
+        settings."""
+        if self.root.is_dir() and any(self.root.iterdir()) and not (self.units.is_dir()
+                                                                    or (self.root / LOG_NAME).is_file()):
+            raise RankAdaptorError(f"--out {self.root} is not a demo run folder (it has neither units/ nor {LOG_NAME}); "
+                                   "choose a new --out, or an earlier demo run's folder to resume it")
         for path in sorted(self.units.glob("*.json")) if self.units.is_dir() else []:
             self.done(path.stem)
 
@@ -207,13 +212,17 @@ def run_demo(preset_name: str = "quick", out: str | Path | None = None, model: s
     model_source(model)  # a bad --model fails here, before the run directory or its log exist
     out = Path(out or f"runs/demo-{cfg.name}")
     where = str(resolve_device(device))  # resolved here: the worker processes do not see a `with` block
-    workers = workers or default_workers(where)
+    workers = default_workers(where) if workers is None else workers
     if workers < 1:
-        raise RankAdaptorError(f"--workers must be >= 1, got {workers}")
+        raise RankAdaptorError(f"workers must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise RankAdaptorError(f"threads must be >= 1, got {threads}")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     demo = Demo(cfg, out, model)
-    demo.run.check_resumable()
-    log_to_file(out / LOG_NAME)
-    log.info("demo %s preset -> %s on %s: %d worker(s) x %d thread(s); full log in %s", cfg.name, out, where,
-             workers, threads, out / LOG_NAME)
-    return demo.run_all(progress=progress, workers=workers, threads=threads, device=where)
+    with claim(out):  # one demo per run folder at a time; what a killed one half-wrote is then stale
+        demo.run.check_resumable()
+        sweep_stale(out, recursive=True)
+        log_to_file(out / LOG_NAME)
+        log.info("demo %s preset -> %s on %s: %d worker(s) x %d thread(s); full log in %s", cfg.name, out, where,
+                 workers, threads, out / LOG_NAME)
+        return demo.run_all(progress=progress, workers=workers, threads=threads, device=where)

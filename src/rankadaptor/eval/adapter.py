@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rankadaptor.compress.adapter_io import check_targets
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import read_json
 from rankadaptor.provenance import sha256_file
@@ -88,12 +89,17 @@ def load_adapter(model, adapter_dir: str | Path):
         raise RankAdaptorError(f"{cfg_path} must hold a JSON object (a PEFT adapter config), found "
                                f"{type(cfg).__name__}; save the adapter again with PeftModel.save_pretrained")
     ranks = check_adapter_fits(model, adapter_dir)
+    check_targets(cfg, ranks, adapter_dir)  # weights of modules the config does not name would be dropped
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:  # anything our check did not foresee
         raise RankAdaptorError(f"PEFT could not attach adapter {adapter_dir}: {str(exc)[:800]}; check its "
                                "adapter_config.json or save the adapter again with PeftModel.save_pretrained") from exc
     peft_model.eval()
+    from rankadaptor.checks import BROKEN_ADAPTER, finite_tensors
+
+    finite_tensors(((n, p) for n, p in peft_model.named_parameters() if "lora_" in n), f"adapter {adapter_dir}",
+                   BROKEN_ADAPTER)
     identity = {
         "path": str(adapter_dir.resolve()), "sha256": sha256_file(weights), "peft_type": cfg.get("peft_type"),
         "n_modules": len(ranks), "rank_total": sum(ranks.values()),

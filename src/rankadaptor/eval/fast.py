@@ -29,6 +29,8 @@ import torch
 from tqdm import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from rankadaptor.checks import BROKEN_OUTPUTS, finite
+
 log = logging.getLogger(__name__)
 
 
@@ -249,7 +251,9 @@ def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[di
     with tqdm(total=len(docs), desc=task_name, leave=False) as progress:
         scores = score_documents(lm, model, docs, device, progress)
     per_doc = []
-    for instances, doc_scores in zip(docs, scores, strict=True):
+    for d, (instances, doc_scores) in enumerate(zip(docs, scores, strict=True)):
+        for ll, _ in doc_scores:  # a NaN log-likelihood still "picks" a choice: it must not become an accuracy
+            finite(ll, f"{task_name} document {d}: a log-likelihood", BROKEN_OUTPUTS)
         metrics = task.process_results(instances[0].doc, doc_scores)
         per_doc.append({"acc": float(metrics["acc"]), "acc_norm": float(metrics.get("acc_norm", metrics["acc"]))})
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu

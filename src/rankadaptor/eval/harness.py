@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from rankadaptor.checks import BROKEN_OUTPUTS, finite
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.eval.results import doc_block
+from rankadaptor.fileio import private_tempdir
 from rankadaptor.eval.tasks import ACC_NORM_TASKS, GENERATIVE_TASKS, load_docs, resolve_tasks, validate_limit, write_task_files
 from rankadaptor.metrics import acc_average, paper_average, seven
 
@@ -99,7 +100,7 @@ def evaluate(model, tokenizer, tasks=None, limit: int | None = None, batch_size:
     docs = {t: load_docs(t, data_root, limit) for t in names}  # fail on missing data before any work
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="rankadaptor-eval-") as tmp:
+    with private_tempdir("rankadaptor-eval-") as tmp:  # a killed run's folder is removed by the next one
         lm = _hflm(model, tokenizer, batch_size)
         for t in names:
             runner = run_task if backend == "lm_eval" else run_task_fast_path
@@ -149,6 +150,8 @@ def run_task(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: in
 def _sample_scores(task: str, sample: dict) -> dict[str, float]:
     if task in GENERATIVE_TASKS:  # GSM8K: exact match after lm-eval's strict-match filter
         return {"acc": float(sample["exact_match"]), "acc_norm": float(sample["exact_match"])}
+    for ll, _ in sample["filtered_resps"]:  # a NaN log-likelihood still "picks" a choice: never an accuracy
+        finite(ll, f"{task} document {sample['doc_id']}: a log-likelihood", BROKEN_OUTPUTS)
     return {"acc": float(sample["acc"]), "acc_norm": float(sample.get("acc_norm", sample["acc"]))}
 
 

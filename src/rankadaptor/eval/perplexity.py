@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from rankadaptor.checks import BROKEN_OUTPUTS, finite
 from rankadaptor.errors import RankAdaptorError
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,10 @@ class Perplexity:
 
 def paragraphs(path: str | Path) -> list[str]:
     """The blank-line separated paragraphs of a text file, stripped, empty ones dropped."""
+    from rankadaptor.fileio import read_text_file
+
     p = Path(path)
-    if not p.is_file():
-        raise RankAdaptorError(f"perplexity text file {p} not found; pass an existing plain-text file")
-    texts = [t.strip() for t in p.read_text(encoding="utf-8", errors="replace").split("\n\n")]
+    texts = [t.strip() for t in read_text_file(p, "perplexity text file").split("\n\n")]
     texts = [t for t in texts if t]
     if not texts:
         raise RankAdaptorError(f"perplexity text file {p} has no text")
@@ -114,7 +115,9 @@ def score_text(model, tokenizer, texts, seq_len: int = DEFAULT_SEQ_LEN, max_toke
         model.train(was_training)
     counts = tuple(len(w) - 1 for w in windows)
     total_nll, total = float(sum(nll)), sum(counts)
-    result = Perplexity(ppl=math.exp(total_nll / total), nll_sum=total_nll, tokens=total, seq_len=seq_len,
+    mean_nll = finite(total_nll / total, "the perplexity's mean negative log-likelihood", BROKEN_OUTPUTS)
+    ppl = finite(math.exp(mean_nll) if mean_nll < 700 else math.inf, "the perplexity", BROKEN_OUTPUTS)
+    result = Perplexity(ppl=ppl, nll_sum=total_nll, tokens=total, seq_len=seq_len,
                         n_tokens=len(ids), window_nll=tuple(nll), window_tokens=counts, source=source)
     log.info("perplexity %.3f over %d predicted tokens (%d windows of %d)", result.ppl, total, len(windows), seq_len)
     return result

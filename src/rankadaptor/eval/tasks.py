@@ -36,7 +36,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankadaptor.errors import RankAdaptorError
+from rankadaptor.errors import RankAdaptorError, first_line, user_file_errors
 
 from rankadaptor.metrics import ACC_NORM_TASKS, CHALLENGE_TASKS, TASKS  # noqa: F401  (re-exported)
 
@@ -114,6 +114,16 @@ def challenge_data_dir() -> Path:
     return challenge_dir()
 
 
+def check_data(tasks) -> None:
+    """Verify (rebuild, or explain) the cached benchmark files ``tasks`` need: cheap, so that commands
+    call it before a model loads."""
+    names = resolve_tasks(tasks)
+    if any(t not in CHALLENGE_TASKS for t in names):
+        data_dir()
+    if any(t in CHALLENGE_TASKS for t in names):
+        challenge_data_dir()
+
+
 def load_docs(task: str, root: Path | None = None, limit: int | None = None) -> list[dict]:
     """The first ``limit`` documents of ``task``'s lm-eval split, in lm-eval's raw fields."""
     spec = SPECS[resolve_tasks([task])[0]]
@@ -126,13 +136,19 @@ def load_docs(task: str, root: Path | None = None, limit: int | None = None) -> 
         raise RankAdaptorError(
             f"benchmark data for {task} not found at {path}; run `rankadaptor assets fetch {asset}` "
             "(or `rankadaptor assets verify`) to rebuild the cache")
-    if task == "mmlu":
-        raw = [d for subject in mmlu_subjects(path) for d in _hf_docs(path / subject / spec.split, limit)]
-    elif path.suffix == ".gz":
-        raw = _olmo_test_docs(path, limit)
-    else:
-        raw = _hf_docs(path, limit)
-    return [CONVERT[task](d) for d in raw]
+    try:
+        if task == "mmlu":
+            raw = [d for subject in mmlu_subjects(path) for d in _hf_docs(path / subject / spec.split, limit)]
+        elif path.suffix == ".gz":
+            raw = _olmo_test_docs(path, limit)
+        else:
+            raw = _hf_docs(path, limit)
+        return [CONVERT[task](d) for d in raw]
+    except RankAdaptorError:
+        raise
+    except user_file_errors() as exc:  # a corrupt .arrow or .jsonl.gz: pyarrow/gzip/json errors
+        raise RankAdaptorError(f"benchmark data for {task} at {path} is unreadable ({first_line(exc)}); run "
+                               f"`rankadaptor assets fetch --force {asset}` to rebuild it") from exc
 
 
 def mmlu_subjects(path: Path) -> list[str]:

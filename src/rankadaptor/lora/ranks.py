@@ -138,6 +138,27 @@ class RankPlan:
         return cls.from_dict(read_json(path, what="rank plan"), source=f"rank plan {path}")
 
     # ---- against a model --------------------------------------------------------------------
+    def model_mismatch(self, identity: dict | None) -> str | None:
+        """How the model this plan was made for differs from ``identity`` (a loader identity), or None.
+
+        The weights' sha256 decides when both sides have one; otherwise the architecture, layer and
+        parameter counts are compared. ``model`` may be a loader identity or the search's identity
+        (which nests it as ``model_identity``); a plan that records nothing comparable passes.
+        """
+        made_for = self.model or {}
+        if isinstance(made_for.get("model_identity"), dict):
+            made_for = made_for["model_identity"]
+        identity = identity or {}
+        keys = ("sha256",) if made_for.get("sha256") and identity.get("sha256") else (
+            "architecture", "n_layers", "n_params")
+        diff = [k for k in keys if made_for.get(k) is not None and identity.get(k) is not None
+                and made_for[k] != identity[k]]
+        if not diff:
+            return None
+        shown = ", ".join(f"{k} {str(made_for[k])[:16]} vs {str(identity[k])[:16]}" for k in diff)
+        return (f"the rank plan was made for model {made_for.get('spec') or made_for.get('path') or '?'}, not for "
+                f"{identity.get('spec') or identity.get('path') or 'this model'} ({shown})")
+
     def module_ranks(self, model) -> dict[str, int]:
         """{full module name (relative to the base model): rank} for every targeted module, 0s included."""
         layers = decoder_layer_names(model)

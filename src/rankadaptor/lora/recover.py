@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rankadaptor import device as dev
+from rankadaptor.checks import finite
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.ranks import PlanMethod, RankPlan
 
@@ -89,6 +90,8 @@ class RecoveryConfig:
                 raise RankAdaptorError(f"{name} {getattr(self, name)} must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise RankAdaptorError(f"max_grad_norm {self.max_grad_norm} must be > 0 or None")
+        if self.seed < 0:
+            raise RankAdaptorError(f"seed {self.seed} must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise RankAdaptorError(f"threads {self.threads} must be >= 1")
         if self.max_val < 1:
@@ -201,6 +204,11 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
     callbacks = list(method_callbacks) + list(callbacks)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
+    if out is not None:  # the adapter, and with checkpoints two of (weights + AdamW's two moments)
+        from rankadaptor.fileio import check_room
+
+        adapter_bytes = sum(p.numel() * p.element_size() for p in params)
+        check_room(out, adapter_bytes * (7 if config.checkpoint_every else 1))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     method_name = getattr(method, "name", type(method).__name__)
     settings = ckpt.run_settings(
@@ -248,8 +256,8 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         optimizer.step()
         _call(callbacks, "on_step_end", step, peft_model, optimizer)
         optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(step_loss):
-            raise RankAdaptorError(f"training loss became {step_loss} at step {step}; lower --lr")
+        finite(step_loss, f"the training loss at step {step + 1}",
+               f"training diverged (lower the learning rate, now {config.lr:g}) or the model/data give NaN")
         curve.append({"step": step + 1, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
                       "seconds": time.perf_counter() - t_step})
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
@@ -260,7 +268,8 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
                               seconds_before + time.perf_counter() - t0, resumed)
             store.save(step + 1, state, settings)
     train_seconds = seconds_before + time.perf_counter() - t0
-    val_loss = validation_loss(peft_model, data.val, pad_id, config)
+    val_loss = finite(validation_loss(peft_model, data.val, pad_id, config), "the validation loss",
+                      f"training diverged (lower the learning rate, now {config.lr:g}) or the model gives NaN")
     val_curve.append({"step": total_steps, "val_loss": val_loss})
     _call(callbacks, "on_train_end", peft_model)
     peft_model.eval()

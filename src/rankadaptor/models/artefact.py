@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankadaptor.errors import RankAdaptorError
+from rankadaptor.errors import RankAdaptorError, first_line, user_file_errors
 from rankadaptor.fileio import atomic_directory, read_json, write_json_atomic
 from rankadaptor.models.families import FAMILIES, family_for_model_type, get_family
 
@@ -90,7 +90,15 @@ def manifest_config(manifest: dict):
     if model_type is None:
         raise RankAdaptorError("pruning.json has no config.model_type; the artefact is damaged")
     family_for_model_type(model_type)
-    return AutoConfig.for_model(model_type, **cfg_dict)
+    try:  # values transformers rejects (a float hidden size) are a damaged manifest
+        return AutoConfig.for_model(model_type, **cfg_dict)
+    except user_file_errors() as exc:
+        raise _damaged_config(model_type, exc) from exc
+
+
+def _damaged_config(model_type: str, exc: BaseException) -> RankAdaptorError:
+    return RankAdaptorError(f"pruning.json's config is not a valid {model_type} config ({first_line(exc)}); "
+                            "the artefact is damaged: prune the model again")
 
 
 def build_skeleton(manifest: dict, dtype: torch.dtype | None = None):
@@ -99,8 +107,11 @@ def build_skeleton(manifest: dict, dtype: torch.dtype | None = None):
 
     config = manifest_config(manifest)
     dtype = dtype or getattr(torch, manifest.get("dtype", "float32"))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:  # sizes the config class accepts but the model cannot be built with (zero heads)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except user_file_errors() as exc:
+        raise _damaged_config(config.model_type, exc) from exc
     fam = get_family(model)
     if fam.n_layers != len(manifest["layers"]):
         raise RankAdaptorError(f"pruning.json lists {len(manifest['layers'])} layers but its config has {fam.n_layers}")
@@ -193,8 +204,9 @@ def _check_manifest(manifest: dict, where: Path) -> None:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise RankAdaptorError(f"{where}: layers[{i}].{key} = {v!r}; expected a positive integer")
     dtype = manifest.get("dtype", "float32")
-    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise RankAdaptorError(f"{where}: dtype {dtype!r} is not a torch dtype name such as 'float32'")
+    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype) \
+            or not getattr(torch, dtype).is_floating_point:
+        raise RankAdaptorError(f"{where}: dtype {dtype!r} is not a floating-point torch dtype name such as 'float32'")
 
 
 def load_pruned_tokenizer(directory):

@@ -31,7 +31,8 @@ import torch
 
 from rankadaptor import assets
 from rankadaptor.device import resolve_device
-from rankadaptor.errors import RankAdaptorError
+from rankadaptor.errors import RankAdaptorError, first_line, user_file_errors
+from rankadaptor.fileio import read_json
 from rankadaptor.models.artefact import load_pruned
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,17 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
     device = resolve_device(device)  # an unusable device fails before a slow load
     path = Path(spec_str).expanduser()
     if source == "alias":
-        path = assets.ensure(spec_str)
+        path = assets.ensure(spec_str)  # every file checked against the manifest's sha256 (assets._check)
         model, tok = _load_hf_dir(path, dtype)
-        sha = assets.manifest_sha256(spec_str, "model.safetensors")
+        sha = assets.manifest_sha256(spec_str, "model.safetensors")  # so this hash is the loaded bytes'
         return _finish(model, tok, spec_str, path, sha, "alias", device)
     if source == "gguf":
         model, tok = load_gguf(path, dtype)
         return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf", device)
     if source == "pruned":
+        tok = _load_tokenizer(path)
         model = load_pruned(path).to(dtype)
-        return _finish(model, _load_tokenizer(path), spec_str, path, weights_sha256(path), "pruned", device)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "pruned", device)
     if source == "local":
         model, tok = _load_hf_dir(path, dtype)
         return _finish(model, tok, spec_str, path, weights_sha256(path), "local", device)
@@ -107,20 +109,39 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
 
 
 def _load_hf_dir(path: Path, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    # cheap parts first, each blamed on its own file: config.json, the tokenizer, then the weights
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except user_file_errors() as exc:
+        raise RankAdaptorError(f"{path / 'config.json'} cannot be used ({first_line(exc)}); it is damaged or not a "
+                               "transformers model config: save the model again with save_pretrained") from exc
+    tokenizer = _load_tokenizer(path)
     log.info("loading model from %s", path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    return model, _load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+    except user_file_errors() as exc:
+        raise RankAdaptorError(f"cannot load the model in {path}: {type(exc).__name__}: {first_line(exc)}; check "
+                               "its config.json and weights files, or save the model again with save_pretrained") from exc
+    return model, tokenizer
+
+
+# files one of which a tokenizer needs (tokenizer_config.json alone only says which class to build)
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer.tiktoken")
 
 
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
+    if not any((path / f).is_file() for f in VOCAB_FILES):
+        raise RankAdaptorError(f"{path} has no tokenizer (none of {', '.join(VOCAB_FILES)}); save it next to the "
+                               f"model with tokenizer.save_pretrained({str(path)!r})")
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise RankAdaptorError(f"{path} has no loadable tokenizer ({exc}); save the tokenizer next to the model") from exc
+    except user_file_errors() as exc:
+        raise RankAdaptorError(f"the tokenizer in {path} cannot be loaded ({first_line(exc)}); save it again with "
+                               "tokenizer.save_pretrained") from exc
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
@@ -132,8 +153,8 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, **kw)
         gmodel = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kw)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise RankAdaptorError(f"cannot load GGUF {path}: {exc}") from exc
+    except user_file_errors() as exc:
+        raise RankAdaptorError(f"cannot load GGUF {path}: {first_line(exc)}") from exc
     # transformers marks a GGUF-loaded model as quantised and refuses to save it; rebuild the
     # same architecture from a config without the quantisation entry and move the weights over.
     cfg_dict = gmodel.config.to_dict()
@@ -162,17 +183,17 @@ def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str], device) -> Load
     offline_hint = (f"no local path {spec!r} exists and the Hugging Face hub is not reachable from here, "
                     f"so the hub id {spec!r} cannot be downloaded; "
                     f"use an alias ({', '.join(aliases)}), a local Hugging Face model directory, or a .gguf file")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable()
+    offline = hub_unreachable()
     if offline and not _in_hf_cache(spec):
         raise RankAdaptorError(offline_hint)  # before transformers retries the network for ~30 s
     try:
         with _hub_offline(offline):
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=offline)
             tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
-    except OSError as exc:
-        if offline:
+    except user_file_errors() as exc:
+        if offline and isinstance(exc, OSError):
             raise RankAdaptorError(offline_hint) from exc
-        raise RankAdaptorError(f"cannot load {spec!r} from the hub: {exc}") from exc
+        raise RankAdaptorError(f"cannot load {spec!r} from the hub: {first_line(exc)}") from exc
     snapshot = _hf_cache_snapshot(spec)  # where the hub files now lie, for the identity hash
     sha = weights_sha256(snapshot) if snapshot else None
     return _finish(model, tok, spec, snapshot or Path(spec), sha, "hub", device)
@@ -212,6 +233,11 @@ def _hub_offline(offline: bool) -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old_env
 
 
+def hub_unreachable() -> bool:
+    """True when the Hugging Face hub cannot be used: ``HF_HUB_OFFLINE`` is set, or it does not answer."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable()
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """One short request to the hub endpoint (honours proxies); DNS failure returns at once."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
@@ -240,8 +266,31 @@ def weights_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_bytes(spec: str | os.PathLike) -> int:
+    """Bytes of ``spec``'s weight files on disk (0 when unknown: a hub id, an alias not fetched yet).
+
+    Cheap (file sizes only): commands use it to check, before any work, that an output of about
+    this size fits on the disk.
+    """
+    source = model_source(spec)
+    if source == "hub":
+        return 0
+    if source == "alias":
+        try:
+            files = read_json(assets.asset_dir(str(spec)) / assets.MANIFEST)["files"]
+        except (RankAdaptorError, KeyError, TypeError):
+            return 0
+        return sum(int(m["size"]) for rel, m in files.items() if Path(rel).suffix in WEIGHT_SUFFIXES)
+    path = Path(spec).expanduser()
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+    return sum(f.stat().st_size for f in files)
+
+
 def _finish(model, tok, spec: str, path: Path, sha: str | None, source: str, device) -> LoadedModel:
+    from rankadaptor.checks import CORRUPT_WEIGHTS, finite_tensors
+
     model.to(device).eval()  # weights are read on the CPU first; one copy to the device after
+    finite_tensors(model.named_parameters(), f"model {spec}", CORRUPT_WEIGHTS)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # batching needs a pad token; eos is the usual choice
     cfg = model.config

@@ -16,6 +16,7 @@ completed is evaluated again, a completed plan never is.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,22 @@ class HeartbeatConfig:
                 f"intervals, e.g. {4 * self.interval}): otherwise a live trial between two heartbeats looks crashed")
 
 
+# a study name is data (stored in the database), but it also names the default SQLite file: no
+# path separators, no leading dot or dash, nothing a shell or a filesystem treats specially
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_study_name(name: str) -> str:
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
+        raise RankAdaptorError(f"--study {name!r} is not a valid study name: use 1-128 letters, digits, '.', '_' or "
+                               "'-', starting with a letter or digit (it also names the default <study>.db file in "
+                               "the working directory)")
+    return name
+
+
 def default_storage_url(study: str) -> str:
-    return f"sqlite:///{study}.db"
+    """``sqlite:///<study>.db`` in the working directory (the name is checked to be a plain file name)."""
+    return f"sqlite:///{check_study_name(study)}.db"
 
 
 def check_storage_url(url: str):
@@ -83,11 +98,21 @@ def check_storage_url(url: str):
         raise RankAdaptorError(
             f"--storage {shown!r}: the database driver {parsed.get_driver_name()!r} is not available "
             f"({exc}); install it: {BACKENDS[backend][1]}") from None
-    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        parent = Path(parsed.database).expanduser().resolve().parent
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or ":memory:" in database or parsed.query.get("mode") == "memory":
+            raise RankAdaptorError(f"--storage {shown!r} is an in-memory SQLite database: other workers cannot share "
+                                   "it and nothing is kept to resume from; use a file, e.g. sqlite:///study.db")
+        parent = Path(database).expanduser().resolve().parent
         if not parent.is_dir():
             raise RankAdaptorError(f"--storage {shown!r}: directory {parent} does not exist; create it first "
                                    "or point the URL at an existing directory")
+        from rankadaptor.fileio import not_writable
+
+        problem = not_writable(parent)
+        if problem:
+            raise RankAdaptorError(f"--storage {shown!r}: cannot write in {parent} ({problem}); point the URL at a "
+                                   "writable directory")
     return parsed
 
 

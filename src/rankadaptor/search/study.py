@@ -24,8 +24,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.fileio import check_output, require_file
 from rankadaptor.search.sampler import STRATEGIES
 from rankadaptor.search.space import SearchSpace
+from rankadaptor.search.storage import check_study_name
 from rankadaptor.search.surrogates import DEFAULT_SURROGATE
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class SearchSettings:
         from rankadaptor.search.space import GRANULARITIES
         from rankadaptor.search.surrogates import SURROGATES
 
+        check_study_name(self.study)  # it names the default <study>.db: never a path
         if self.strategy not in STRATEGIES:
             raise RankAdaptorError(f"strategy {self.strategy!r} unknown; choose from {list(STRATEGIES)}")
         if self.surrogate not in SURROGATES:
@@ -103,13 +106,11 @@ class SearchSettings:
         if self.finalize and not self.out:
             raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
                                    "(--no-finalize)")
-        if self.out and Path(self.out).exists():
-            raise RankAdaptorError(f"--out {self.out} already exists; choose a new file (results are never overwritten)")
-        if self.out and self.finalize and self.report_dir().exists():  # found only after the whole search otherwise
-            raise RankAdaptorError(f"report directory {self.report_dir()} already exists; choose another --out or "
-                                   "--report (results are never overwritten)")
-        if self.meta and not Path(self.meta).is_file():
-            raise RankAdaptorError(f"--meta file {self.meta} not found")
+        if self.meta:
+            require_file(self.meta, "--meta file")
+        if self.out and self.finalize:  # found only after the whole search otherwise
+            check_output(self.out, inputs=[self.meta], size=1 << 20, hold=False)
+            check_output(self.report_dir(), flag="--report", inputs=[self.meta], size=8 << 20, hold=False)
 
     def report_dir(self) -> Path:
         if self.report:
