@@ -79,6 +79,7 @@ class CachedObjective:
 def one_strategy(strategy, space, objective, args, identity):
     import optuna
 
+    from rankadaptor.search.storage import open_storage
     from rankadaptor.search.engine import SearchConfig, finalize, history, open_study, run_search
     from rankadaptor.search.sampler import completed_data, make_sampler
 
@@ -86,7 +87,7 @@ def one_strategy(strategy, space, objective, args, identity):
     db.unlink(missing_ok=True)  # a benchmark run starts its studies fresh
     sampler = make_sampler(strategy, space, seed=args.seed,
                            **(dict(n_initial=max(3, args.trials // 3)) if strategy != "random" else {}))
-    study = open_study(f"{strategy}-{args.seed}", f"sqlite:///{db}", space, identity, strategy,
+    study = open_study(f"{strategy}-{args.seed}", open_storage(f"sqlite:///{db}"), space, identity, strategy,
                        objective.direction, sampler)
     cfg = SearchConfig(n_trials=args.trials, patience=args.trials, final_seeds=args.final_seeds, seed=args.seed)
     t0 = time.perf_counter()

@@ -69,7 +69,7 @@ def test_report_table_and_verdicts(tmp_path):
 
 
 def test_heldout_prefix_gives_the_same_perplexity():
-    from rankadaptor.demo.units import texts_for_tokens
+    from rankadaptor.experiments import texts_for_tokens
     from rankadaptor.eval.perplexity import perplexity, token_stream
     from tests.tiny_models import tiny_llama, tiny_tokenizer
 

@@ -1,4 +1,4 @@
-"""AdaLoRA baseline (seed 001's third baseline) through PEFT, with an equal-parameter final budget.
+"""AdaLoRA baseline (RankAdaptor's third baseline) through PEFT, with an equal-parameter final budget.
 
 PEFT's AdaLoRA needs ``total_step`` and a call to ``update_and_allocate(step)`` after every
 optimizer step, or it silently trains as plain LoRA; the ``AdaLoraCallback`` makes that call

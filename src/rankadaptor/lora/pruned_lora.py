@@ -1,4 +1,4 @@
-"""PrunedLoRA (seed 002): start LoRA at rank R0 and prune rank components during training.
+"""PrunedLoRA: start LoRA at rank R0 and prune rank components during training.
 
 Every ``prune_every`` steps after ``warmup_steps``, the least important rank components (column j
 of B with row j of A) are removed: ``prune_k`` per module (``scope="module"``, every module ends at

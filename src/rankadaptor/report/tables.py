@@ -1,7 +1,7 @@
 """Table 2-style comparison tables (methods × seven tasks, mean ± 95 % CI over seeds).
 
 Input is a list of runs, each ``{"method": str, "seed": int, "results": <evaluate() output>}``.
-Metric per task follows LLM-Pruner's reporting (the convention seed 001 inherits): ``acc`` for
+Metric per task follows LLM-Pruner's reporting (the convention RankAdaptor inherits): ``acc`` for
 BoolQ, PIQA, WinoGrande and ARC-e, ``acc_norm`` for HellaSwag, ARC-c and OpenBookQA.
 """
 
