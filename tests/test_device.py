@@ -118,7 +118,8 @@ def test_cli_device_cpu_reaches_load_model(tmp_path, saved, monkeypatch):
     out = tmp_path / "ad"
     assert main(["--threads", "1", "--device", "cpu", *_recover_args(saved, out)]) == 0
     assert (out / "adapter_model.safetensors").is_file()
-    assert spy.calls == [(None, "cpu", torch.device("cpu"))]
+    # the estimate's weightless copy and the load itself both follow the flag
+    assert spy.calls and set(spy.calls) == {(None, "cpu", torch.device("cpu"))}
     assert dev._default is None  # the flag does not outlive the command
 
 

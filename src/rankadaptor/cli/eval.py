@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                         "with each document's context run once (tested to give the same acc/acc_norm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="results JSON file to write (refuses to overwrite)")
+    from rankadaptor.cli.scale_flags import add_device_map_arguments
+
+    add_device_map_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -80,6 +83,9 @@ def _ppl_text(path: str | None) -> tuple[list[str], str]:
 
 def run(args) -> int:
     out = _check_args(args)  # bad input fails before the model loads
+    from rankadaptor.cli.scale_flags import device_map_args
+
+    placement = device_map_args(args)
     ppl_docs, ppl_source = _ppl_text(args.ppl_text) if args.ppl else (None, None)
 
     import torch
@@ -94,7 +100,7 @@ def run(args) -> int:
         refuse_same_path(args.adapter, out)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, **placement)
     model, adapter_identity = loaded.model, None
     if args.adapter is not None:
         model, adapter_identity = load_adapter(model, args.adapter)

@@ -108,6 +108,21 @@ def settings_from_args(args):
         report=args.report)
 
 
+def _estimate(args) -> None:
+    """Each trial's recovery (RecoveryConfig's defaults at the largest candidate rank), before the model loads."""
+    from rankadaptor.cli.scale_flags import print_estimate
+    from rankadaptor.estimate import estimate_recover
+    from rankadaptor.lora.ranks import RankPlan, count_lora_params, decoder_layer_names
+    from rankadaptor.lora.recover import RecoveryConfig
+    from rankadaptor.models.loading import skeleton
+
+    model = skeleton(args.model)
+    if model is not None:
+        cfg = RecoveryConfig()
+        widest = RankPlan.uniform(len(decoder_layer_names(model)), max(args.candidates))
+        print_estimate(estimate_recover(model, cfg.batch_size, cfg.seq_len, count_lora_params(model, widest)), args)
+
+
 def run(args) -> int:
     import torch
 
@@ -136,6 +151,7 @@ def run(args) -> int:
         from rankadaptor.lora.ranks import layer_costs
         from rankadaptor.models.loading import load_model
 
+        _estimate(args)
         loaded = load_model(args.model)
         costs = layer_costs(loaded.model)
         make_space(settings, costs)  # an unreachable budget fails before the first trial

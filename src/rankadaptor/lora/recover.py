@@ -14,6 +14,13 @@ Callbacks are plain objects; any of these methods is called if present:
 * ``state_dict()`` / ``load_state_dict(state)``: a callback with state (PrunedLoRA's masks and
   statistics, AdaLoRA's allocator) is saved in checkpoints and restored after ``on_train_begin``
 
+Precision and memory: the frozen base trains in whatever dtype it was loaded in (``--dtype``);
+the LoRA weights, their gradients and AdamW's state are float32 for every method.
+``RecoveryConfig.gradient_checkpointing`` recomputes each decoder block's activations in the
+backward pass instead of keeping them. ``recover(..., distill=Distiller(teacher))`` replaces the
+next-token loss by the distillation loss of ``rankadaptor.lora.distill`` (callbacks still see the
+gradients of the whole step).
+
 Checkpoints (``RecoveryConfig.checkpoint_every = N``, ``recover --checkpoint-every N``): every N
 steps the trainable weights, optimizer state, RNG states, loss curves and callback states are saved
 (safetensors + JSON, ``rankadaptor.lora.checkpoint``) in ``OUT.checkpoints/``; the data position
@@ -39,6 +46,8 @@ from typing import Any
 
 from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.lora.memory import (dtype_of, disable_gradient_checkpointing, enable_gradient_checkpointing,
+                                     lora_in_float32)
 from rankadaptor.lora.ranks import PlanMethod, RankPlan
 
 log = logging.getLogger(__name__)
@@ -62,6 +71,7 @@ class RecoveryConfig:
     threads: int | None = None
     max_val: int = 32  # held-out examples used for the validation loss
     checkpoint_every: int = 0  # steps between resumable checkpoints (beside ``out``); 0 = none
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more time
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -121,6 +131,10 @@ def _check_types(config) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
         kind = _FIELD_TYPES.get(f.name)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise RankAdaptorError(f"{f.name} = {value!r} must be true or false")
+            continue
         if value is None and (f.name in _OPTIONAL or kind is None):
             continue
         # numbers.* so that NumPy scalars (e.g. a seed from a sampler) pass too
@@ -132,7 +146,8 @@ def _check_types(config) -> None:
 
 _FIELD_TYPES = {"max_steps": int, "epochs": float, "lr": float, "batch_size": int, "micro_batch_size": int,
                 "seq_len": int, "seed": int, "warmup_steps": int, "weight_decay": float, "eval_every": int,
-                "max_grad_norm": float, "threads": int, "max_val": int, "checkpoint_every": int}
+                "max_grad_norm": float, "threads": int, "max_val": int, "checkpoint_every": int,
+                "gradient_checkpointing": bool}
 _OPTIONAL = {"max_steps", "epochs", "micro_batch_size", "max_grad_norm", "threads"}
 
 
@@ -145,7 +160,7 @@ class RecoveryResult:
 # ---- the loop ------------------------------------------------------------------------------------
 def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConfig | None = None, data=None,
             callbacks=(), method=None, out=None, overwrite: bool = False,
-            identity: dict | None = None, checkpoint_dir=None) -> RecoveryResult:
+            identity: dict | None = None, checkpoint_dir=None, distill=None) -> RecoveryResult:
     """Train LoRA on ``model`` (modified in place) and return the PeftModel with its record.
 
     With ``config.checkpoint_every = N`` a resumable checkpoint is written every N steps to
@@ -165,6 +180,9 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         method = PlanMethod(plan)
     if hasattr(method, "validate"):
         method.validate(model)  # bad ranks / modules fail before any data is read or trained
+    dev.check_trainable(model)  # e.g. a float16 base on the CPU
+    if distill is not None:
+        distill.check(model, tokenizer)  # a teacher with another vocabulary
     if out is not None:
         if Path(out).exists() and not overwrite:
             raise RankAdaptorError(f"output directory {out} already exists; choose another --out or remove it")
@@ -186,7 +204,8 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
     torch.manual_seed(config.seed)  # LoRA's A init and dropout masks follow the seed
     peft_model, method_callbacks, info = method.prepare(model, config, total_steps)
     callbacks = list(method_callbacks) + list(callbacks)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
+    params = lora_in_float32(peft_model)
+    use_cache = enable_gradient_checkpointing(peft_model) if config.gradient_checkpointing else None
     trainable = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     method_name = getattr(method, "name", type(method).__name__)
@@ -194,6 +213,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         method=method_name, method_settings=method.settings() if hasattr(method, "settings") else None,
         info=info, model=identity, data=data.identity, config=asdict(config), total_steps=total_steps,
         trainable={n: list(p.shape) for n, p in peft_model.named_parameters() if p.requires_grad},
+        **({"distill": distill.settings()} if distill is not None else {}),
     )
     _call(callbacks, "on_train_begin", peft_model, optimizer, total_steps)
 
@@ -222,10 +242,15 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = order[step]  # the data position is the step: a resumed run reads the same batches
-        step_loss = 0.0
+        step_loss, parts = 0.0, {}
         for m in range(accum):
             batch = dev.move(_collate([data.train[i] for i in idx[m::accum]], pad_id), device)
-            loss = peft_model(**batch).loss / accum
+            if distill is None:
+                loss = peft_model(**batch).loss / accum
+            else:
+                loss, terms = distill.loss(peft_model, batch)
+                loss = loss / accum
+                parts = {k: parts.get(k, 0.0) + v / accum for k, v in terms.items()}
             loss.backward()
             step_loss += float(loss.detach())
         _call(callbacks, "on_after_backward", step, peft_model)
@@ -238,7 +263,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         if not math.isfinite(step_loss):
             raise RankAdaptorError(f"training loss became {step_loss} at step {step}; lower --lr")
         curve.append({"step": step + 1, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                      "seconds": time.perf_counter() - t_step})
+                      "seconds": time.perf_counter() - t_step, **parts})
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
             val_curve.append({"step": step + 1, "val_loss": validation_loss(peft_model, data.val, pad_id, config)})
             peft_model.train()
@@ -250,6 +275,8 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
     val_loss = validation_loss(peft_model, data.val, pad_id, config)
     val_curve.append({"step": total_steps, "val_loss": val_loss})
     _call(callbacks, "on_train_end", peft_model)
+    if config.gradient_checkpointing:
+        disable_gradient_checkpointing(peft_model, use_cache)
     peft_model.eval()
 
     record = {
@@ -266,10 +293,15 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         "seed": config.seed,
         "train_seconds": train_seconds,
         "seconds_per_step": train_seconds / total_steps,
+        "dtype": dtype_of(peft_model, trainable=False),  # the frozen base's precision
+        "lora_dtype": dtype_of(peft_model, trainable=True),
+        "device": str(device),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
     if resumed:
         record["resumed_after_steps"] = resumed
+    if distill is not None:
+        record["distill"] = distill.settings()
     for cb in callbacks:  # callbacks may add their own results (e.g. final AdaLoRA ranks)
         if hasattr(cb, "record"):
             record.update(cb.record())

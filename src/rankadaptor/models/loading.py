@@ -125,7 +125,7 @@ def skeleton(spec: str | os.PathLike, dtype=None):
 
     spec_str = str(spec)
     source = model_source(spec_str)
-    dtype = dev.resolve_dtype(dtype, torch.device("cpu")) if dtype is None else dtype
+    dtype = dev.resolve_dtype(dtype, resolve_device(None)) if not isinstance(dtype, torch.dtype) else dtype
     path = Path(spec_str).expanduser()
     if source == "pruned":
         from rankadaptor.fileio import read_json
