@@ -120,11 +120,10 @@ class Estimate:
         return self.available is None or self.peak <= USABLE * self.available
 
     def summary(self) -> str:
-        parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in self.parts.items() if v)
-        free = f" of {self.available / GIB:.1f} GiB available" if self.available is not None else ""
-        time_s = f"; ~{self.seconds:.3g} s per {self.what} step at {self.rate / 1e9:.0f} GFLOP/s" if self.seconds else ""
-        return (f"estimate for {self.what} on {self.device} ({self.dtype}): peak {self.peak / GIB:.2f} GiB{free} "
-                f"({parts} GiB){time_s}")
+        parts = ", ".join(f"{k} {size(v)}" for k, v in self.parts.items() if v)
+        free = f" of {size(self.available)} available" if self.available is not None else ""
+        time_s = f"; ~{self.seconds:.3g} s per {self.what} step at {self.rate / 1e9:.1f} GFLOP/s" if self.seconds else ""
+        return f"estimate for {self.what} on {self.device} ({self.dtype}): peak {size(self.peak)}{free} ({parts}){time_s}"
 
     def to_dict(self) -> dict:
         return {"what": self.what, "device": self.device, "dtype": self.dtype, "parts_bytes": dict(self.parts),
@@ -206,14 +205,19 @@ def check(est: Estimate, force: bool = False) -> None:
     """Refuse, with the numbers, a run that will not fit (``force``: warn and go on)."""
     if est.fits():
         return
-    msg = (f"this run needs about {est.peak / GIB:.2f} GiB but {est.device} has {est.available / GIB:.2f} GiB "
-           f"available ({est.summary()}); lower --batch-size (or --micro-batch-size) or --seq-len, add "
+    msg = (f"this run needs about {size(est.peak)} but {est.device} has {size(est.available)} available "
+           f"({est.summary()}); lower --batch-size (or --micro-batch-size) or --seq-len, add "
            "--gradient-checkpointing, use --dtype bfloat16, spread the model with --device-map auto, or pass "
            "--no-memory-check to run anyway")
     if force:
         log.warning("%s", msg)
         return
     raise RankAdaptorError(msg)
+
+
+def size(n: float) -> str:
+    """Bytes as people read them: MiB below a GiB, GiB above."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def available_memory(device) -> int | None:
