@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     placement = scale_flags.device_map_args(args)
     teacher_spec, distill_config = scale_flags.distill_config(args)
+    scale_flags.check_placement(args.model, placement)
     _estimate(args, config, file_plan, method, teacher_spec, distill_config)  # refuses what cannot fit
 
     loaded = load_model(args.model, **placement)

@@ -32,6 +32,18 @@ def device_map_args(args) -> dict:
     return {"device_map": args.device_map, "allow_offload": args.allow_cpu_offload}
 
 
+def check_placement(spec: str, placement: dict) -> None:
+    """Plan the device map on the weightless model now: one that cannot be placed fails before any estimate."""
+    if not placement:
+        return
+    from rankadaptor.device import plan_device_map
+    from rankadaptor.models.loading import skeleton
+
+    model = skeleton(spec)
+    if model is not None:
+        plan_device_map(model, placement["device_map"], placement["allow_offload"])
+
+
 def add_recovery_scale_arguments(p) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each decoder block's activations in the backward pass: far less memory, "
