@@ -23,6 +23,7 @@ TRAINING_COMMANDS = {"demo", "prune", "recover", "search"}  # they run backward 
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
     "assets": "rankadaptor.cli.assets",
+    "compare": "rankadaptor.cli.compare",
     "compress": "rankadaptor.cli.compress",
     "demo": "rankadaptor.cli.demo",
     "eval": "rankadaptor.cli.eval",

@@ -297,7 +297,10 @@ def finalize(study: optuna.Study, space: SearchSpace, objective: Objective, conf
     if len(seeds) >= 2:
         diff = paired_difference([sign * s for s in best["scores"]], [sign * s for s in base_scores])
         report["difference_vs_uniform"] = {**diff, "note": "best minus uniform, oriented so that > 0 is better"}
-        if not diff["significant"]:
+        if diff["verdict"] == "no test":
+            messages.append(f"no test: best vs uniform differs by {diff['mean']:+.4f} on {len(seeds)} seeds "
+                            "(fewer than 3 seeds or the same difference on each): no claim either way")
+        elif not diff["significant"]:
             messages.append(f"NOT significant: best vs uniform differs by {diff['mean']:+.4f} "
                             f"(95% CI {diff['ci_low']:+.4f} .. {diff['ci_high']:+.4f}, {len(seeds)} seeds)")
         else:
