@@ -252,13 +252,15 @@ def matmul_rate(device, dtype, seconds: float = 0.15) -> float:
 
 
 class PeakMemory:
-    """``with PeakMemory(device) as peak: ...``; then ``peak.bytes`` is the peak above the level at entry."""
+    """``with PeakMemory(device) as peak: ...``; then ``peak.bytes`` is the peak above the level at entry
+    and ``peak.total`` the peak itself (allocated tensors on a GPU, the resident set on the CPU)."""
 
     def __init__(self, device=None):
         import torch
 
         self.device = device if isinstance(device, torch.device) else dev.resolve_device(device)
         self.bytes: int | None = None
+        self.total: int | None = None
 
     def __enter__(self) -> "PeakMemory":
         import torch
@@ -277,9 +279,10 @@ class PeakMemory:
 
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+            self.total = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.bytes = _proc_status("VmHWM") - self._start
+            self.total = _proc_status("VmHWM")
+        self.bytes = self.total - self._start
 
 
 def _proc_status(key: str) -> int:
