@@ -83,7 +83,7 @@ def one_run(variant: str, seed: int, args, pruned, teacher, data) -> dict:
             "seconds_per_step": statistics.median(steps[1:] or steps), "train_seconds": rec["train_seconds"],
             "loss_curve": [round(c["loss"], 4) for c in rec["loss_curve"]],
             "kl_curve": [round(c["kl"], 4) for c in rec["loss_curve"]] if distill else None,
-            "ppl": scores["perplexity"]["ppl"], "avg": 100 * paper_average(scores["tasks"]),
+            "ppl": scores["perplexity"]["perplexity"], "avg": 100 * paper_average(scores["tasks"]),
             "tasks": {t: {k: v.get(k) for k in ("acc", "acc_norm", "n")} for t, v in scores["tasks"].items()},
             "eval": scores, "measure_seconds": time.perf_counter() - t0,
             "dtype": rec["dtype"], "lora_dtype": rec["lora_dtype"], "distill": rec.get("distill")}
@@ -100,6 +100,20 @@ def summarise(runs: list[dict]) -> dict:
         out["distill_minus_plain"] = {k: paired_difference([a[k] for a, _ in pairs], [b[k] for _, b in pairs])
                                       for k, _, _ in KEYS}
     return out
+
+
+def compare_documents(runs: list[dict]) -> dict | None:
+    """The seven-task average and perplexity, distilled − plain, by ``eval.compare``'s paired bootstrap over
+    documents (and perplexity windows) × seeds: the same documents, so a document-level interval."""
+    from rankadaptor.eval.compare import compare_results
+
+    a = [r["eval"] for r in runs if r["variant"] == "distill"]
+    b = [r["eval"] for r in runs if r["variant"] == "plain"]
+    if not a or not b:
+        return None
+    out = compare_results(a, b, names_a=[f"distill seed {r['seed']}" for r in runs if r["variant"] == "distill"],
+                          names_b=[f"plain seed {r['seed']}" for r in runs if r["variant"] == "plain"])
+    return {"average": out["average"], "perplexity": out["perplexity"], "settings": out["settings"]}
 
 
 def markdown(results: dict) -> str:
@@ -120,6 +134,14 @@ def markdown(results: dict) -> str:
         d = s.get("distill_minus_plain", {}).get(key)
         diff = _ci(d, digits) if d else "–"
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {diff} | {verdict_of(d) if d else '–'} |")
+    docs = results.get("documents")
+    if docs:
+        avg, ppl = docs["average"], docs["perplexity"]
+        lines += ["", f"Over documents × seeds ({docs['settings']['method']}, {docs['settings']['n_boot']} replicates): "
+                  f"seven-task average distilled − plain {100 * avg['diff']:+.2f} points "
+                  f"[{100 * avg['ci_low']:+.2f}, {100 * avg['ci_high']:+.2f}], {avg['verdict']}"
+                  + (f"; perplexity {ppl['diff']:+.3f} [{ppl['ci_low']:+.3f}, {ppl['ci_high']:+.3f}], {ppl['verdict']}"
+                     if ppl else "") + "."]
     lines += ["", f"Hardware: {results['hardware']}; seconds per step are the median of steps 2.. of each run, "
               "measured with other jobs on the machine."]
     return "\n".join(lines) + "\n"
@@ -163,7 +185,8 @@ def main(argv=None) -> None:
                 path.write_text(json.dumps(run))
             runs.append(run)
             results = {"settings": settings, "runs": [{k: v for k, v in r.items() if k != "eval"} for r in runs],
-                       "summary": summarise(runs), "hardware": provenance(None)["hardware"]}
+                       "summary": summarise(runs), "documents": compare_documents(runs),
+                       "hardware": provenance(None)["hardware"]}
             paths = write_results(args.name, results, markdown(results))
     print(paths["markdown"].read_text())
 
