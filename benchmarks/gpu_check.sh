@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.." || exit 2
 out="${1:-${OUT:-benchmarks/results/gpu_check}}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
-if ls .whl/*.whl > /dev/null 2>&1; then
+if ! "$py" -c "import lm_eval, datasets" > /dev/null 2>&1 && ls .whl/*.whl > /dev/null 2>&1; then
   site="${TMPDIR:-/tmp}/rankadaptor-gpu-check-site"
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
     && export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
