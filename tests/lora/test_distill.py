@@ -90,8 +90,12 @@ def test_lm_heads_see_only_trained_positions_and_the_teacher_no_gradient():
     assert trained == 11 + 4  # 12 and 5 tokens, each predicting all but its first
     assert sum(rows) == 2 * trained and max(rows) <= 4  # chunks of <= 4 rows, no padded position
     rows.clear()
-    loss.backward()  # the chunks' logits (both heads: ~2 % of a 7B step) are recomputed, not kept
+    loss.backward()  # the chunks' logits (both heads) are recomputed, not kept
     assert sum(rows) == 2 * trained
+    rows.clear()
+    loss, _ = Distiller(teacher, DistillConfig(chunk_tokens=trained)).loss(student, batch)
+    loss.backward()  # one chunk: kept like a plain loss's logits, nothing recomputed
+    assert rows == [trained, trained]
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
 
 

@@ -10,9 +10,10 @@ Logit distillation from the unpruned model is how Minitron and Recover-LoRA reco
 Memory. Full-vocabulary logits of a 4×256 batch under Llama-3's 128k vocabulary take 0.5 GB per
 float32 copy, and a KL needs several copies for two models. So neither model runs its LM head on
 the whole padded batch: the decoders' final hidden states are gathered at the trained positions
-only, the LM heads run on ``chunk_tokens`` of those rows at a time, and each chunk's loss is
-checkpointed (both heads' logits are recomputed in the backward pass rather than kept: about 2 % of
-a 7B model's step, for memory that no longer grows with the batch). The teacher runs
+only. Up to ``chunk_tokens`` of those rows the LM heads run at once (memory as a plain loss's);
+beyond, they run ``chunk_tokens`` rows at a time and each chunk's loss is checkpointed (both heads'
+logits are recomputed in the backward pass rather than kept, for memory that no longer grows with
+the batch). The teacher runs
 under ``torch.inference_mode``, once per micro-batch, and its weights never see a gradient.
 
 Every recovery method trains with it unchanged (it only replaces the loss); AdaLoRA's orthogonal
@@ -88,9 +89,11 @@ class Distiller:
         head_s, head_t = _lm_head(student), _lm_head(self.teacher)
         step = self.config.chunk_tokens
         for i in range(0, n, step):
-            k, c = torch.utils.checkpoint.checkpoint(_chunk_terms, h_s[i:i + step], h_t[i:i + step],
-                                                     targets[i:i + step], head_s, head_t, self.config.temperature,
-                                                     use_reentrant=False)
+            args = (h_s[i:i + step], h_t[i:i + step], targets[i:i + step], head_s, head_t, self.config.temperature)
+            if n <= step:  # one chunk: its logits live as long as a plain loss's would; nothing to recompute
+                k, c = _chunk_terms(*args)
+            else:
+                k, c = torch.utils.checkpoint.checkpoint(_chunk_terms, *args, use_reentrant=False)
             kl, ce = kl + k, ce + c
         kl, ce = kl / n, ce / n
         a, t = self.config.alpha, self.config.temperature
