@@ -1,22 +1,26 @@
-"""``rankadaptor search MODEL --study NAME --trials N --out ranks.json``: RankAdaptor rank search.
+"""``rankadaptor search MODEL --study NAME --trials N --out ranks.json``: rank search (RankAdaptor).
 
 Resumable: the study lives in a database (an SQLite file by default; ``--storage URL``, e.g.
 PostgreSQL, for many machines), so running the same command again continues it, and several
 workers may run it on one study at once (create it first with ``--create-only``; add
 ``--no-finalize`` to all but one). A worker killed mid-trial is noticed by its missing heartbeat
-and its plan is retried by another worker (docs/distributed.md). ``--strategy random|tpe`` runs
-the baselines through the same engine. ``--objective synthetic`` is a test-only objective (a
-known function of the rank vector plus noise, no model) used by the tests and benchmarks.
+and its plan is retried by another worker (docs/distributed.md). ``--strategy random|tpe|gp`` runs
+the baselines through the same engine; ``--granularity module`` gives every module its own rank.
+``--objective package.module:function`` searches against your own evaluation (contract in
+``rankadaptor.search.objective``); ``--objective synthetic`` is a test-only objective (a known
+function of the ranks plus noise, no model) used by the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from rankadaptor.metrics import TASKS
 
 log = logging.getLogger(__name__)
+BUILTIN_OBJECTIVES = ("average", "loss", *TASKS, "synthetic")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -26,8 +30,26 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers, e.g. 2,4,6,8") from None
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} must be KEY=VALUE (VALUE read as JSON when it parses, e.g. "
+                                         "noise=0.002)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _objective(text: str) -> str:
+    if text in BUILTIN_OBJECTIVES or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a built-in objective ({', '.join(BUILTIN_OBJECTIVES[:-1])}) "
+                                     "nor an importable path package.module:function")
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("search", help="search per-layer LoRA ranks with a performance model (RankAdaptor)",
+    p = sub.add_parser("search", help="search LoRA ranks per layer or per module with a surrogate (RankAdaptor)",
                        description=__doc__)
     p.add_argument("model", metavar="MODEL", help="model spec (alias, directory, GGUF, pruned artefact)")
     p.add_argument("--study", required=True, help="study name in the storage (resumed if it exists)")
@@ -47,42 +69,61 @@ def add_parser(sub) -> None:
                    help="times a crashed trial's plan is queued again before it stays failed (default 2)")
     p.add_argument("--poll-interval", type=float, default=5.0, metavar="S",
                    help="seconds between looks at the study while other workers hold the remaining trials")
-    p.add_argument("--strategy", choices=("rankadaptor", "random", "tpe"), default="rankadaptor")
-    p.add_argument("--objective", choices=("average", "loss", *TASKS, "synthetic"), default="average",
-                   help="seven-task average accuracy, one task's accuracy, or held-out loss")
+    # names are checked by the library (rankadaptor.search: STRATEGIES, SURROGATES), which lists the valid ones;
+    # importing its tables here would load torch for every --help
+    p.add_argument("--strategy", default="rankadaptor",
+                   help="rankadaptor (surrogate-guided, default), random, tpe (Optuna TPE), gp (Optuna GP)")
+    p.add_argument("--surrogate", default=None,
+                   help="the rankadaptor strategy's model: ridge (default; additive Bayesian ridge on log-rank) or "
+                        "mlp (the paper's MLP ensemble; the default with --meta)")
+    p.add_argument("--granularity", default="layer",
+                   help="one rank per decoder layer (default, the paper's) or per module (q,k,v,o,gate,up,down)")
+    p.add_argument("--objective", type=_objective, default="average", metavar="NAME",
+                   help="seven-task 'average', one task's accuracy, held-out 'loss', or your own "
+                        "package.module:function (see rankadaptor.search.objective)")
+    p.add_argument("--objective-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for an --objective factory (repeatable; VALUE parsed as JSON)")
+    p.add_argument("--direction", choices=("maximize", "minimize"), default=None,
+                   help="direction of an --objective function without a 'direction' attribute")
     p.add_argument("--budget", default="uniform:8",
                    help="LoRA parameter budget: 'uniform:R' (the count of uniform rank R), a number, or 'none'")
-    p.add_argument("--budget-tolerance", type=float, default=0.05, help="relative budget tolerance (default 0.05)")
-    p.add_argument("--candidates", type=_ints, default=(2, 4, 6, 8, 10, 12))
+    p.add_argument("--budget-tolerance", type=float, default=0.01, help="relative budget tolerance (default 0.01)")
+    p.add_argument("--candidates", type=_ints, default=None,
+                   help="rank candidates (default 2,4,6,8,10,12 per layer; 0..32 per module)")
     p.add_argument("--fixed-first", type=int, default=4, help="first layers kept at --fixed-rank (default 4)")
     p.add_argument("--fixed-last", type=int, default=2, help="last layers kept at --fixed-rank (default 2)")
     p.add_argument("--fixed-rank", type=int, default=8)
+    p.add_argument("--seed-plan", action="append", default=[], metavar="LABEL=FILE",
+                   help="a rank-plan JSON (e.g. another allocator's) offered to the initial design (repeatable)")
     p.add_argument("--steps", type=int, default=20, help="recovery steps per trial (full fidelity)")
+    p.add_argument("--final-steps", type=int, default=None, help="recovery steps of the final re-evaluations")
     p.add_argument("--limit", type=int, default=200, help="evaluation examples per task (full fidelity)")
     p.add_argument("--data", default=None, metavar="FILE",
                    help="recovery data (Alpaca JSON or plain text; default: the bundled offline corpus)")
     p.add_argument("--multi-fidelity", action="store_true",
-                   help="screen trials with --screen-steps/--screen-limit; finalists get the full budget")
+                   help="screen trials with --screen-steps/--screen-limit (one is required); finalists get the full budget")
     p.add_argument("--screen-steps", type=int, default=None)
     p.add_argument("--screen-limit", type=int, default=None)
-    p.add_argument("--n-initial", type=int, default=8, help="initial design size incl. the uniform baseline")
+    p.add_argument("--n-initial", type=int, default=8, help="initial design size incl. the uniform and seed plans")
+    p.add_argument("--noise-every", type=int, default=8,
+                   help="re-measure the uniform plan and the incumbent on a fresh seed every N trials (0 = never)")
     p.add_argument("--pool", type=int, default=10_000, help="random valid candidates scored per round")
     p.add_argument("--acquisition", choices=("ucb", "ei"), default="ucb")
     p.add_argument("--kappa", type=float, default=1.0, help="UCB exploration weight")
-    p.add_argument("--ensemble", type=int, default=5, help="performance-model ensemble size")
-    p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP hidden sizes (default 32,32,32)")
+    p.add_argument("--ensemble", type=int, default=5, help="MLP surrogate: ensemble size")
+    p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP surrogate: hidden sizes (default 32,32,32)")
     p.add_argument("--patience", type=int, default=8, help="convergence: trials without improvement")
     p.add_argument("--model-tolerance", type=float, default=0.5,
                    help="convergence: mean |pred-measured| / std(measured) over the last --patience trials")
     p.add_argument("--meta", default=None, metavar="FILE",
-                   help="rank-measurements JSON for offline meta-learning (all settings are source tasks)")
+                   help="rank-measurements JSON for offline meta-learning of the MLP surrogate's prior")
     p.add_argument("--meta-method", choices=("reptile", "pooled"), default="reptile")
-    p.add_argument("--final-seeds", type=int, default=3, help="seeds re-evaluating best and uniform (>= 3)")
+    p.add_argument("--final-seeds", type=int, default=3, help="fresh seeds re-evaluating the pick and uniform (>= 3)")
     p.add_argument("--finalists", type=int, default=1, help="top measured plans re-evaluated at full budget")
     p.add_argument("--no-finalize", action="store_true", help="only search (extra worker processes)")
     p.add_argument("--out", default=None, help="best plan JSON (RankPlan format for `recover --ranks`)")
     p.add_argument("--report", default=None, help="summary + plots directory (default <out>.search)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the study's seed: every screening trial runs on it")
     p.add_argument("--cv-every", type=int, default=1, help="report the model's CV Spearman every N trials")
     p.add_argument("--epochs", type=int, default=300, help=argparse.SUPPRESS)
     p.add_argument("--synthetic-layers", type=int, default=16, help=argparse.SUPPRESS)
@@ -91,18 +132,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def settings_from_args(args):
+def settings_from_args(args, seeds=()):
     """The parsed flags as the library's validated ``SearchSettings``."""
     from rankadaptor.search.study import SearchSettings
+    from rankadaptor.search.surrogates import DEFAULT_SURROGATE
 
     return SearchSettings(
-        study=args.study, trials=args.trials, storage=args.storage, strategy=args.strategy, budget=args.budget,
+        study=args.study, trials=args.trials, storage=args.storage, strategy=args.strategy,
+        surrogate=args.surrogate or ("mlp" if args.meta else DEFAULT_SURROGATE), granularity=args.granularity,
+        budget=args.budget,
         budget_tolerance=args.budget_tolerance, candidates=args.candidates, fixed_first=args.fixed_first,
         fixed_last=args.fixed_last, fixed_rank=args.fixed_rank, n_initial=args.n_initial, pool=args.pool,
         acquisition=args.acquisition, kappa=args.kappa, ensemble=args.ensemble, hidden=args.hidden,
-        epochs=args.epochs, patience=args.patience, model_tolerance=args.model_tolerance, meta=args.meta,
-        meta_method=args.meta_method, final_seeds=args.final_seeds, finalists=args.finalists,
-        finalize=not args.no_finalize, multi_fidelity=args.multi_fidelity, seed=args.seed,
+        epochs=args.epochs, patience=args.patience, model_tolerance=args.model_tolerance, noise_every=args.noise_every,
+        meta=args.meta, meta_method=args.meta_method, final_seeds=args.final_seeds, finalists=args.finalists,
+        finalize=not args.no_finalize, multi_fidelity=args.multi_fidelity, seed=args.seed, seeds=seeds,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, max_retry=args.max_retry,
         poll_interval=args.poll_interval, cv_every=args.cv_every, create_only=args.create_only, out=args.out,
         report=args.report)
@@ -119,19 +163,42 @@ def _estimate(args) -> None:
     model = skeleton(args.model)
     if model is not None:
         cfg = RecoveryConfig()
-        widest = RankPlan.uniform(len(decoder_layer_names(model)), max(args.candidates))
+        widest = RankPlan.uniform(len(decoder_layer_names(model)), max(args.candidates or (32,)))
         print_estimate(estimate_recover(model, cfg.batch_size, cfg.seq_len, count_lora_params(model, widest)), args)
+
+
+def _seed_plans(specs: list[str]):
+    from rankadaptor.errors import RankAdaptorError
+    from rankadaptor.lora.ranks import RankPlan
+
+    seeds = []
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            label, path = path or label, label
+        if not path:
+            raise RankAdaptorError(f"--seed-plan {spec!r} must be LABEL=FILE or FILE")
+        seeds.append((label, RankPlan.from_json(path)))
+    return seeds
+
+
+def _check_fidelity_flags(args) -> None:
+    from rankadaptor.errors import RankAdaptorError
+
+    if args.multi_fidelity and args.screen_steps is None and args.screen_limit is None and ":" not in args.objective:
+        raise RankAdaptorError("--multi-fidelity needs a cheaper screening fidelity: give --screen-steps and/or "
+                               "--screen-limit (without them every trial would run at full cost)")
 
 
 def run(args) -> int:
     import torch
 
     from rankadaptor.fileio import refuse_bad_out_parent
-    from rankadaptor.search.objective import RecoverEvalObjective, SyntheticObjective
     from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, open_storage
     from rankadaptor.search.study import make_space, run_study
 
-    settings = settings_from_args(args)
+    _check_fidelity_flags(args)
+    settings = settings_from_args(args, _seed_plans(args.seed_plan))
     for out in (settings.out, settings.report):
         if out:
             refuse_bad_out_parent(out)
@@ -141,30 +208,14 @@ def run(args) -> int:
     storage = None if check_storage_url(url).get_backend_name() == "sqlite" else open_storage(
         url, HeartbeatConfig(settings.heartbeat_interval, settings.grace_period, settings.max_retry))
     if not getattr(args, "threads", None):
-        # the performance model is tiny and CPUs here are shared: extra threads only add contention
+        # the surrogate is tiny and CPUs here are shared: extra threads only add contention
         torch.set_num_threads(1)
-    if args.objective == "synthetic":
-        costs = [1.0] * args.synthetic_layers
-        objective = SyntheticObjective(make_space(settings, costs), noise=args.synthetic_noise, seed=args.synthetic_seed)
-        identity = {"model": args.model, **objective.identity()}
-    else:
-        from rankadaptor.lora.ranks import layer_costs
-        from rankadaptor.models.loading import load_model
-
-        _estimate(args)
-        loaded = load_model(args.model)
-        costs = layer_costs(loaded.model)
-        make_space(settings, costs)  # an unreachable budget fails before the first trial
-        objective = RecoverEvalObjective(args.model, args.objective, args.steps, args.screen_steps,
-                                         args.limit, args.screen_limit, data=args.data)
-        identity = {"model": args.model, "model_identity": getattr(loaded, "identity", None),
-                    **objective.identity()}
-        del loaded
+    objective, costs, identity = _objective_for(args, settings, make_space)
     result = run_study(settings, objective, costs, identity, storage=storage)
     study = result.study
     if settings.create_only:
-        print(f"study {args.study} ready ({len(study.trials)} trials so far); start the workers with the same "
-              f"settings and --storage")
+        print(f"study {args.study} ready ({result.state['n_complete']} completed trials so far); start the workers "
+              "with the same settings and --storage")
         return 0
     from rankadaptor.search import engine
 
@@ -178,3 +229,39 @@ def run(args) -> int:
         print(msg)
     print(f"best plan: {result.paths['plan']}\nreport: {result.paths['report']}")
     return 0
+
+
+def _objective_for(args, settings, make_space):
+    """(objective, module costs, study identity) for the flags; an unreachable budget fails before any trial."""
+    from rankadaptor.search.objective import RecoverEvalObjective, load_objective
+    from rankadaptor.search.synthetic import additive
+
+    if args.objective == "synthetic":
+        from rankadaptor.lora.ranks import DEFAULT_TARGETS
+
+        # one unit of cost per layer and rank (a module costs a seventh of its layer)
+        costs = [{f"model.layers.{i}.{t}": 1.0 / len(DEFAULT_TARGETS) for t in DEFAULT_TARGETS}
+                 for i in range(args.synthetic_layers)]
+        objective = additive(make_space(settings, costs), noise=args.synthetic_noise, seed=args.synthetic_seed)
+        return objective, costs, {"model": args.model, **objective.identity()}
+    from rankadaptor.lora.ranks import module_costs
+    from rankadaptor.models.loading import load_model
+    from rankadaptor.search.objective import import_objective
+
+    if ":" in args.objective:
+        import_objective(args.objective)  # a wrong path fails before the model loads
+    else:
+        _estimate(args)  # each trial's recovery: refused now if it cannot fit
+    loaded = load_model(args.model)
+    costs = module_costs(loaded.model)
+    identity = {"model": args.model, "model_identity": getattr(loaded, "identity", None)}
+    del loaded
+    space = make_space(settings, costs)
+    if ":" in args.objective:
+        objective = load_objective(args.objective, space, settings, dict(args.objective_arg), args.direction)
+        own = objective.identity() if hasattr(objective, "identity") else {}
+        return objective, costs, {**identity, **own, "objective": args.objective,
+                                  "objective_args": dict(args.objective_arg)}
+    objective = RecoverEvalObjective(args.model, args.objective, args.steps, args.screen_steps, args.limit,
+                                     args.screen_limit, data=args.data, space=space, final_steps=args.final_steps)
+    return objective, costs, {**identity, **objective.identity()}
