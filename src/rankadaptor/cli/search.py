@@ -156,15 +156,15 @@ def _estimate(args) -> None:
     """Each trial's recovery (RecoveryConfig's defaults at the largest candidate rank), before the model loads."""
     from rankadaptor.cli.scale_flags import print_estimate
     from rankadaptor.estimate import estimate_recover
-    from rankadaptor.lora.ranks import RankPlan, count_lora_params, decoder_layer_names
+    from rankadaptor.lora.ranks import layer_costs
     from rankadaptor.lora.recover import RecoveryConfig
     from rankadaptor.models.loading import skeleton
 
     model = skeleton(args.model)
     if model is not None:
         cfg = RecoveryConfig()
-        widest = RankPlan.uniform(len(decoder_layer_names(model)), max(args.candidates or (32,)))
-        print_estimate(estimate_recover(model, cfg.batch_size, cfg.seq_len, count_lora_params(model, widest)), args)
+        lora = sum(layer_costs(model)) * max(args.candidates or (32,))  # every module at the largest rank
+        print_estimate(estimate_recover(model, cfg.batch_size, cfg.seq_len, lora), args)
 
 
 def _seed_plans(specs: list[str]):
