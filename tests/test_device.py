@@ -325,3 +325,19 @@ def test_load_model_plans_the_map_before_reading_weights(saved, monkeypatch, two
     monkeypatch.setattr(loading, "_load_hf_dir", lambda *a: pytest.fail("read the weights of an unplaceable model"))
     with pytest.raises(RankAdaptorError, match="cannot place"):
         loading.load_model(saved[0], device_map="auto")
+
+
+def test_demo_workers_load_models_in_the_clis_dtype(tmp_path, monkeypatch, no_cuda):
+    """The demo's worker processes see no `with` block: run_demo resolves --dtype and hands it over."""
+    from rankadaptor.demo import run as demo_run
+    from rankadaptor.demo.workers import execute_in_worker
+
+    class Probe:
+        def execute(self, key):
+            return dev.resolve_dtype(None, "cpu")
+
+    assert execute_in_worker(Probe, "cpu", "bfloat16", "unit") == torch.bfloat16
+    monkeypatch.setattr(demo_run.Demo, "run_all", lambda self, **kw: kw)
+    with dev.default_dtype("bfloat16"):
+        handed = demo_run.run_demo("smoke", tmp_path / "run", workers=1)
+    assert handed["dtype"] == "bfloat16" and handed["device"] == "cpu"
