@@ -1,4 +1,4 @@
-"""Where models and their tensors live: the one place that picks a torch device.
+"""Where models and their tensors live, and in which precision: the one place that picks both.
 
 * ``resolve_device(spec)`` turns what the user wrote into a ``torch.device``: ``None`` / ``"auto"``
   is CUDA when it is present, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` are
@@ -8,6 +8,11 @@
   passing it along.
 * ``model_device(model)`` and ``move(obj, device)`` are what library code uses to put the tensors
   it builds (recovery batches, calibration text) where the model's weights are.
+* ``resolve_dtype(spec, device, training)`` is the precision of the frozen weights: "auto" is
+  bfloat16 on a GPU that has it, float32 elsewhere; a precision the device cannot run is an error.
+  ``default_dtype(spec)`` scopes the CLI's global ``--dtype`` like ``default_device``.
+* ``plan_device_map(model)`` / ``place(model, plan)``: one model spread over the visible GPUs
+  (``--device-map auto``), with CPU offload refused unless asked for.
 
 torch is imported inside the functions, so that importing this module (the CLI does) stays cheap.
 """
