@@ -236,16 +236,17 @@ def plan_device_map(model, spec: str = "auto", allow_offload: bool = False, free
     device_map = dict(infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split))
     need = sum(p.numel() * p.element_size() for p in model.parameters())
     gpus = ", ".join(f"GPU {i}: {_gib(b)} free" for i, b in sorted(free.items()))
+    # the CPU is offered to accelerate only with allow_offload: what fits nowhere it marks "disk"
     nowhere = [n for n, d in device_map.items() if d == "disk"]
     spilled = [n for n, d in device_map.items() if d == "cpu"]
-    if nowhere or (spilled and not allow_offload):
+    if nowhere:
         where = "the visible GPUs" + (" and the CPU" if allow_offload else "")
         fix = ("add GPUs (CUDA_VISIBLE_DEVICES), free GPU memory or use a smaller --dtype"
                if allow_offload else "pass --allow-cpu-offload to run the rest on the CPU (slow), add GPUs, "
                "free GPU memory or use a smaller --dtype")
         raise RankAdaptorError(f"--device-map auto cannot place the model's {_gib(need)} of weights on {where} "
-                               f"({gpus}; {int(headroom * 100)} % of each is usable): {len(nowhere + spilled)} "
-                               f"module(s) left over, e.g. {(nowhere + spilled)[0]}; {fix}")
+                               f"({gpus}; {int(headroom * 100)} % of each is usable): {len(nowhere)} "
+                               f"module(s) left over, e.g. {nowhere[0]}; {fix}")
     if spilled:
         log.warning("--device-map auto: %d module(s) run on the CPU (offloaded): %s", len(spilled), spilled[:3])
     if len(set(device_map.values())) == 1:
