@@ -9,7 +9,10 @@
 #   GPU_CHECK_SMALL=1 bash benchmarks/gpu_check.sh DIR    # every stage at test size (any machine)
 #
 # Needs torch, transformers, peft and accelerate; lm-eval and datasets (evaluation only) come from
-# the wheels in .whl/ when the machine lacks them; optuna and gguf are not needed.
+# the wheels in .whl/ when the machine lacks them; optuna and gguf are not needed. Models have random
+# weights built from configs (nothing is downloaded); the evaluation documents are real: the first
+# 50 of each task, copied from the asset cache into .gpu_carry/cache by gpu_prepare.py, with the
+# start of the Brown corpus (calibration, recovery and perplexity text) and SmolLM2's tokenizer.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 out="${1:-${OUT:-benchmarks/results/gpu_check}}"
