@@ -92,4 +92,4 @@ def test_time_is_flops_over_the_probed_rate():
     rate = matmul_rate(torch.device("cpu"), torch.float32, seconds=0.02)
     assert rate > 1e6
     est = Estimate("recover", "cpu", "float32", {"weights": 1}, flops=4e9, rate=2e9)
-    assert est.seconds == 2.0 and "~2 s per recover step" in est.summary()
+    assert est.seconds == 2.0 and "~2 s per recovery step" in est.summary()

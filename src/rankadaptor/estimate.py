@@ -122,7 +122,9 @@ class Estimate:
     def summary(self) -> str:
         parts = ", ".join(f"{k} {size(v)}" for k, v in self.parts.items() if v)
         free = f" of {size(self.available)} available" if self.available is not None else ""
-        time_s = f"; ~{self.seconds:.3g} s per {self.what} step at {self.rate / 1e9:.1f} GFLOP/s" if self.seconds else ""
+        unit = {"recover": "recovery step", "prune": "Taylor importance pass", "eval": "scoring batch"}.get(
+            self.what, f"{self.what} step")
+        time_s = f"; ~{self.seconds:.3g} s per {unit} at {self.rate / 1e9:.1f} GFLOP/s" if self.seconds else ""
         return f"estimate for {self.what} on {self.device} ({self.dtype}): peak {size(self.peak)}{free} ({parts}){time_s}"
 
     def to_dict(self) -> dict:
