@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "compress": "rankadaptor.cli.compress",
     "demo": "rankadaptor.cli.demo",
     "eval": "rankadaptor.cli.eval",
+    "export": "rankadaptor.cli.export",
     "prune": "rankadaptor.cli.prune",
     "recover": "rankadaptor.cli.recover",
     "search": "rankadaptor.cli.search",
