@@ -153,9 +153,7 @@ def stage_prune(model, tok, texts, shape, layers, device, baseline: int = 0) -> 
     ratio, layer_range = equivalent_ratio(shape, layers)
     config = PruneConfig(method="llm-pruner", ratio=ratio, importance="element1", layers=layer_range,
                          calibration=10, seq_len=128, seed=0)
-    n = model.config.num_hidden_layers
-    est = estimate_prune(model, 10, 128, scored_fraction=(layer_range[1] - layer_range[0]) / n, device=device,
-                         available=1 << 50)
+    est = estimate_prune(model, 10, 128, first_layer=layer_range[0], device=device, available=1 << 50)
     with Timer(device, baseline) as t:
         model, manifest = prune_model(model, tok, config, texts, inplace=True)
     return {**t.row(), "ratio": ratio, "layers": list(layer_range), "achieved_ratio": manifest["achieved_ratio"],
@@ -249,7 +247,7 @@ def full_estimates(shape: str, dtype, device, steps: int) -> dict:
 
     model = skeleton_of(shape, FULL_LAYERS, dtype)
     lora = count_lora_params(model, RankPlan.uniform(FULL_LAYERS, 8))
-    return {"prune": estimate_prune(model, 10, 128, scored_fraction=26 / 32, device=device, available=1 << 50).to_dict(),
+    return {"prune": estimate_prune(model, 10, 128, first_layer=4, device=device, available=1 << 50).to_dict(),
             "recover": estimate_recover(model, 4, 256, lora, device=device, gradient_checkpointing=True,
                                         available=1 << 50).to_dict()}
 

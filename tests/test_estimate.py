@@ -59,9 +59,12 @@ def test_parts_follow_the_settings():
     teacher = estimate_recover(tiny_llama(), 4, 64, 1000, device="cpu", teacher=tiny_llama(), probe=False,
                                available=1 << 40)
     assert teacher.parts["teacher"] == base.parts["weights"] and teacher.flops == pytest.approx(1.5 * base.flops)
-    prune = estimate_prune(tiny_llama(), 10, 64, fisher=True, scored_fraction=0.5, device="cpu", probe=False,
+    prune = estimate_prune(tiny_llama(), 10, 64, fisher=True, first_layer=2, device="cpu", probe=False,
                            available=1 << 40)
-    assert prune.parts["gradients"] == int(base.parts["weights"] * 0.5) * 3
+    block = sum(p.numel() for p in tiny_llama().model.layers[0].parameters())
+    # float32 sum and squares + one sequence's gradients, and the scoring products of the widest weight
+    assert prune.parts["gradients"] == block * (2 * 4 + 4) + 64 * 128 * 14
+    assert prune.parts["cached inputs"] == 10 * 64 * 64 * 4 * 3  # blocks 2, 3 and the upstream gradient
     assert estimate_eval(tiny_llama(), 2, 64, device="cpu", probe=False, available=1 << 40).peak > base.parts["weights"]
 
 

@@ -16,8 +16,11 @@ Memory (bytes; b = bytes per element of the frozen weights' dtype, T = tokens pe
 * the loss over the full vocabulary V: 12·V per token (logits, float32 log-probabilities and their
   gradient; measured 11.6-11.8 for float32 and bfloat16 bases); distillation gathers the trained
   positions and runs the LM heads in chunks, so only ``chunk_tokens``·V·24 (student and teacher);
-* Taylor pruning: every scored weight's gradient plus the running sum (and the squared sum for
-  element2), all in the weights' dtype, and full-training activations of one sequence.
+* Taylor pruning (lean, block by block): the cached input of every replayed block for every
+  calibration sequence, one block's float32 statistics (sum; squares too for element2) and one
+  sequence's gradients, one block's activations for one sequence, and one sequence's loss. It
+  leaves out transients that do not grow with the model's depth (tens of MiB on a 50M-parameter
+  model: 15-35 % of its small total there; ``benchmarks/real_shapes.py`` compares at 7B width).
 
 Time: the step's FLOPs (2 per multiply-add; a frozen base's backward pass costs one forward,
 a recomputation another) over the rate of a short matrix-product probe on this device and dtype,
@@ -163,20 +166,34 @@ def estimate_recover(model, batch_size: int, seq_len: int, lora_params: int, dev
     return _finish("recover", parts, flops, s, device, probe, available)
 
 
-def estimate_prune(model, calibration: int, seq_len: int, fisher: bool = False, scored_fraction: float = 1.0,
+def estimate_prune(model, calibration: int, seq_len: int, fisher: bool = False, first_layer: int = 0,
                    device=None, probe: bool = True, available: int | None = None) -> Estimate:
-    """Taylor importance as ``prune.importance.gradient_stats`` computes it: one sequence per backward pass,
-    every scored weight's gradient and running sum(s) kept at once (``scored_fraction`` of the weights)."""
+    """Taylor importance as ``prune.importance.layer_gradients`` computes it (lean Taylor): every block
+    input from ``first_layer`` up cached for every calibration sequence, then the blocks replayed from
+    the top with one block's float32 statistics (sum, and squares for element2) alive at a time."""
     s = Shapes.of(model)
-    scored = int(s.param_bytes * scored_fraction)
     h, b = s.hidden, s.element_size
-    # training every weight: each linear keeps its input (b per element) besides the LoRA-free activations
-    per_token = sum(8 * h + b * (2 * q + 2 * kv) + 4 * heads + 3 * b * inter + b * (2 * h + q + inter)
-                    for q, kv, heads, inter in s.layers)
-    parts = {"weights": s.param_bytes, "gradients": scored * (3 if fisher else 2),
-             "activations": seq_len * per_token, "loss": seq_len * s.vocab * LOSS_BYTES_PER_LOGIT}
-    flops = 3 * s.forward_flops(seq_len, seq_len) * calibration  # a full backward: two forwards' worth
+    blocks = s.layers[first_layer:]
+    tokens = calibration * seq_len
+    block_params = max(2 * h * q + 2 * h * kv + 3 * h * inter + 2 * h for q, kv, _, inter in blocks)
+    # one block replayed on one sequence with its weights' gradients: each linear keeps its input
+    replay = max(8 * h + b * (2 * q + 2 * kv) + 4 * heads + 3 * b * inter + b * (2 * h + q + inter)
+                 for q, kv, heads, inter in blocks)
+    widest = max(max(h * inter, h * q) for q, _, _, inter in blocks)
+    parts = {"weights": s.param_bytes,
+             "cached inputs": tokens * h * b * (len(blocks) + 1),  # each replayed block's input + the upstream grads
+             # one block's statistics + one sequence's gradients, and the float32 products scoring its widest weight
+             "gradients": block_params * (4 * (2 if fisher else 1) + b) + widest * (14 if fisher else 8),
+             "activations": seq_len * replay,
+             "loss": seq_len * s.vocab * LOSS_BYTES_PER_LOGIT}
+    # per sequence: a forward pass without autograd, then each replayed block forward and backward
+    flops = calibration * (s.forward_flops(seq_len, seq_len) + 3 * _block_flops(blocks, h, seq_len))
     return _finish("prune", parts, flops, s, device, probe, available)
+
+
+def _block_flops(blocks, h: int, seq_len: int) -> float:
+    return float(sum(2 * (2 * h * q + 2 * h * kv + 3 * h * inter) + 2 * q * seq_len for q, kv, _, inter in blocks)
+                 * seq_len)
 
 
 def estimate_eval(model, batch_size: int, seq_len: int, device=None, probe: bool = True,

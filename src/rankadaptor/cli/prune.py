@@ -81,10 +81,9 @@ def _estimate(args, config) -> None:
     if model is None:
         return  # a GGUF file: its shapes are known once its weights are read
     if args.method in ("llm-pruner", "shortened-taylor") and args.importance in ("element1", "element2", "vector"):
-        n = model.config.num_hidden_layers
-        scored = len(config.layer_range(n)) / n  # the blocks whose gradients are kept
+        first = config.layer_range(model.config.num_hidden_layers).start  # blocks from here up are replayed
         est = estimate_prune(model, args.calibration, args.seq_len, fisher=args.importance == "element2",
-                             scored_fraction=scored)
+                             first_layer=first)
     else:  # no gradients: forward passes over the calibration sequences
         est = estimate_eval(model, 1, args.seq_len)
     print_estimate(est, args)
