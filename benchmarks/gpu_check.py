@@ -41,9 +41,9 @@ def environment(out: Path, env: dict) -> dict:
         info["packages"][name] = _version(name) if spec else None
     info["carried"] = {"cache": (CARRY / "cache").is_dir(), "tokenizer": (CARRY / "smollm2-tokenizer").is_dir(),
                        "RANKADAPTOR_CACHE": env.get("RANKADAPTOR_CACHE")}
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info(0)
-        info.update(gpu_memory_bytes=total, gpu_free_bytes=free, capability=list(torch.cuda.get_device_capability(0)))
+    if torch.cuda.is_available():  # properties only: a CUDA context here would hold GPU memory all along
+        info.update(gpu_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
+                    capability=list(torch.cuda.get_device_capability(0)))
     return info
 
 
