@@ -73,7 +73,7 @@ def markdown(res: dict) -> str:
     b = res["benchmark"]
     head = ["task", "metric", "split size"] + [f"docs for {d} pt" for d in DETECT_POINTS] + \
         [f"detectable at {b['demo_docs']} docs"]
-    lines = [f"# eval_sample_size: documents per task a paired comparison needs (80 % power, alpha 0.05)", "",
+    lines = ["# eval_sample_size: documents per task a paired comparison needs (80 % power, alpha 0.05)", "",
              f"From {b['results']}" + (f" against {b['against']}" if b["against"] else "") + f"; basis: {b['basis']}. "
              "'docs for d pt': documents per task for a difference of d accuracy points on that task; 'average': "
              "documents per task (the same for each) for d points on the seven-task average. The independent-"

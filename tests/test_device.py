@@ -118,7 +118,8 @@ def test_cli_device_cpu_reaches_load_model(tmp_path, saved, monkeypatch):
     out = tmp_path / "ad"
     assert main(["--threads", "1", "--device", "cpu", *_recover_args(saved, out)]) == 0
     assert (out / "adapter_model.safetensors").is_file()
-    assert spy.calls == [(None, "cpu", torch.device("cpu"))]
+    # the estimate's weightless copy and the load itself both follow the flag
+    assert spy.calls and set(spy.calls) == {(None, "cpu", torch.device("cpu"))}
     assert dev._default is None  # the flag does not outlive the command
 
 
@@ -213,3 +214,130 @@ def test_checkpoint_restore_puts_callback_state_beside_the_weights(monkeypatch):
     ckpt.restore(state, model, optimizer, [cb])
     assert [(list(obj), device) for obj, device in sent] == [(["ema", "steps"], FAKE)]
     assert cb.loaded["steps"] == 4 and torch.equal(cb.loaded["ema"], torch.ones(3))
+
+
+# ---- precision ----------------------------------------------------------------------------------
+@pytest.fixture
+def gpu(monkeypatch):
+    """A CUDA GPU of a chosen compute capability, as far as rankadaptor.device can tell."""
+    def make(capability):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Old GPU")
+    return make
+
+
+def test_auto_dtype_is_float32_on_the_cpu_and_bfloat16_on_a_gpu_that_has_it(no_cuda, monkeypatch, gpu):
+    assert dev.resolve_dtype(None, "cpu") == dev.resolve_dtype("auto", "cpu") == torch.float32
+    assert dev.resolve_dtype("bfloat16", "cpu", training=True) == torch.bfloat16
+    assert dev.resolve_dtype(torch.float16, "cpu") == torch.float16  # inference may run half precision
+    gpu((9, 0))
+    assert dev.resolve_dtype("auto", "cuda") == torch.bfloat16
+    gpu((7, 0))
+    assert dev.resolve_dtype("auto", "cuda") == torch.float32  # no bfloat16, and float16 training needs scaling
+    assert dev.resolve_dtype("float16", "cuda", training=True) == torch.float16
+
+
+@pytest.mark.parametrize("spec, device, words", [
+    ("float16", "cpu", "float16 cannot train on the CPU"),
+    ("bfloat16", "cuda", r"GPU 0 \(Old GPU, compute capability 7\.5\) has no bfloat16 support"),
+    ("int8", "cpu", "dtype 'int8' unknown; choose one of auto, float32, bfloat16, float16"),
+])
+def test_a_dtype_the_device_cannot_run_is_refused(gpu, spec, device, words):
+    if device == "cuda":
+        gpu((7, 5))
+    with pytest.raises(RankAdaptorError, match=words):
+        dev.resolve_dtype(spec, device, training=True)
+
+
+def test_load_model_reads_weights_in_the_default_dtype(saved):
+    with dev.default_dtype("bfloat16"):
+        loaded = loading.load_model(saved[0])
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    assert loaded.identity["dtype"] == "torch.bfloat16"
+    assert {p.dtype for p in loading.load_model(saved[0]).model.parameters()} == {torch.float32}  # scope ended
+
+
+def test_cli_dtype_bfloat16_recovery_records_it(tmp_path, saved):
+    out = tmp_path / "ad"
+    assert main(["--dtype", "bfloat16", *_recover_args(saved, out)]) == 0
+    rec = __import__("json").loads((out / "recovery.json").read_text())
+    assert rec["dtype"] == "bfloat16" and rec["lora_dtype"] == "float32" and rec["model"]["dtype"] == "torch.bfloat16"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--dtype", "float16"], "float16 cannot train on the CPU"),
+    (["--dtype", "bfloat16", "--device", "cuda"], "no bfloat16 support"),
+])
+def test_cli_dtype_the_device_cannot_run_exits_2_before_any_work(tmp_path, saved, capsys, monkeypatch, gpu, argv, words):
+    if "cuda" in argv:
+        gpu((7, 0))
+    monkeypatch.setattr(loading, "_load_hf_dir", lambda *a: pytest.fail("loaded despite the bad dtype"))
+    out = tmp_path / "ad"
+    assert main([*argv, *_recover_args(saved, out)]) == 2
+    assert words in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_float16_eval_on_the_cpu_is_not_training(saved):
+    from rankadaptor.cli import TRAINING_COMMANDS
+
+    assert "eval" not in TRAINING_COMMANDS and {"recover", "prune", "search", "demo"} <= TRAINING_COMMANDS
+    with dev.default_dtype("float16", "cpu", training=False):
+        assert dev.resolve_dtype(None, "cpu") == torch.float16
+
+
+# ---- device maps --------------------------------------------------------------------------------
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # accelerate checks the indices exist
+
+
+def test_device_map_spreads_blocks_over_two_gpus(two_gpus):
+    model = tiny_llama()
+    plan = dev.plan_device_map(model, free={0: 800_000, 1: 1_200_000}, headroom=1.0)
+    assert set(plan.values()) == {0, 1}
+    layers = [plan.get(f"model.layers.{i}") for i in range(4)]
+    assert layers == sorted(layers) and None not in layers  # whole blocks, in order
+
+
+def test_device_map_with_one_device_is_a_plain_move(two_gpus):
+    assert dev.plan_device_map(tiny_llama(), free={0: 10**9}) == {"": 0}
+    assert dev.plan_device_map(tiny_llama(), free={}) == {"": "cpu"}  # no GPU: the CPU holds it all
+
+
+def test_device_map_refuses_cpu_offload_unless_asked(two_gpus, monkeypatch):
+    model = tiny_llama()  # 0.64 MiB of weights against 2 x 0.2 MiB of GPU
+    with pytest.raises(RankAdaptorError, match=r"cannot place the model's .* of weights on the visible GPUs "
+                                               r"\(GPU 0: .* free, GPU 1: .* free.*--allow-cpu-offload"):
+        dev.plan_device_map(model, free={0: 200_000, 1: 200_000})
+    monkeypatch.setattr(dev, "cpu_available_memory", lambda: 10**9)
+    plan = dev.plan_device_map(model, free={0: 200_000, 1: 200_000}, allow_offload=True)
+    assert "cpu" in plan.values()
+    monkeypatch.setattr(dev, "cpu_available_memory", lambda: 1000)
+    with pytest.raises(RankAdaptorError, match="on the visible GPUs and the CPU"):
+        dev.plan_device_map(model, free={0: 200_000, 1: 200_000}, allow_offload=True)
+
+
+def test_load_model_plans_the_map_before_reading_weights(saved, monkeypatch, two_gpus):
+    monkeypatch.setattr(dev, "gpu_free_memory", lambda: {0: 100_000, 1: 100_000})
+    monkeypatch.setattr(loading, "_load_hf_dir", lambda *a: pytest.fail("read the weights of an unplaceable model"))
+    with pytest.raises(RankAdaptorError, match="cannot place"):
+        loading.load_model(saved[0], device_map="auto")
+
+
+def test_demo_workers_load_models_in_the_clis_dtype(tmp_path, monkeypatch, no_cuda):
+    """The demo's worker processes see no `with` block: run_demo resolves --dtype and hands it over."""
+    from rankadaptor.demo import run as demo_run
+    from rankadaptor.demo.workers import execute_in_worker
+
+    class Probe:
+        def execute(self, key):
+            return dev.resolve_dtype(None, "cpu")
+
+    assert execute_in_worker(Probe, "cpu", "bfloat16", "unit") == torch.bfloat16
+    monkeypatch.setattr(demo_run.Demo, "run_all", lambda self, **kw: kw)
+    with dev.default_dtype("bfloat16"):
+        handed = demo_run.run_demo("smoke", tmp_path / "run", workers=1)
+    assert handed["dtype"] == "bfloat16" and handed["device"] == "cpu"

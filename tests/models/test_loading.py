@@ -51,13 +51,13 @@ def test_pruned_artefact_delegates_to_prune(saved_tiny, monkeypatch):
     (path / "pruning.json").write_text(json.dumps({"layers": []}))
     calls = []
 
-    def fake_load_pruned(d):
-        calls.append(d)
+    def fake_load_pruned(d, dtype=None):
+        calls.append((d, dtype))
         return tiny_llama(seed=3, num_hidden_layers=2).train()
 
     monkeypatch.setattr("rankadaptor.models.loading.load_pruned", fake_load_pruned)
     loaded = load_model(path)
-    assert calls == [path]
+    assert calls == [(path, torch.float32)]  # the resolved dtype: float32 on the CPU
     assert loaded.identity["source"] == "pruned" and loaded.identity["n_layers"] == 2
     assert not loaded.model.training
 

@@ -18,8 +18,9 @@ from typing import Callable
 from rankadaptor import __version__
 from rankadaptor.errors import RankAdaptorError
 
-# the commands that compute on tensors, so the ones --device applies to (and is checked for)
+# the commands that compute on tensors, so the ones --device / --dtype apply to (and are checked for)
 MODEL_COMMANDS = {"compress", "demo", "eval", "prune", "recover", "search"}
+TRAINING_COMMANDS = {"demo", "prune", "recover", "search"}  # they run backward passes (Taylor importance, LoRA)
 
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, metavar="DEVICE",
                         help="where models (and compress's SVDs) run: auto (default: cuda when present, else cpu), "
                              "cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                        help="precision of the (frozen) model weights: auto (default: bfloat16 on a GPU that "
+                             "supports it, else float32); LoRA weights and optimizer state stay float32")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="run even when the memory estimate printed before a long run says it will not fit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub)
@@ -92,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     from rankadaptor.fileio import describe_io_error, release_claims
 
     try:
-        from rankadaptor.device import default_device
+        from rankadaptor.device import default_device, default_dtype
 
-        # checked here, before any work; every load_model in the command then follows it
-        with default_device(args.device if args.command in MODEL_COMMANDS else None):
+        # checked here, before any work; every load_model in the command then follows them
+        model_command = args.command in MODEL_COMMANDS
+        with default_device(args.device if model_command else None), \
+                default_dtype(args.dtype if model_command else None, training=args.command in TRAINING_COMMANDS):
             return int(args.func(args) or 0)
     except RankAdaptorError as exc:
         return _fail(args, str(exc))

@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
                         "with each document's context run once (tested to give the same acc/acc_norm)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True, help="results JSON file to write (refuses to overwrite)")
+    from rankadaptor.cli.scale_flags import add_device_map_arguments
+
+    add_device_map_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -62,6 +65,9 @@ def _check_args(args) -> Path:
 
 def run(args) -> int:
     out = _check_args(args)  # bad input fails before the model loads
+    from rankadaptor.cli.scale_flags import device_map_args
+
+    placement = device_map_args(args)
     if args.ppl_text is not None:
         from rankadaptor.errors import RankAdaptorError
         from rankadaptor.eval.perplexity import paragraphs
@@ -84,7 +90,7 @@ def run(args) -> int:
 
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, **placement)
     model, adapter_identity = loaded.model, None
     if args.adapter is not None:
         model, adapter_identity = load_adapter(model, args.adapter)

@@ -68,6 +68,24 @@ def load_input(spec: str):
     return model, AutoTokenizer.from_pretrained(spec), {"source": str(Path(spec).resolve())}
 
 
+def _estimate(args, config) -> None:
+    """Print peak memory and time before the model loads; refuse a run that cannot fit."""
+    from rankadaptor.cli.scale_flags import print_estimate
+    from rankadaptor.estimate import estimate_eval, estimate_prune
+    from rankadaptor.models.loading import skeleton
+
+    model = skeleton(args.model)
+    if model is None:
+        return  # a GGUF file: its shapes are known once its weights are read
+    if args.method in ("llm-pruner", "shortened-taylor") and args.importance in ("element1", "element2", "vector"):
+        first = config.layer_range(model.config.num_hidden_layers).start  # blocks from here up are replayed
+        est = estimate_prune(model, args.calibration, args.seq_len, fisher=args.importance == "element2",
+                             first_layer=first)
+    else:  # no gradients: forward passes over the calibration sequences
+        est = estimate_eval(model, 1, args.seq_len)
+    print_estimate(est, args)
+
+
 def run(args) -> int:
     from rankadaptor.fileio import check_output
     from rankadaptor.models.artefact import save_pruned
@@ -81,6 +99,7 @@ def run(args) -> int:
     # the pruned model is smaller than its input: the input's weights bound the output's size
     check_output(args.out, inputs=[args.model, args.calibration_text], size=weights_bytes(args.model))
     texts, source = _calibration_texts(args.calibration_text)
+    _estimate(args, config)
     model, tokenizer, identity = load_input(args.model)
     model, manifest = prune_model(model, tokenizer, config, texts, identity=identity, inplace=True,
                                   calibration_source=source)

@@ -47,8 +47,11 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="use a --ranks plan file even though it records another model than MODEL")
     from rankadaptor.cli.prunedlora_flags import add_prunedlora_arguments
+    from rankadaptor.cli.scale_flags import add_device_map_arguments, add_recovery_scale_arguments
 
     add_prunedlora_arguments(p)
+    add_recovery_scale_arguments(p)
+    add_device_map_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -108,7 +111,8 @@ def _method_kwargs(pairs: list[str]) -> dict:
 _CONFIG_FLAGS = {"steps": "max_steps", "epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
                  "micro_batch_size": "micro_batch_size", "seq_len": "seq_len", "seed": "seed",
                  "warmup_steps": "warmup_steps", "weight_decay": "weight_decay", "eval_every": "eval_every",
-                 "checkpoint_every": "checkpoint_every", "threads": "threads"}
+                 "checkpoint_every": "checkpoint_every", "threads": "threads",
+                 "gradient_checkpointing": "gradient_checkpointing"}
 
 
 def recovery_config(args: argparse.Namespace):
@@ -123,13 +127,40 @@ def recovery_config(args: argparse.Namespace):
         RecoveryConfig.from_dict(values, source=f"recovery config {args.config}")  # the file alone must be valid
         values = dict(values)
     for flag, field_name in _CONFIG_FLAGS.items():
-        if getattr(args, flag, None) is not None:
+        if getattr(args, flag, None) not in (None, False):  # a store_true flag left off keeps the file's value
             values[field_name] = getattr(args, flag)
     if args.epochs is not None:
         values["max_steps"] = None  # --epochs replaces a step count from the file
     elif args.steps is not None:
         values["epochs"] = None
     return RecoveryConfig(**values)
+
+
+def _estimate(args, config, file_plan, method, teacher_spec, distill_config) -> None:
+    """Print peak memory and time per step before anything loads; refuse a run that cannot fit."""
+    from rankadaptor.cli.scale_flags import available_memory, print_estimate
+    from rankadaptor.estimate import estimate_recover
+    from rankadaptor.lora.distill import check_same_vocabulary
+    from rankadaptor.lora.ranks import RankPlan, count_lora_params, decoder_layer_names
+    from rankadaptor.models.loading import skeleton
+
+    model = skeleton(args.model)
+    teacher = skeleton(teacher_spec) if teacher_spec is not None else None
+    if model is None:
+        return  # a GGUF file: its shapes are known once its weights are read
+    if teacher is not None:
+        check_same_vocabulary(model, teacher)  # before either model's weights load
+    n = len(decoder_layer_names(model))
+    plan = file_plan or (parse_ranks(args.ranks, n) if args.ranks else None)
+    if plan is None:  # a method: its starting rank decides the LoRA state
+        start = getattr(getattr(method, "schedule", None), "init_rank", None)  # PrunedLoRA
+        if start is None and hasattr(method, "budget"):
+            start = method.budget(model)["init_r"]  # AdaLoRA
+        plan = RankPlan.uniform(n, start or args.uniform_r)
+    print_estimate(estimate_recover(model, config.batch_size, config.seq_len, count_lora_params(model, plan),
+                                    micro_batch_size=config.micro_batch_size,
+                                    gradient_checkpointing=config.gradient_checkpointing, teacher=teacher,
+                                    available=available_memory(args)), args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,13 +188,25 @@ def run(args: argparse.Namespace) -> int:
         if args.method == "adalora":
             kwargs.setdefault("uniform_r", args.uniform_r)
         method = _build_method(get_method(args.method), args.method, kwargs)
+    from rankadaptor.cli import scale_flags
 
-    loaded = load_model(args.model)
+    placement = scale_flags.device_map_args(args)
+    teacher_spec, distill_config = scale_flags.distill_config(args)
+    scale_flags.check_placement(args.model, placement)
+    _estimate(args, config, file_plan, method, teacher_spec, distill_config)  # refuses what cannot fit
+
+    loaded = load_model(args.model, **placement)
     if file_plan is not None and not args.force:
         mismatch = file_plan.model_mismatch(loaded.identity)
         if mismatch:
             raise RankAdaptorError(f"--ranks {args.ranks}: {mismatch}; make a plan for this model, or pass --force "
                                    "to use it anyway")
+    distill = None
+    if teacher_spec is not None:
+        from rankadaptor.lora.distill import Distiller
+
+        teacher = load_model(teacher_spec, **placement)
+        distill = Distiller(teacher.model, distill_config, identity=teacher.identity, tokenizer=teacher.tokenizer)
     plan = file_plan
     if args.ranks and plan is None:
         from rankadaptor.lora.ranks import decoder_layer_names
@@ -172,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if plan is not None and plan.model is None:
         plan.model = loaded.identity
     result = recover(loaded.model, loaded.tokenizer, plan, config, data=args.data, method=method, out=args.out,
-                     identity=loaded.identity)
+                     identity=loaded.identity, distill=distill)
     rec = result.record
     if rec.get("resumed_after_steps"):
         print(f"resumed from the checkpoint after step {rec['resumed_after_steps'][-1]} of {rec['total_steps']}")

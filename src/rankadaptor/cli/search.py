@@ -154,6 +154,21 @@ def settings_from_args(args, seeds=()):
         report=args.report)
 
 
+def _estimate(args) -> None:
+    """Each trial's recovery (RecoveryConfig's defaults at the largest candidate rank), before the model loads."""
+    from rankadaptor.cli.scale_flags import print_estimate
+    from rankadaptor.estimate import estimate_recover
+    from rankadaptor.lora.ranks import layer_costs
+    from rankadaptor.lora.recover import RecoveryConfig
+    from rankadaptor.models.loading import skeleton
+
+    model = skeleton(args.model)
+    if model is not None:
+        cfg = RecoveryConfig()
+        lora = sum(layer_costs(model)) * max(args.candidates or (32,))  # every module at the largest rank
+        print_estimate(estimate_recover(model, cfg.batch_size, cfg.seq_len, lora), args)
+
+
 def _seed_plans(specs: list[str]):
     from rankadaptor.errors import RankAdaptorError
     from rankadaptor.lora.ranks import RankPlan
@@ -244,6 +259,8 @@ def _objective_for(args, settings, make_space):
 
     if ":" in args.objective:
         import_objective(args.objective)  # a wrong path fails before the model loads
+    else:
+        _estimate(args)  # each trial's recovery: refused now if it cannot fit
     loaded = load_model(args.model)
     costs = module_costs(loaded.model)
     identity = {"model": args.model, "model_identity": getattr(loaded, "identity", None)}

@@ -131,7 +131,8 @@ class Demo(UnitWork):
     def execute(self, key: str) -> dict:
         return self.run.unit(key, self.work(key))
 
-    def run_all(self, progress: bool = True, workers: int = 1, threads: int = 1, device: str = "cpu") -> dict:
+    def run_all(self, progress: bool = True, workers: int = 1, threads: int = 1, device: str = "cpu",
+                dtype: str = "float32") -> dict:
         """Run (or resume) every unit on ``workers`` processes of ``threads`` torch threads each."""
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -155,7 +156,7 @@ class Demo(UnitWork):
                      _duration(result.get("wall_s")), _headline(result))
 
         # the workers build their own Demo from this factory (a picklable partial), once per process
-        execute = partial(execute_in_worker, partial(Demo, self.cfg, self.out, self.model_spec), device)
+        execute = partial(execute_in_worker, partial(Demo, self.cfg, self.out, self.model_spec), device, dtype)
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
         t0 = time.perf_counter()
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
@@ -205,13 +206,14 @@ def run_demo(preset_name: str = "quick", out: str | Path | None = None, model: s
     """Run or resume the demo on ``device`` (None: the CLI's ``--device``, else auto) with ``workers``
     processes (default: 2 on a CPU, 1 on a GPU) of ``threads`` torch threads each (default: the CPU
     cores shared out among the workers)."""
-    from rankadaptor.device import resolve_device
+    from rankadaptor.device import dtype_name, resolve_device, resolve_dtype
     from rankadaptor.models.loading import model_source
 
     cfg = preset(preset_name)
     model_source(model)  # a bad --model fails here, before the run directory or its log exist
     out = Path(out or f"runs/demo-{cfg.name}")
     where = str(resolve_device(device))  # resolved here: the worker processes do not see a `with` block
+    dtype = dtype_name(resolve_dtype(None, resolve_device(device), training=True))  # the CLI's --dtype, likewise
     workers = default_workers(where) if workers is None else workers
     if workers < 1:
         raise RankAdaptorError(f"workers must be >= 1, got {workers}")
@@ -225,4 +227,4 @@ def run_demo(preset_name: str = "quick", out: str | Path | None = None, model: s
         log_to_file(out / LOG_NAME)
         log.info("demo %s preset -> %s on %s: %d worker(s) x %d thread(s); full log in %s", cfg.name, out, where,
                  workers, threads, out / LOG_NAME)
-        return demo.run_all(progress=progress, workers=workers, threads=threads, device=where)
+        return demo.run_all(progress=progress, workers=workers, threads=threads, device=where, dtype=dtype)

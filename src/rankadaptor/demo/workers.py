@@ -65,15 +65,16 @@ def console_filter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
 
 
-def execute_in_worker(make_demo: Callable[[], Any], device: str, key: str) -> dict:
+def execute_in_worker(make_demo: Callable[[], Any], device: str, dtype: str, key: str) -> dict:
     """Run unit ``key`` on this worker's demo, built once by ``make_demo`` (its caches live as long
     as the worker: the pruned model, the tokenised corpus)."""
-    from rankadaptor.device import default_device
+    from rankadaptor.device import default_device, default_dtype
 
     if not _same_factory(_WORKER_DEMO.get("factory"), make_demo):
         _WORKER_DEMO.clear()
         _WORKER_DEMO.update(factory=make_demo, demo=make_demo())
-    with default_device(device):  # every model the unit loads (dense, pruned, search trials) goes there
+    # every model the unit loads (dense, pruned, search trials) goes there, in that precision
+    with default_device(device), default_dtype(dtype):
         return _WORKER_DEMO["demo"].execute(key)
 
 

@@ -206,6 +206,29 @@ def effective_params(peft_model) -> int:
     return total
 
 
+def orthogonal_penalty(peft_model):
+    """AdaLoRA's regulariser, orth_reg_weight · mean ‖PPᵀ − I‖_F over its P (A) and Q (B) factors; 0 for other models.
+
+    PEFT adds it to ``outputs.loss`` inside ``AdaLoraModel.forward``; a loss computed outside the
+    model's forward (``rankadaptor.lora.distill``) adds it with this function instead.
+    """
+    import torch
+    from peft.tuners.adalora import AdaLoraModel
+
+    tuner = getattr(peft_model, "base_model", None)
+    if not isinstance(tuner, AdaLoraModel):
+        return 0.0
+    name = tuner.trainable_adapter_name
+    terms = []
+    for n, p in tuner.model.named_parameters():
+        if ("lora_A" in n or "lora_B" in n) and name in n:
+            cov = p @ p.T if "lora_A" in n else p.T @ p
+            terms.append(torch.norm(cov - torch.eye(*cov.shape, device=cov.device, dtype=cov.dtype), p="fro"))
+    if not terms:
+        return 0.0
+    return tuner.peft_config[name].orth_reg_weight * torch.stack(terms).mean()
+
+
 def _n_layers(model) -> int:
     from rankadaptor.lora.ranks import decoder_layer_names
 

@@ -42,7 +42,7 @@ _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 # model or data file differently, so only content (hashes, sizes, hyper-parameters) must match.
 _LOCATION_KEYS = {"spec", "path", "source"}
 # Settings that change how a run is executed but not its result.
-_EXECUTION_ONLY = {"threads", "checkpoint_every"}
+_EXECUTION_ONLY = {"threads", "checkpoint_every", "gradient_checkpointing"}
 
 
 def checkpoint_dir_for(out) -> Path:

@@ -14,6 +14,13 @@ Callbacks are plain objects; any of these methods is called if present:
 * ``state_dict()`` / ``load_state_dict(state)``: a callback with state (PrunedLoRA's masks and
   statistics, AdaLoRA's allocator) is saved in checkpoints and restored after ``on_train_begin``
 
+Precision and memory: the frozen base trains in whatever dtype it was loaded in (``--dtype``);
+the LoRA weights, their gradients and AdamW's state are float32 for every method.
+``RecoveryConfig.gradient_checkpointing`` recomputes each decoder block's activations in the
+backward pass instead of keeping them. ``recover(..., distill=Distiller(teacher))`` replaces the
+next-token loss by the distillation loss of ``rankadaptor.lora.distill`` (callbacks still see the
+gradients of the whole step).
+
 Checkpoints (``RecoveryConfig.checkpoint_every = N``, ``recover --checkpoint-every N``): every N
 steps the trainable weights, optimizer state, RNG states, loss curves and callback states are saved
 (safetensors + JSON, ``rankadaptor.lora.checkpoint``) in ``OUT.checkpoints/``; the data position
@@ -40,6 +47,8 @@ from typing import Any
 from rankadaptor import device as dev
 from rankadaptor.checks import finite
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.lora.memory import (dtype_of, disable_gradient_checkpointing, enable_gradient_checkpointing,
+                                     lora_in_float32)
 from rankadaptor.lora.ranks import PlanMethod, RankPlan
 
 log = logging.getLogger(__name__)
@@ -63,6 +72,7 @@ class RecoveryConfig:
     threads: int | None = None
     max_val: int = 32  # held-out examples used for the validation loss
     checkpoint_every: int = 0  # steps between resumable checkpoints (beside ``out``); 0 = none
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more time
     # common random numbers for rank search: each module's LoRA A from its own generator seeded by
     # (seed, module name), so two plans giving a module the same rank start it identically
     paired_init: bool = False
@@ -144,7 +154,7 @@ _FIELD_TYPES = {"max_steps": int, "epochs": float, "lr": float, "batch_size": in
                 "seq_len": int, "seed": int, "warmup_steps": int, "weight_decay": float, "eval_every": int,
                 "max_grad_norm": float, "threads": int, "max_val": int, "checkpoint_every": int}
 _OPTIONAL = {"max_steps", "epochs", "micro_batch_size", "max_grad_norm", "threads"}
-_BOOL_FIELDS = {"paired_init"}
+_BOOL_FIELDS = {"paired_init", "gradient_checkpointing"}
 
 
 @dataclass
@@ -156,7 +166,7 @@ class RecoveryResult:
 # ---- the loop ------------------------------------------------------------------------------------
 def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConfig | None = None, data=None,
             callbacks=(), method=None, out=None, overwrite: bool = False,
-            identity: dict | None = None, checkpoint_dir=None) -> RecoveryResult:
+            identity: dict | None = None, checkpoint_dir=None, distill=None) -> RecoveryResult:
     """Train LoRA on ``model`` (modified in place) and return the PeftModel with its record.
 
     With ``config.checkpoint_every = N`` a resumable checkpoint is written every N steps to
@@ -176,6 +186,9 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         method = PlanMethod(plan)
     if hasattr(method, "validate"):
         method.validate(model)  # bad ranks / modules fail before any data is read or trained
+    dev.check_trainable(model)  # e.g. a float16 base on the CPU
+    if distill is not None:
+        distill.check(model, tokenizer)  # a teacher with another vocabulary
     if out is not None:
         if Path(out).exists() and not overwrite:
             raise RankAdaptorError(f"output directory {out} already exists; choose another --out or remove it")
@@ -202,7 +215,8 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         paired_lora_init(peft_model, config.seed)
         torch.manual_seed(config.seed)  # dropout masks then do not depend on how much PEFT's own init drew
     callbacks = list(method_callbacks) + list(callbacks)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
+    params = lora_in_float32(peft_model)
+    use_cache = enable_gradient_checkpointing(peft_model) if config.gradient_checkpointing else None
     trainable = sum(p.numel() for p in params)
     if out is not None:  # the adapter, and with checkpoints two of (weights + AdamW's two moments)
         from rankadaptor.fileio import check_room
@@ -215,6 +229,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         method=method_name, method_settings=method.settings() if hasattr(method, "settings") else None,
         info=info, model=identity, data=data.identity, config=asdict(config), total_steps=total_steps,
         trainable={n: list(p.shape) for n, p in peft_model.named_parameters() if p.requires_grad},
+        **({"distill": distill.settings()} if distill is not None else {}),
     )
     _call(callbacks, "on_train_begin", peft_model, optimizer, total_steps)
 
@@ -243,10 +258,15 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = order[step]  # the data position is the step: a resumed run reads the same batches
-        step_loss = 0.0
+        step_loss, parts = 0.0, {}
         for m in range(accum):
             batch = dev.move(_collate([data.train[i] for i in idx[m::accum]], pad_id), device)
-            loss = peft_model(**batch).loss / accum
+            if distill is None:
+                loss = peft_model(**batch).loss / accum
+            else:
+                loss, terms = distill.loss(peft_model, batch)
+                loss = loss / accum
+                parts = {k: parts.get(k, 0.0) + v / accum for k, v in terms.items()}
             loss.backward()
             step_loss += float(loss.detach())
         _call(callbacks, "on_after_backward", step, peft_model)
@@ -259,7 +279,7 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         finite(step_loss, f"the training loss at step {step + 1}",
                f"training diverged (lower the learning rate, now {config.lr:g}) or the model/data give NaN")
         curve.append({"step": step + 1, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                      "seconds": time.perf_counter() - t_step})
+                      "seconds": time.perf_counter() - t_step, **parts})
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
             val_curve.append({"step": step + 1, "val_loss": validation_loss(peft_model, data.val, pad_id, config)})
             peft_model.train()
@@ -272,6 +292,8 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
                       f"training diverged (lower the learning rate, now {config.lr:g}) or the model gives NaN")
     val_curve.append({"step": total_steps, "val_loss": val_loss})
     _call(callbacks, "on_train_end", peft_model)
+    if config.gradient_checkpointing:
+        disable_gradient_checkpointing(peft_model, use_cache)
     peft_model.eval()
 
     record = {
@@ -288,10 +310,15 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
         "seed": config.seed,
         "train_seconds": train_seconds,
         "seconds_per_step": train_seconds / total_steps,
+        "dtype": dtype_of(peft_model, trainable=False),  # the frozen base's precision
+        "lora_dtype": dtype_of(peft_model, trainable=True),
+        "device": str(device),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
     if resumed:
         record["resumed_after_steps"] = resumed
+    if distill is not None:
+        record["distill"] = distill.settings()
     for cb in callbacks:  # callbacks may add their own results (e.g. final AdaLoRA ranks)
         if hasattr(cb, "record"):
             record.update(cb.record())

@@ -9,9 +9,13 @@
 5. something shaped like a hub id (``org/name``): ``from_pretrained`` when the hub is reachable,
    otherwise an immediate error (no network time-outs) naming the offline alternatives.
 
-The model is then moved to ``device`` (``rankadaptor.device.resolve_device``: None / "auto" is
-CUDA when present, else the CPU). The returned ``identity`` dict is what results files record
-about the model; the device is not part of it (it is where the run happened, not what was loaded).
+The weights are read in ``dtype`` (``rankadaptor.device.resolve_dtype``: None follows the CLI's
+``--dtype``, "auto" is bfloat16 on a GPU that has it and float32 elsewhere) and the model is
+moved to ``device`` (``resolve_device``: None / "auto" is CUDA when present, else the CPU), or
+spread over the visible GPUs with ``device_map="auto"`` (``rankadaptor.device.plan_device_map``,
+planned on a weightless copy first, so a model that cannot be placed is refused before it loads).
+The returned ``identity`` dict is what results files record about the model, its dtype included;
+the device is not part of it (it is where the run happened, not what was loaded).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, Iterator
 import torch
 
 from rankadaptor import assets
+from rankadaptor import device as dev
 from rankadaptor.device import resolve_device
 from rankadaptor.errors import RankAdaptorError, first_line, user_file_errors
 from rankadaptor.fileio import read_json
@@ -81,28 +86,65 @@ def model_aliases() -> list[str]:
     return [a.name for a in assets.ASSETS.values() if a.kind == "model"]
 
 
-def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32, device=None) -> LoadedModel:
-    """Load ``spec`` (see the module docstring) in eval mode with its tokenizer, on ``device``."""
+def load_model(spec: str | os.PathLike, dtype=None, device=None, device_map: str | None = None,
+               allow_offload: bool = False) -> LoadedModel:
+    """Load ``spec`` (see the module docstring) in eval mode with its tokenizer, on ``device`` or spread by ``device_map``."""
     spec_str = str(spec)
     source = model_source(spec_str)
-    device = resolve_device(device)  # an unusable device fails before a slow load
+    device = resolve_device(device)  # an unusable device or dtype fails before a slow load
+    dtype = dev.resolve_dtype(dtype, device)
+    placement = None
+    if device_map is not None:
+        meta = skeleton(spec_str, dtype)
+        placement = dev.plan_device_map(meta, device_map, allow_offload) if meta is not None else None
+        placement = placement or (device_map, allow_offload)  # a GGUF file is planned once its weights are read
     path = Path(spec_str).expanduser()
     if source == "alias":
         path = assets.ensure(spec_str)  # every file checked against the manifest's sha256 (assets._check)
         model, tok = _load_hf_dir(path, dtype)
         sha = assets.manifest_sha256(spec_str, "model.safetensors")  # so this hash is the loaded bytes'
-        return _finish(model, tok, spec_str, path, sha, "alias", device)
+        return _finish(model, tok, spec_str, path, sha, "alias", device, placement)
     if source == "gguf":
         model, tok = load_gguf(path, dtype)
-        return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf", device)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "gguf", device, placement)
     if source == "pruned":
         tok = _load_tokenizer(path)
-        model = load_pruned(path).to(dtype)
-        return _finish(model, tok, spec_str, path, weights_sha256(path), "pruned", device)
+        model = load_pruned(path, dtype)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "pruned", device, placement)
     if source == "local":
         model, tok = _load_hf_dir(path, dtype)
-        return _finish(model, tok, spec_str, path, weights_sha256(path), "local", device)
-    return _load_hub(spec_str, dtype, model_aliases(), device)
+        return _finish(model, tok, spec_str, path, weights_sha256(path), "local", device, placement)
+    return _load_hub(spec_str, dtype, model_aliases(), device, placement)
+
+
+def skeleton(spec: str | os.PathLike, dtype=None):
+    """The model ``spec`` names with its weights on the meta device (shapes and dtypes only, no memory).
+
+    What memory estimates and device maps are computed from before anything loads; None where the
+    shapes are not known without reading the weights (a GGUF file, a hub id that is not cached).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec_str = str(spec)
+    source = model_source(spec_str)
+    dtype = dev.resolve_dtype(dtype, resolve_device(None)) if not isinstance(dtype, torch.dtype) else dtype
+    path = Path(spec_str).expanduser()
+    if source == "pruned":
+        from rankadaptor.fileio import read_json
+        from rankadaptor.models.artefact import MANIFEST, build_skeleton
+
+        return build_skeleton(read_json(path / MANIFEST, what="pruning manifest"), dtype)[0]
+    if source == "gguf":
+        return None
+    if source == "alias":
+        path = assets.ensure(spec_str)
+    elif source == "hub":
+        path = _hf_cache_snapshot(spec_str)
+        if path is None:
+            return None
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- sources
@@ -176,7 +218,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str], device) -> LoadedModel:
+def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str], device, placement=None) -> LoadedModel:
     """A hub id: from the local HF cache or the network, never a long wait for a time-out."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -196,7 +238,7 @@ def _load_hub(spec: str, dtype: torch.dtype, aliases: list[str], device) -> Load
         raise RankAdaptorError(f"cannot load {spec!r} from the hub: {first_line(exc)}") from exc
     snapshot = _hf_cache_snapshot(spec)  # where the hub files now lie, for the identity hash
     sha = weights_sha256(snapshot) if snapshot else None
-    return _finish(model, tok, spec, snapshot or Path(spec), sha, "hub", device)
+    return _finish(model, tok, spec, snapshot or Path(spec), sha, "hub", device, placement)
 
 
 def _hf_cache_snapshot(spec: str) -> Path | None:
@@ -286,10 +328,16 @@ def weights_bytes(spec: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-def _finish(model, tok, spec: str, path: Path, sha: str | None, source: str, device) -> LoadedModel:
+def _finish(model, tok, spec: str, path: Path, sha: str | None, source: str, device, placement=None) -> LoadedModel:
     from rankadaptor.checks import CORRUPT_WEIGHTS, finite_tensors
 
-    model.to(device).eval()  # weights are read on the CPU first; one copy to the device after
+    if isinstance(placement, tuple):  # planned only now that the weights are read (GGUF)
+        placement = dev.plan_device_map(model, *placement)
+    if placement is not None:
+        model = dev.place(model, placement).eval()
+        device = placement
+    else:
+        model.to(device).eval()  # weights are read on the CPU first; one copy to the device after
     finite_tensors(model.named_parameters(), f"model {spec}", CORRUPT_WEIGHTS)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # batching needs a pad token; eos is the usual choice
