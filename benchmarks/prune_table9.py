@@ -1,4 +1,4 @@
-"""Pruned without recovery (the analogue of seed 001's Table 9) on SmolLM2-135M.
+"""Pruned without recovery (the analogue of RankAdaptor's Table 9) on SmolLM2-135M.
 
 For every (method, ratio) the script prunes the base model in a fresh child process (so peak
 memory is that configuration's own), then measures parameters, held-out perplexity, pruning

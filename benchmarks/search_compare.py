@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from rankadaptor.fileio import write_json_atomic  # noqa: E402
 from rankadaptor.provenance import provenance  # noqa: E402
 from rankadaptor.search.engine import SearchConfig, finalize, open_study, run_search  # noqa: E402
+from rankadaptor.search.storage import open_storage  # noqa: E402
 from rankadaptor.search.objective import SyntheticObjective  # noqa: E402
 from rankadaptor.search.sampler import completed_data, make_sampler  # noqa: E402
 from rankadaptor.search.space import SearchSpace  # noqa: E402
@@ -42,7 +43,7 @@ def one_run(strategy, noise, seed, trials, pool, workdir):
     kw = dict(pool_size=pool, ensemble_size=5, cv_every=5, n_initial=8) if strategy == "rankadaptor" else {}
     sampler = make_sampler(strategy, space, seed=seed, **kw)
     url = f"sqlite:///{workdir}/{strategy}_{noise}_{seed}.db"
-    study = open_study("c", url, space, obj.identity(), strategy, "maximize", sampler)
+    study = open_study("c", open_storage(url), space, obj.identity(), strategy, "maximize", sampler)
     cfg = SearchConfig(n_trials=trials, patience=trials, final_seeds=3, seed=seed)  # fixed budget: no early stop
     t0 = time.time()
     run_search(study, space, obj, cfg)

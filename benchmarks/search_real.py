@@ -79,6 +79,7 @@ class CachedObjective:
 def one_strategy(strategy, space, objective, args, identity):
     import optuna
 
+    from rankadaptor.search.storage import open_storage
     from rankadaptor.search.engine import SearchConfig, finalize, history, open_study, run_search
     from rankadaptor.search.sampler import completed_data, make_sampler
 
@@ -86,7 +87,7 @@ def one_strategy(strategy, space, objective, args, identity):
     db.unlink(missing_ok=True)  # a benchmark run starts its studies fresh
     sampler = make_sampler(strategy, space, seed=args.seed,
                            **(dict(n_initial=max(3, args.trials // 3)) if strategy != "random" else {}))
-    study = open_study(f"{strategy}-{args.seed}", f"sqlite:///{db}", space, identity, strategy,
+    study = open_study(f"{strategy}-{args.seed}", open_storage(f"sqlite:///{db}"), space, identity, strategy,
                        objective.direction, sampler)
     cfg = SearchConfig(n_trials=args.trials, patience=args.trials, final_seeds=args.final_seeds, seed=args.seed)
     t0 = time.perf_counter()
@@ -156,6 +157,8 @@ def main(argv=None) -> int:
 
 
 def markdown(result) -> str:
+    from rankadaptor.stats import verdict_of
+
     s = result["setting"]
     lines = ["# Rank search on the real model: RankAdaptor vs random vs TPE vs uniform", "",
              f"{s['model']}; objective: {s['objective']}; {s['trials_per_strategy']} trials per strategy (the "
@@ -172,8 +175,8 @@ def markdown(result) -> str:
         d = r["difference_vs_uniform"] or {}
         # the objective is a loss: report pick minus uniform in loss units (negative = pick is better)
         diff = (f"{-d['mean']:+.4f} ({-d['ci_high']:+.4f} .. {-d['ci_low']:+.4f})" if d else "n/a")
-        verdict = ("not significant" if d and not d["significant"] else
-                   ("pick better" if d and d["mean"] > 0 else "pick worse")) if d else "n/a"
+        verdict = {"no test": "no test", "not significant": "not significant"}.get(
+            verdict_of(d), "pick better" if d and d["mean"] > 0 else "pick worse") if d else "n/a"
         cv, p = r["model_cv"].get("spearman"), r["model_cv"].get("p_value")
         cv_text = "n/a (too few trials)" if cv is None else f"{cv:+.2f} (p={p:.2f})"
         if r["best_ranks"] == [8] * len(costs):

@@ -3,6 +3,7 @@ import optuna
 import pytest
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.search.storage import open_storage
 from rankadaptor.search.engine import SearchConfig, convergence, finalize, open_study, run_search
 from rankadaptor.search.objective import SyntheticObjective
 from rankadaptor.search.perf_model import MLPConfig
@@ -27,7 +28,7 @@ def _sampler(space, seed=0, **kw):
 def test_search_starts_with_uniform_never_repeats_and_respects_budget(tmp_path):
     space = _space()
     obj = SyntheticObjective(space, noise=0.001)
-    study = open_study("s", f"sqlite:///{tmp_path}/s.db", space, obj.identity(), "rankadaptor", "maximize",
+    study = open_study("s", open_storage(f"sqlite:///{tmp_path}/s.db"), space, obj.identity(), "rankadaptor", "maximize",
                        _sampler(space))
     run_search(study, space, obj, SearchConfig(n_trials=10, patience=50))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -44,7 +45,7 @@ def test_search_starts_with_uniform_never_repeats_and_respects_budget(tmp_path):
 def test_guided_search_beats_uniform_truth_on_a_low_noise_objective(tmp_path):
     space = _space()
     obj = SyntheticObjective(space, noise=0.0005, seed=3)
-    study = open_study("g", f"sqlite:///{tmp_path}/g.db", space, obj.identity(), "rankadaptor", "maximize",
+    study = open_study("g", open_storage(f"sqlite:///{tmp_path}/g.db"), space, obj.identity(), "rankadaptor", "maximize",
                        _sampler(space, seed=1))
     cfg = SearchConfig(n_trials=12, patience=50, final_seeds=3)
     run_search(study, space, obj, cfg)
@@ -60,7 +61,7 @@ def test_finalize_says_not_significant_and_chance_on_pure_noise(tmp_path):
     def noise(ranks, seed=0, fidelity="full"):
         return float(np.random.default_rng([seed, int(np.sum(ranks) * 7 + ranks[3])]).normal())
 
-    study = open_study("n", f"sqlite:///{tmp_path}/n.db", space, {"objective": "noise"}, "random", "maximize",
+    study = open_study("n", open_storage(f"sqlite:///{tmp_path}/n.db"), space, {"objective": "noise"}, "random", "maximize",
                        make_sampler("random", space, seed=0))
     cfg = SearchConfig(n_trials=8, final_seeds=3)
     run_search(study, space, noise, cfg)
@@ -74,22 +75,22 @@ def test_resume_refuses_other_model_space_or_strategy(tmp_path):
     url = f"sqlite:///{tmp_path}/r.db"
     space = _space()
     obj = SyntheticObjective(space)
-    study = open_study("r", url, space, obj.identity(), "random", "maximize", make_sampler("random", space))
+    study = open_study("r", open_storage(url), space, obj.identity(), "random", "maximize", make_sampler("random", space))
     run_search(study, space, obj, SearchConfig(n_trials=2))
-    again = open_study("r", url, space, obj.identity(), "random", "maximize", make_sampler("random", space))
+    again = open_study("r", open_storage(url), space, obj.identity(), "random", "maximize", make_sampler("random", space))
     assert len(again.trials) == 2
     with pytest.raises(RankAdaptorError, match="different model"):
-        open_study("r", url, space, {"model": "other"}, "random", "maximize", make_sampler("random", space))
+        open_study("r", open_storage(url), space, {"model": "other"}, "random", "maximize", make_sampler("random", space))
     with pytest.raises(RankAdaptorError, match="different space"):
-        open_study("r", url, _space(tol=0.2), obj.identity(), "random", "maximize", make_sampler("random", space))
+        open_study("r", open_storage(url), _space(tol=0.2), obj.identity(), "random", "maximize", make_sampler("random", space))
     with pytest.raises(RankAdaptorError, match="different strategy"):
-        open_study("r", url, space, obj.identity(), "tpe", "maximize", make_sampler("tpe", space))
+        open_study("r", open_storage(url), space, obj.identity(), "tpe", "maximize", make_sampler("tpe", space))
 
 
 def test_tpe_proposals_are_repaired_into_the_budget_and_start_with_uniform(tmp_path):
     space = _space(tol=0.02)
     obj = SyntheticObjective(space)
-    study = open_study("t", f"sqlite:///{tmp_path}/t.db", space, obj.identity(), "tpe", "maximize",
+    study = open_study("t", open_storage(f"sqlite:///{tmp_path}/t.db"), space, obj.identity(), "tpe", "maximize",
                        make_sampler("tpe", space, seed=0, n_initial=3))
     run_search(study, space, obj, SearchConfig(n_trials=6))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -105,7 +106,7 @@ def test_duplicate_plan_is_never_evaluated_twice(tmp_path):
         calls.append(plan_hash(ranks))
         return 0.0
 
-    study = open_study("d", f"sqlite:///{tmp_path}/d.db", space, {"o": 1}, "random", "maximize",
+    study = open_study("d", open_storage(f"sqlite:///{tmp_path}/d.db"), space, {"o": 1}, "random", "maximize",
                        make_sampler("random", space))
     uniform = space.to_params(space.uniform())
     study.enqueue_trial(uniform)
@@ -133,7 +134,7 @@ def test_failing_objective_stops_with_a_clear_error(tmp_path):
     def broken(ranks, seed=0, fidelity="full"):
         raise RuntimeError("out of memory")
 
-    study = open_study("f", f"sqlite:///{tmp_path}/f.db", space, {"o": 2}, "random", "maximize",
+    study = open_study("f", open_storage(f"sqlite:///{tmp_path}/f.db"), space, {"o": 2}, "random", "maximize",
                        make_sampler("random", space))
     with pytest.raises(RankAdaptorError, match="3 trials in a row failed"):
         run_search(study, space, broken, SearchConfig(n_trials=5))

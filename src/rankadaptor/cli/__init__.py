@@ -22,6 +22,7 @@ MODEL_COMMANDS = {"demo", "eval", "prune", "recover", "search"}
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
     "assets": "rankadaptor.cli.assets",
+    "compare": "rankadaptor.cli.compare",
     "compress": "rankadaptor.cli.compress",
     "demo": "rankadaptor.cli.demo",
     "eval": "rankadaptor.cli.eval",

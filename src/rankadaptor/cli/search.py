@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from rankadaptor.metrics import TASKS
-from rankadaptor.errors import RankAdaptorError
 
 log = logging.getLogger(__name__)
 
@@ -93,131 +91,74 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _budget(text: str, space_kwargs: dict):
-    from rankadaptor.search.space import SearchSpace
+def settings_from_args(args):
+    """The parsed flags as the library's validated ``SearchSettings``."""
+    from rankadaptor.search.study import SearchSettings
 
-    if text == "none":
-        return None
-    if text.startswith("uniform:"):
-        try:
-            r = int(text.split(":", 1)[1])
-        except ValueError:
-            raise RankAdaptorError(f"--budget {text!r}: use uniform:R with an integer R") from None
-        return SearchSpace(**space_kwargs).uniform_budget(r)
-    try:
-        return float(text)
-    except ValueError:
-        raise RankAdaptorError(f"--budget {text!r} must be 'uniform:R', a parameter count or 'none'") from None
-
-
-def _validate(args) -> None:
-    if args.create_only:
-        return
-    if args.trials is None:
-        raise RankAdaptorError("--trials N is required (the study's total of completed trials) unless --create-only")
-    if args.trials < 1:
-        raise RankAdaptorError(f"--trials {args.trials} must be >= 1")
-    if not args.no_finalize and not args.out:
-        raise RankAdaptorError("--out FILE is required unless --no-finalize is given")
-    if args.out and Path(args.out).exists():
-        raise RankAdaptorError(f"--out {args.out} already exists; choose a new file (results are never overwritten)")
-    from rankadaptor.fileio import refuse_bad_out_parent
-
-    for out in (args.out, args.report):
-        if out:
-            refuse_bad_out_parent(out)
-    if args.out and not args.no_finalize:
-        report = Path(args.report) if args.report else Path(args.out).with_name(Path(args.out).stem + ".search")
-        if report.exists():  # found only after the whole search otherwise
-            raise RankAdaptorError(f"report directory {report} already exists; choose another --out or --report "
-                                   "(results are never overwritten)")
-    if args.meta and not Path(args.meta).is_file():
-        raise RankAdaptorError(f"--meta file {args.meta} not found")
+    return SearchSettings(
+        study=args.study, trials=args.trials, storage=args.storage, strategy=args.strategy, budget=args.budget,
+        budget_tolerance=args.budget_tolerance, candidates=args.candidates, fixed_first=args.fixed_first,
+        fixed_last=args.fixed_last, fixed_rank=args.fixed_rank, n_initial=args.n_initial, pool=args.pool,
+        acquisition=args.acquisition, kappa=args.kappa, ensemble=args.ensemble, hidden=args.hidden,
+        epochs=args.epochs, patience=args.patience, model_tolerance=args.model_tolerance, meta=args.meta,
+        meta_method=args.meta_method, final_seeds=args.final_seeds, finalists=args.finalists,
+        finalize=not args.no_finalize, multi_fidelity=args.multi_fidelity, seed=args.seed,
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, max_retry=args.max_retry,
+        poll_interval=args.poll_interval, cv_every=args.cv_every, create_only=args.create_only, out=args.out,
+        report=args.report)
 
 
 def run(args) -> int:
-    import optuna
     import torch
 
-    from rankadaptor.search import engine
+    from rankadaptor.fileio import refuse_bad_out_parent
     from rankadaptor.search.objective import RecoverEvalObjective, SyntheticObjective
-    from rankadaptor.search.perf_model import MLPConfig
-    from rankadaptor.search.sampler import make_sampler
-    from rankadaptor.search.space import SearchSpace
-    from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, default_storage_url, open_storage
+    from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, open_storage
+    from rankadaptor.search.study import make_space, run_study
 
-    _validate(args)
-    # the database URL is checked before any work; a server is connected to now, an SQLite file is
-    # created only once every other input has been checked (a bad input leaves nothing on disk)
-    storage_url = args.storage or default_storage_url(args.study)
-    heartbeat = HeartbeatConfig(args.heartbeat_interval, args.grace_period, args.max_retry)
-    storage = None if check_storage_url(storage_url).get_backend_name() == "sqlite" \
-        else open_storage(storage_url, heartbeat)
+    settings = settings_from_args(args)
+    for out in (settings.out, settings.report):
+        if out:
+            refuse_bad_out_parent(out)
+    # a database server is connected to now, before the model loads; an SQLite file is created only
+    # once every other input has been checked (a bad input leaves nothing on disk)
+    url = settings.storage_url()
+    storage = None if check_storage_url(url).get_backend_name() == "sqlite" else open_storage(
+        url, HeartbeatConfig(settings.heartbeat_interval, settings.grace_period, settings.max_retry))
     if not getattr(args, "threads", None):
         # the performance model is tiny and CPUs here are shared: extra threads only add contention
         torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shape = dict(candidates=args.candidates, fixed_first=args.fixed_first, fixed_last=args.fixed_last,
-                 fixed_rank=args.fixed_rank)
     if args.objective == "synthetic":
-        base = dict(n_layers=args.synthetic_layers, **shape)
-        space = SearchSpace(**base, budget=_budget(args.budget, base), tolerance=args.budget_tolerance)
-        objective = SyntheticObjective(space, noise=args.synthetic_noise, seed=args.synthetic_seed)
+        costs = [1.0] * args.synthetic_layers
+        objective = SyntheticObjective(make_space(settings, costs), noise=args.synthetic_noise, seed=args.synthetic_seed)
         identity = {"model": args.model, **objective.identity()}
     else:
         from rankadaptor.lora.ranks import layer_costs
         from rankadaptor.models.loading import load_model
 
         loaded = load_model(args.model)
-        n_layers = loaded.model.config.num_hidden_layers
-        base = dict(n_layers=n_layers, layer_costs=tuple(layer_costs(loaded.model)), **shape)
-        space = SearchSpace(**base, budget=_budget(args.budget, base), tolerance=args.budget_tolerance)
+        costs = layer_costs(loaded.model)
+        make_space(settings, costs)  # an unreachable budget fails before the first trial
         objective = RecoverEvalObjective(args.model, args.objective, args.steps, args.screen_steps,
                                          args.limit, args.screen_limit, data=args.data)
         identity = {"model": args.model, "model_identity": getattr(loaded, "identity", None),
                     **objective.identity()}
         del loaded
-    space.check_feasible()  # a budget the candidates cannot meet fails before the study is created
-    mlp = MLPConfig(hidden=args.hidden, epochs=args.epochs, partial_epochs=max(1, args.epochs // 3))
-    init_state = _meta_prior(args, space, mlp)
-    kwargs = dict(n_initial=args.n_initial, pool_size=args.pool, acquisition=args.acquisition, kappa=args.kappa,
-                  ensemble_size=args.ensemble, mlp=mlp, init_state=init_state,
-                  cv_every=args.cv_every)
-    sampler = make_sampler(args.strategy, space, seed=args.seed + torch.randint(0, 1 << 30, ()).item()
-                           if args.no_finalize else args.seed, **kwargs)
-    config = None if args.create_only else engine.SearchConfig(
-        n_trials=args.trials, patience=args.patience, tolerance=args.model_tolerance, final_seeds=args.final_seeds,
-        finalists=args.finalists, multi_fidelity=args.multi_fidelity, seed=args.seed,
-        poll_interval=args.poll_interval)
-    storage = storage or open_storage(storage_url, heartbeat)
-    study = engine.open_study(args.study, storage, space, identity, args.strategy, objective.direction, sampler)
-    if config is None:
+    result = run_study(settings, objective, costs, identity, storage=storage)
+    study = result.study
+    if settings.create_only:
         print(f"study {args.study} ready ({len(study.trials)} trials so far); start the workers with the same "
               f"settings and --storage")
         return 0
-    state = engine.run_search(study, space, objective, config)
-    print(f"study {args.study}: {state.get('n_complete')} completed trials, converged={state.get('converged')}")
+    from rankadaptor.search import engine
+
+    print(f"study {args.study}: {result.state.get('n_complete')} completed trials, "
+          f"converged={result.state.get('converged')}")
     for retry, first in engine.retries(study).items():
         print(f"trial {retry} retried the plan of trial {first} (its worker died before completing it)")
-    if args.no_finalize:
+    if result.report is None:
         return 0
-    from rankadaptor.search.outputs import write_outputs
-
-    report = engine.finalize(study, space, objective, config, mlp, init_state)
-    paths = write_outputs(study, space, report, args.out, args.report, config, identity)
-    for msg in report["messages"]:
+    for msg in result.report["messages"]:
         print(msg)
-    print(f"best plan: {paths['plan']}\nreport: {paths['report']}")
+    print(f"best plan: {result.paths['plan']}\nreport: {result.paths['report']}")
     return 0
-
-
-def _meta_prior(args, space, mlp):
-    if not args.meta or args.strategy != "rankadaptor":
-        return None
-    from rankadaptor.search import meta
-
-    objective = "average" if args.objective in ("synthetic", "loss") else args.objective
-    tasks = list(meta.load_measurements(args.meta, objective).values())
-    log.info("meta-learning (%s) on %d source settings from %s", args.meta_method, len(tasks), args.meta)
-    fn = meta.reptile if args.meta_method == "reptile" else meta.pooled_pretrain
-    return fn(tasks, space.n_free, mlp, seed=args.seed)

@@ -1,4 +1,4 @@
-"""PARA: data-free, post-hoc rank compression of a PEFT LoRA adapter (seed 003).
+"""PARA: data-free, post-hoc rank compression of a PEFT LoRA adapter (the PARA paper).
 
 For every module, ``dW = s * B @ A`` (B: d x r, A: r x k) has at most r non-zero singular values.
 They come exactly from small factors: ``B = Q_B R_B`` and ``A^T = Q_A R_A`` (thin QR), then

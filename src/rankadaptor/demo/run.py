@@ -86,8 +86,6 @@ class Demo(UnitWork):
     # ---- the whole pipeline -------------------------------------------------------------------
     def plan(self) -> list[Unit]:
         """Every unit with its expected cost (seconds at one thread) and what it waits for."""
-        from rankadaptor.lora.methods import get_method
-
         c = self.cfg
         docs = (c.eval_limit or FULL_SPLIT_DOCS) * 7
         ev = SECONDS_PER_TOKEN * (docs * EVAL_TOKENS_PER_DOC + c.ppl_tokens) + 5
@@ -99,14 +97,8 @@ class Demo(UnitWork):
         for s in c.seeds:
             units += [Unit(f"uniform-s{s}", train + ev, ("prune",)), Unit(f"lora-star-s{s}", train + ev, ("prune",)),
                       Unit(f"rankadaptor-s{s}", train + ev, ("search",)), Unit(f"para-s{s}", 1.2 * train + ev, ("prune",))]
-        for name in ("prunedlora", "adalora"):
-            try:
-                get_method(name)
-            except RankAdaptorError:
-                log.warning("recovery method %s is not available; its row is left out", name)
-                continue
-            # both cost about twice a LoRA step here: AdaLoRA's SVD-form layers, PrunedLoRA's pruning events
-            units += [Unit(f"{name}-s{s}", 2 * train + ev, ("prune",)) for s in c.seeds]
+        # both cost about twice a LoRA step here: AdaLoRA's SVD-form layers, PrunedLoRA's pruning events
+        units += [Unit(f"{name}-s{s}", 2 * train + ev, ("prune",)) for name in ("prunedlora", "adalora") for s in c.seeds]
         return units
 
     def work(self, key: str) -> Callable[[], dict]:
@@ -119,16 +111,10 @@ class Demo(UnitWork):
             return fixed[key]
         method, _, s = key.rpartition("-s")
         seed = int(s)
-        if method == "uniform":
-            return lambda: self.recover_and_eval(key, seed, plan=RankPlan.uniform(self.n_layers(), 8))
-        if method == "lora-star":
-            return lambda: self.recover_and_eval(key, seed, plan=RankPlan.lora_star(self.n_layers()))
         if method == "rankadaptor":
-            return lambda: self.recover_and_eval(key, seed, plan=RankPlan(ranks=self._search_result()["ranks"]))
-        if method == "para":
-            return lambda: self.para(seed, self.uniform_budget())
-        if method in ("prunedlora", "adalora"):
-            return lambda: self.recover_and_eval(key, seed, method=self.budget_method(method))
+            return lambda: self.train_and_eval(key, "plan", seed, plan=RankPlan(ranks=self._search_result()["ranks"]))
+        if method in ("uniform", "lora-star", "para", "prunedlora", "adalora"):
+            return lambda: self.train_and_eval(key, method, seed)
         raise RankAdaptorError(f"unknown demo unit {key!r}")
 
     def _search_result(self) -> dict:

@@ -1,4 +1,4 @@
-"""PrunedLoRA (seed 002): start LoRA at rank R0 and prune rank components during training.
+"""PrunedLoRA: start LoRA at rank R0 and prune rank components during training.
 
 At each pruning event (``rankadaptor.lora.pruned_lora_schedule``: derived from the run length when
 not given) the least important rank components (column j of B with row j of A) are removed:

@@ -34,7 +34,7 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 # "2r": alpha = 2·r per module (LLM-Pruner's recipe, scale 2 everywhere); "fixed": alpha = ``alpha``
 # (scale alpha/r); "rslora": alpha = ``alpha`` with rank-stabilised scale alpha/sqrt(r).
 ALPHA_RULES = ("2r", "fixed", "rslora")
-LORA_STAR_RANKS = (4, 6, 10, 12)  # seed 001's "LoRA*": ranks rising by quarter of the layers
+LORA_STAR_RANKS = (4, 6, 10, 12)  # RankAdaptor's "LoRA*": ranks rising by quarter of the layers
 
 
 def peft_pattern_key(module_name: str) -> str:

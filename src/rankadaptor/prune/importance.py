@@ -1,4 +1,4 @@
-"""What to cut: importance scores for coupled structures (seed 001, Eq. 2; LLM-Pruner).
+"""What to cut: importance scores for coupled structures (RankAdaptor Eq. 2; LLM-Pruner).
 
 A *unit* is the smallest thing width pruning removes together:
 

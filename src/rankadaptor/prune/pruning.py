@@ -35,7 +35,7 @@ class PruneConfig:
     ``ratio == 0`` is allowed in the library (an identity "pruning" that still writes an
     artefact: a control for experiments); the CLI asks for (0, 1) as the issue specifies.
     ``layers`` is (start, end) of the decoder blocks that may be pruned, end exclusive;
-    ``None`` means leave the first 4 and last 2 alone (seed 001, LLM-Pruner).
+    ``None`` means leave the first 4 and last 2 alone (RankAdaptor §4.1, LLM-Pruner).
     """
 
     method: str = "llm-pruner"

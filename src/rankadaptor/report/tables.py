@@ -1,7 +1,7 @@
 """Table 2-style comparison tables (methods × seven tasks, mean ± 95 % CI over seeds).
 
 Input is a list of runs, each ``{"method": str, "seed": int, "results": <evaluate() output>}``.
-Metric per task follows LLM-Pruner's reporting (the convention seed 001 inherits): ``acc`` for
+Metric per task follows LLM-Pruner's reporting (the convention RankAdaptor inherits): ``acc`` for
 BoolQ, PIQA, WinoGrande and ARC-e, ``acc_norm`` for HellaSwag, ARC-c and OpenBookQA.
 """
 
@@ -22,8 +22,9 @@ def run_scores(results: Mapping) -> dict[str, float]:
     scores = {t: task_score(tasks[t], t) for t in TASK_ORDER if t in tasks}
     if scores:
         scores["avg"] = sum(scores.values()) / len(scores)
-    if results.get("perplexity") is not None:
-        scores["ppl"] = float(results["perplexity"])
+    ppl = results.get("perplexity")
+    if ppl is not None:  # heldout_perplexity's dict, or a bare number in older results files
+        scores["ppl"] = float(ppl["perplexity"] if isinstance(ppl, dict) else ppl)
     return scores
 
 

@@ -1,4 +1,4 @@
-"""RankAdaptor rank search (seed 001 §3): space, performance model, meta-learning, Optuna sampler, engine.
+"""RankAdaptor rank search (RankAdaptor §3): space, performance model, meta-learning, Optuna sampler, engine.
 
 ``space.SearchSpace`` (valid rank vectors under a budget) -> ``perf_model`` (MLP ensemble) ->
 ``meta`` (pooled / Reptile pre-training, measurements loader) -> ``sampler`` (Optuna samplers:

@@ -1,4 +1,4 @@
-"""Study lifecycle (seed 001 §3.3: Initialization, Iteration, Convergence) in Optuna storage.
+"""Study lifecycle (RankAdaptor §3.3: Initialization, Iteration, Convergence) in Optuna storage.
 
 ``open_study`` creates or resumes a study and refuses one made for another model, space, objective
 or strategy. ``run_search`` evaluates trials until the budget or convergence (the model's error on
@@ -19,6 +19,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -30,7 +31,7 @@ from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search.perf_model import Ensemble, MLPConfig, PerformanceModel
 from rankadaptor.search.sampler import completed_data
 from rankadaptor.search.space import SearchSpace, plan_hash
-from rankadaptor.search.storage import ATTEMPT_FLAGS, open_storage
+from rankadaptor.search.storage import ATTEMPT_FLAGS
 from rankadaptor.stats import mean_ci, paired_difference
 
 log = logging.getLogger(__name__)
@@ -60,16 +61,15 @@ class SearchConfig:
             raise RankAdaptorError(f"poll interval {self.poll_interval} must be > 0 seconds")
 
 
-def open_study(name: str, storage: str | optuna.storages.BaseStorage, space: SearchSpace,
+def open_study(name: str, storage: optuna.storages.BaseStorage, space: SearchSpace,
                identity: dict[str, Any], strategy: str, direction: str,
                sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Create or resume; a study made for a different model/space/objective/strategy is refused.
 
-    ``storage`` is a database URL (opened with default heartbeats, see ``storage.open_storage``)
-    or an opened Optuna storage.
+    ``storage`` is an opened Optuna storage (``storage.open_storage(url)``: the one door for URLs).
     """
-    if isinstance(storage, str):
-        storage = open_storage(storage)
+    if isinstance(storage, (str, Path)):
+        raise TypeError("open_study takes an opened storage; open a URL with rankadaptor.search.storage.open_storage")
     expected = {"rankadaptor_space": space.to_dict(), "rankadaptor_model": identity,
                 "rankadaptor_strategy": strategy}
     try:
@@ -297,7 +297,10 @@ def finalize(study: optuna.Study, space: SearchSpace, objective: Objective, conf
     if len(seeds) >= 2:
         diff = paired_difference([sign * s for s in best["scores"]], [sign * s for s in base_scores])
         report["difference_vs_uniform"] = {**diff, "note": "best minus uniform, oriented so that > 0 is better"}
-        if not diff["significant"]:
+        if diff["verdict"] == "no test":
+            messages.append(f"no test: best vs uniform differs by {diff['mean']:+.4f} on {len(seeds)} seeds "
+                            "(fewer than 3 seeds or the same difference on each): no claim either way")
+        elif not diff["significant"]:
             messages.append(f"NOT significant: best vs uniform differs by {diff['mean']:+.4f} "
                             f"(95% CI {diff['ci_low']:+.4f} .. {diff['ci_high']:+.4f}, {len(seeds)} seeds)")
         else:

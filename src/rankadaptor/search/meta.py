@@ -1,4 +1,4 @@
-"""Offline meta-learning for the performance model (seed 001 §3.3, Initialization phase).
+"""Offline meta-learning for the performance model (RankAdaptor §3.3, Initialization phase).
 
 A *task* is a dataset of (rank vector features -> score): another lm-eval task of the same trials,
 an earlier study, or one setting of a measurements file. Two ways to get an initial weight vector:

@@ -106,10 +106,11 @@ class RecoverEvalObjective:
         if self.target == "loss":  # held-out loss on the recovery data's validation split
             return float(result.record["val_loss"])
         from rankadaptor.eval import evaluate
+        from rankadaptor.metrics import paper_average
 
         model = result.model
         model.eval()
         tasks = None if self.target == "average" else [self.target]
         res = evaluate(model, loaded.tokenizer, tasks=tasks, limit=limit, seed=seed)
-        block = res["average"] if self.target == "average" else res["tasks"][self.target]
-        return float(block["acc"])
+        # "average" is THE average of rankadaptor.metrics (LLM-Pruner's acc / acc_norm per task)
+        return float(paper_average(res["tasks"]) if self.target == "average" else res["tasks"][self.target]["acc"])

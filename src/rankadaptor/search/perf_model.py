@@ -1,4 +1,4 @@
-"""The performance model (seed 001 §3.2): an MLP from normalised rank features to a score.
+"""The performance model (RankAdaptor §3.2): an MLP from normalised rank features to a score.
 
 Targets are standardised inside the model so the same learning rate works for accuracies (~0.5)
 and losses (~3). ``partial_fit`` continues from the current weights (online incremental learning);

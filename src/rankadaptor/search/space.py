@@ -1,4 +1,4 @@
-"""The solution space of per-layer rank vectors (seed 001 §3.1), independent of torch.
+"""The solution space of per-layer rank vectors (RankAdaptor §3.1), independent of torch.
 
 A rank vector has one rank per decoder layer. Some layers are fixed (the paper keeps the unpruned
 first 4 and last 2 layers at rank 8); the others take a value from ``candidates``. An optional
