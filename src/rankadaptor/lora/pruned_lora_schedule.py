@@ -53,10 +53,11 @@ class PruneSchedule:
             v = getattr(self, name)
             if v is None and name in _TIMING:
                 continue
+            if name == "final_steps" and v == 0:
+                raise RankAdaptorError("final_steps = 0 leaves no fine-tuning after the last pruning event; "
+                                       "use --prune-final >= 1 (or leave it out: a quarter of the steps)")
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                hint = " (0 leaves no fine-tuning after the last pruning event; --prune-final)" \
-                    if name == "final_steps" else ""
-                raise RankAdaptorError(f"{name} = {v!r} must be an integer >= 1{hint}")
+                raise RankAdaptorError(f"{name} = {v!r} must be an integer >= 1")
         if (self.target_rank is None) == (self.target_params is None):
             raise RankAdaptorError("give exactly one of target_rank (--target-rank) or target_params (--target-params)")
         if self.floor > self.init_rank:
