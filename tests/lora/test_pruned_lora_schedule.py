@@ -74,7 +74,8 @@ def test_bad_schedules_name_the_flag_to_change(kwargs, steps, flags):
 
 
 def test_bad_fields_fail_on_construction():
-    for kwargs, words in [(dict(init_rank=8), "exactly one"), (dict(init_rank=8, target_rank=4, scope="layer"), "scope"),
+    for kwargs, words in [(dict(init_rank=8), "exactly one"),
+                          (dict(init_rank=8, target_rank=4, scope="layer"), "scope"),
                           (dict(init_rank=8, target_rank=4, scorer="nope"), "magnitude"),
                           (dict(init_rank=8, target_rank=4, fisher="nope"), "token"),
                           (dict(init_rank=8, target_rank=4, damping=0), "--prune-damping"),

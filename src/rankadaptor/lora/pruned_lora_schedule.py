@@ -64,8 +64,8 @@ class PruneSchedule:
             raise RankAdaptorError(f"floor {self.floor} is above the initial rank {self.init_rank}; "
                                    f"use --prune-floor <= {self.init_rank}")
         if self.target_rank is not None and not self.floor <= self.target_rank < self.init_rank:
-            raise RankAdaptorError(f"target_rank {self.target_rank} must be in [floor={self.floor}, "
-                                   f"init_rank-1={self.init_rank - 1}]; change --target-rank, --init-rank or --prune-floor")
+            raise RankAdaptorError(f"target_rank {self.target_rank} must be in [floor={self.floor}, init_rank-1="
+                                   f"{self.init_rank - 1}]; change --target-rank, --init-rank or --prune-floor")
         if self.target_params is not None and (isinstance(self.target_params, bool)
                                                or not isinstance(self.target_params, int) or self.target_params < 1):
             raise RankAdaptorError(f"target_params = {self.target_params!r} must be a positive integer")
@@ -102,8 +102,8 @@ class PruneSchedule:
         floor_budget = self.floor * per
         target = self.requested_params(sizes)
         if target >= initial:
-            raise RankAdaptorError(f"target {target:,} LoRA params is not below the initial count {initial:,} "
-                                   f"(rank {self.init_rank}); lower --target-params / --target-rank or raise --init-rank")
+            raise RankAdaptorError(f"target {target:,} LoRA params is not below the initial count {initial:,} (rank "
+                                   f"{self.init_rank}); lower --target-params / --target-rank or raise --init-rank")
         if target < floor_budget:
             raise RankAdaptorError(f"target {target:,} LoRA params is below what the floor keeps, {floor_budget:,} "
                                    f"(rank {self.floor} everywhere); lower --prune-floor or raise the target")

@@ -54,12 +54,12 @@ class GateStats:
         self.steps = 0
         # the step being accumulated: sums over micro-batches
         self._g, self._F, self._act = torch.zeros(r, **kw), torch.zeros(r, r, **kw), torch.zeros(r, **kw)
-        self._micro = 0
+        self._forwards = self._backwards = 0  # micro-batches seen (a recomputed forward counts twice)
 
     # ---- hooks (within one step) -----------------------------------------------------------
     def add_forward(self, h: torch.Tensor) -> None:
         self._act += h.detach().reshape(-1, h.shape[-1]).to(self._act.dtype).pow(2).mean(0)
-        self._micro += 1
+        self._forwards += 1
 
     def add_backward(self, h: torch.Tensor, grad_h: torch.Tensor, n_tokens) -> None:
         """One micro-batch: ``h`` and ``∂L/∂h`` of shape (..., r); ``n_tokens`` its N (int or 0-dim tensor)."""
@@ -76,17 +76,18 @@ class GateStats:
             scale = n_tokens * (rows.shape[0] / self.fisher_tokens)
             rows = rows[idx]
         self._F += scale * (rows.T @ rows)
+        self._backwards += 1
 
     def end_step(self) -> None:
-        """Close a step of ``m`` micro-batches: F_step = m · Σ_micro N·Σ_t γγᵀ; update the EMAs."""
-        m = max(self._micro, 1)
+        """Close a step of m micro-batches (backward passes): F_step = m · Σ_micro N·Σ_t γγᵀ; update the EMAs."""
+        m = max(self._backwards, 1)
         b = self.beta if self.steps else 0.0  # first step: no bias towards the zero init
         self.grad.mul_(b).add_(self._g, alpha=1 - b)
         self.fisher.mul_(b).add_(self._F * m, alpha=1 - b)
-        self.act.mul_(b).add_(self._act / m, alpha=1 - b)
+        self.act.mul_(b).add_(self._act / max(self._forwards, 1), alpha=1 - b)
         self.steps += 1
         self._g.zero_(), self._F.zero_(), self._act.zero_()
-        self._micro = 0
+        self._forwards = self._backwards = 0
 
     # ---- after a pruning event ---------------------------------------------------------------
     def rescale(self, d: torch.Tensor) -> None:
