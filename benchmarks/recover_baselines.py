@@ -105,21 +105,10 @@ def layer_sizes(model, r: int) -> dict[str, int]:
 
 
 def prunedlora_method(model, init_rank: int, target_params: int, steps: int, **overrides):
-    """PrunedLoRA sized to the run: global scope, prune every step between a quarter-run warm-up and a
-    quarter-run final phase, with the smallest k per event that reaches the target (checked up front)."""
-    from rankadaptor.errors import RankAdaptorError
-    from rankadaptor.lora.pruned_lora import PrunedLoRAMethod, PruneSchedule
+    """PrunedLoRA sized to the run (``PrunedLoRAMethod.for_budget``: global scope, timing derived from the steps)."""
+    from rankadaptor.lora.pruned_lora import PrunedLoRAMethod
 
-    sizes = layer_sizes(model, init_rank)
-    kw = dict(init_rank=init_rank, target_params=target_params, scope="global", prune_every=1,
-              warmup_steps=max(1, steps // 4), final_steps=steps // 4, **overrides)
-    for k in range(1, init_rank + 1):
-        try:
-            PruneSchedule(**kw, prune_k=k).check_reachable(sizes, steps)
-        except RankAdaptorError:
-            continue
-        return PrunedLoRAMethod(**kw, prune_k=k)
-    raise RankAdaptorError(f"PrunedLoRA cannot reach {target_params} params from r={init_rank} in {steps} steps")
+    return PrunedLoRAMethod.for_budget(model, target_params, steps, init_rank=init_rank, scope="global", **overrides)
 
 
 def one_run(base, tok, args, method: str, seed: int) -> dict:

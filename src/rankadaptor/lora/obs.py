@@ -1,39 +1,38 @@
 """Importance of LoRA rank components and optimal-brain-surgeon compensation (PrunedLoRA maths).
 
-Gate space. A LoRA module computes ``ΔW = s·B·A`` (B: d_out×r, A: r×d_in). Put gates on the rank
-components, ``ΔW(g) = s·B·diag(g)·A``; the trained model is ``g = 1``. Component j is column j
-of B with row j of A, and removing it means moving ``g_j`` to 0.
+Gate space (``rankadaptor.lora.pruned_lora_stats``): ``ΔW(g) = s·B·diag(g)·A``, trained model at
+g = 1, removing component j moves ``g_j`` to 0. The statistics give the gate gradient γ and an
+empirical Fisher F ≈ ∇²_g L in loss units (nats per token), damped relative to its trace::
 
-Gate gradient. With ``B' = B·diag(g)``, ``∂L/∂g_j = Σ_i B_ij ∂L/∂B'_ij``, so at ``g = 1``::
+    F_λ = F + λ·(tr F / r)·I        (well posed whatever the loss scale)
 
-    ∂L/∂g_j = <B[:, j], ∇_B L[:, j]>  (= <A[j, :], ∇_A L[j, :]>, the same number)
-            = Σ_tokens s·(Bᵀ ∂L/∂y)_j · (A x)_j
-
-so it costs one dot product per component from gradients the optimiser already has; no hooks.
-
-Quadratic model. ``L(g + δ) ≈ L(g) + γᵀδ + ½ δᵀ F δ`` with γ the gate gradient and F the
-Gauss-Newton / empirical-Fisher matrix ``F = E[∇_g L ∇_g Lᵀ]`` (r×r), accumulated here as an
-exponential moving average of outer products of per-step gate gradients, damped as
-``F + λ·mean(diag F)·I`` (F from a few steps is rank-deficient).
-
-OBS (remove set S, re-fit the others). Near a minimum γ ≈ 0; minimise ``½ δᵀFδ`` subject to
-``δ_S = −g_S``. Lagrange: ``Fδ + E_S μ = 0`` ⇒ ``δ = −F⁻¹E_S μ``; the constraint gives
+OBS (PrunedLoRA §3; Hassibi & Stork's optimal brain surgeon). At a local minimum the loss change
+of moving the gates by δ is ``½ δᵀFδ``. Remove the set S, re-fit the others: minimise it subject
+to ``δ_S = −g_S``. Lagrange: ``Fδ + E_S μ = 0`` ⇒ ``δ = −F⁻¹E_S μ``; the constraint gives
 ``μ = −([F⁻¹]_SS)⁻¹ g_S``, hence::
 
-    δ  = −F⁻¹ E_S ([F⁻¹]_SS)⁻¹ g_S          (an r-vector: F⁻¹[:, S] is r×|S|, the inverse |S|×|S|)
+    δ  = −F⁻¹ E_S ([F⁻¹]_SS)⁻¹ g_S          (F⁻¹[:, S] is r×|S|, the inverse |S|×|S|)
     ΔL = ½ g_Sᵀ ([F⁻¹]_SS)⁻¹ g_S             single j: ΔL_j = g_j² / (2 [F⁻¹]_jj),
                                                        δ = −(g_j / [F⁻¹]_jj) F⁻¹ e_j
 
-(the shape trap: the block is ``F⁻¹[:, S] @ inv(F⁻¹[S, S]) @ g_S``, never ``F⁻¹[S, :]``-based).
-After fixing ``g_S``, the quadratic over the remaining coordinates has Hessian ``F_RR`` whose
-inverse is the Schur update ``F⁻¹_RR − F⁻¹_RS ([F⁻¹]_SS)⁻¹ F⁻¹_SR``; removing one at a time with
-that update gives the same δ as removing S at once (tested). δ on the remaining gates is folded
-into B (``B[:, i] *= g_i + δ_i``), so no gate parameters remain and the gates are 1 again; the
-statistics move to the new coordinates as ``F ← D F D``, ``γ ← D γ`` with ``D = diag(g + δ)``.
+(the shape trap of the authors' code: the block is ``F⁻¹[:, S] @ inv(F⁻¹[S, S]) @ g_S``). Removing
+one at a time, F⁻¹ of the rest by the Schur update ``F⁻¹ − F⁻¹e_j e_jᵀF⁻¹ / [F⁻¹]_jj``, gives the
+same δ as removing S at once (tested). The first-order term ``γᵀδ`` is left out on purpose:
+training is not at a minimum when it prunes, but γ here is an average of past mini-batch
+gradients, stale and noisy against a step as large as δ_j = −1; with it, OBS chose components
+whose removal cost more held-out loss on a recovering tiny model (three seeds, in development).
 
-Scorers (``SCORERS``): ``obs`` (above), ``taylor`` (first + diagonal second order, no
-compensation: ``−γ_j + ½F_jj``), ``activation`` (``E‖(A x)_j‖² · ‖B_j‖²``, the output energy of
-the component), ``magnitude`` (``‖B_j‖·‖A_j‖``). Only ``obs`` and ``taylor`` are in loss units.
+Compensation of the kept components is δ on their gates, folded into B (``B[:, i] *= 1 + δ_i``).
+The quadratic model is a local one, so δ is shrunk as a whole until every kept gate stays within
+``1 ± max_gate_change``: along ``t·δ`` the quadratic is convex with its minimum at t = 1, so any
+t in [0, 1] predicts no more loss than no compensation at all.
+
+Scorers (``SCORERS``) rank the active components of one module (lower = remove first): ``obs``
+(ΔL_j above, assuming compensation), ``taylor`` (first-order Taylor ``|γ_j|``, the loss change of
+g_j → 0 to first order; Molchanov et al. 2017), ``activation`` (``E[(A x)_j²]·‖B_j‖²``, the output
+energy of the component), ``magnitude`` (``‖B_j‖·‖A_j‖``). ``obs`` and ``taylor`` are in loss
+units. Whichever scorer chooses, the compensation applied (or not: ``compensate=False``) is the
+OBS one for the chosen set.
 """
 
 from __future__ import annotations
@@ -43,16 +42,20 @@ import torch
 from rankadaptor.errors import RankAdaptorError
 
 
+def solve_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the r×r solves, where the device has it (Apple MPS does not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def damped(F: torch.Tensor, damping: float) -> torch.Tensor:
-    """``F + λ·mean(diag F)·I``; a tiny absolute floor keeps an all-zero F invertible."""
+    """``F + λ·(tr F / r)·I``; a tiny absolute floor keeps an all-zero F invertible."""
     F = 0.5 * (F + F.T)
-    scale = float(torch.diagonal(F).mean()) if F.numel() else 0.0
-    scale = max(scale, 1e-12)
-    return F + damping * scale * torch.eye(F.shape[0], dtype=F.dtype)
+    scale = torch.diagonal(F).mean().clamp_min(1e-12) if F.numel() else 1e-12
+    return F + damping * scale * torch.eye(F.shape[0], dtype=F.dtype, device=F.device)
 
 
 def obs_set(Finv: torch.Tensor, gates: torch.Tensor, S: list[int]) -> tuple[float, torch.Tensor]:
-    """(ΔL, δ) for removing the gates in ``S`` with optimal compensation of the others.
+    """(½ δᵀFδ, δ) for removing the gates in ``S`` with optimal compensation of the others.
 
     ``Finv`` is the inverse of the (damped) r×r matrix, ``gates`` the current gate values.
     δ is an r-vector with ``δ[S] = −gates[S]``.
@@ -61,8 +64,7 @@ def obs_set(Finv: torch.Tensor, gates: torch.Tensor, S: list[int]) -> tuple[floa
     if not S:
         return 0.0, torch.zeros_like(gates)
     gS = gates[S]
-    block = Finv[S][:, S]
-    mu = torch.linalg.solve(block, gS)
+    mu = torch.linalg.solve(Finv[S][:, S], gS)
     delta = -Finv[:, S] @ mu
     return float(0.5 * gS @ mu), delta
 
@@ -81,124 +83,94 @@ def schur_remove(Finv: torch.Tensor, j: int) -> torch.Tensor:
     return out
 
 
-class ModuleStats:
-    """Running per-module statistics in gate space: EMA of γ and of γγᵀ, and of E(Ax)².
-
-    They live on the CPU in float64 whatever the model's device: r×r is tiny, and the pruning
-    decisions are then identical on every device.
-    """
-
-    def __init__(self, r: int, beta: float):
-        self.beta = beta
-        self.grad = torch.zeros(r, dtype=torch.float64)
-        self.fisher = torch.zeros(r, r, dtype=torch.float64)
-        self.act = torch.zeros(r, dtype=torch.float64)
-        self.steps = 0
-        self.act_steps = 0
-
-    def update(self, gate_grad: torch.Tensor) -> None:
-        v = gate_grad.detach().double().cpu()
-        b = self.beta if self.steps else 0.0  # first step: no bias towards the zero init
-        self.grad.mul_(b).add_((1 - b) * v)
-        self.fisher.mul_(b).add_((1 - b) * torch.outer(v, v))
-        self.steps += 1
-
-    def update_act(self, sq_mean: torch.Tensor) -> None:
-        b = self.beta if self.act_steps else 0.0
-        self.act.mul_(b).add_((1 - b) * sq_mean.detach().double().cpu())
-        self.act_steps += 1
-
-    def rescale(self, d: torch.Tensor) -> None:
-        """Move the statistics to new gate coordinates after folding ``d`` into B."""
-        d = d.double()
-        self.grad.mul_(d)
-        self.fisher.mul_(torch.outer(d, d))
+def quadratic_change(F: torch.Tensor, delta: torch.Tensor) -> float:
+    """½ δᵀFδ: the predicted loss change of moving the gates by δ (at a minimum)."""
+    return float(0.5 * delta @ F @ delta)
 
 
-def gate_gradient(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor | None:
-    """∂L/∂g at g = 1 from the parameter gradients (see the module docstring)."""
-    if B.grad is None:
-        return None
-    return (B.detach() * B.grad.detach()).sum(dim=0)
+def compensation(Finv: torch.Tensor, S: list[int], max_gate_change: float) -> tuple[torch.Tensor, float]:
+    """(δ, t): δ = −1 on ``S`` and t·(OBS compensation) on the others, t <= 1 keeping |δ_i| <= max_gate_change."""
+    _, delta = obs_set(Finv, torch.ones(Finv.shape[0], dtype=Finv.dtype, device=Finv.device), S)
+    kept = torch.ones_like(delta, dtype=torch.bool)
+    kept[S] = False
+    largest = float(delta[kept].abs().max()) if kept.any() else 0.0
+    t = min(1.0, max_gate_change / largest) if largest > 0 else 1.0
+    delta = torch.where(kept, t * delta, torch.full_like(delta, -1.0))
+    return delta, t
 
 
-# ---- scorers: rank the active components of one module (lower = prune first) ---------------
-class ObsScorer:
-    name = "obs"
-    loss_units = True
-    compensates = True
+# ---- scorers: rank the active components of one module (lower = remove first) ---------------
+class Scorer:
+    """``prepare(view)`` builds the state of one module for one event, ``scores(state)`` ranks its active
+    components (removed ones are +inf), ``remove(state, i)`` takes local index i out.
 
-    def __init__(self, damping: float):
-        self.damping = damping
+    ``view`` has the active components' ``F`` (damped), ``Finv``, ``grad`` (γ), ``act`` (solve dtype,
+    adapter device) and ``A`` (r×d_in), ``B`` (d_out×r) rows/columns."""
 
-    def prepare(self, stats: ModuleStats, A, B, active: list[int]):
-        F = damped(stats.fisher[active][:, active], self.damping)
-        return {"Finv": torch.linalg.inv(F), "gates": torch.ones(len(active), dtype=torch.float64), "removed": set()}
-
-    def scores(self, state) -> torch.Tensor:
-        s = obs_single_scores(state["Finv"], state["gates"])
-        for i in state["removed"]:
-            s[i] = float("inf")
-        return s
-
-    def remove(self, state, i: int) -> torch.Tensor:
-        """Remove local index i; returns δ (local, length of active) to fold into the gates."""
-        _, delta = obs_set(state["Finv"], state["gates"], [i])
-        state["gates"] = state["gates"] + delta
-        state["Finv"] = schur_remove(state["Finv"], i)
-        state["removed"].add(i)
-        return delta
-
-
-class _NoCompScorer:
+    name = ""
     loss_units = False
-    compensates = False
 
-    def __init__(self, damping: float):
-        self.damping = damping
+    def prepare(self, view) -> dict:
+        return {"s": self.static_scores(view), "removed": []}
 
-    def prepare(self, stats: ModuleStats, A, B, active: list[int]):
-        return {"s": self._scores(stats, A, B, active).double(), "removed": set()}
+    def static_scores(self, view) -> torch.Tensor:
+        raise NotImplementedError
 
     def scores(self, state) -> torch.Tensor:
         s = state["s"].clone()
-        for i in state["removed"]:
-            s[i] = float("inf")
+        s[state["removed"]] = float("inf")
         return s
 
-    def remove(self, state, i: int) -> torch.Tensor:
-        state["removed"].add(i)
-        delta = torch.zeros(len(state["s"]), dtype=torch.float64)
-        delta[i] = -1.0
-        return delta
+    def remove(self, state, i: int) -> None:
+        state["removed"].append(i)
 
 
-class TaylorScorer(_NoCompScorer):
+class ObsScorer(Scorer):
+    name = "obs"
+    loss_units = True
+
+    def prepare(self, view) -> dict:
+        return {"Finv": view.Finv.clone(), "gates": torch.ones_like(torch.diagonal(view.Finv)), "removed": []}
+
+    def scores(self, state) -> torch.Tensor:
+        s = obs_single_scores(state["Finv"], state["gates"])
+        s[state["removed"]] = float("inf")
+        return s
+
+    def remove(self, state, i: int) -> None:
+        _, delta = obs_set(state["Finv"], state["gates"], [i])
+        state["gates"] = state["gates"] + delta  # the next removal starts from the compensated gates
+        state["Finv"] = schur_remove(state["Finv"], i)
+        state["removed"].append(i)
+
+
+class TaylorScorer(Scorer):
     name = "taylor"
     loss_units = True
 
-    def _scores(self, stats, A, B, active):
-        return -stats.grad[active] + 0.5 * torch.diagonal(stats.fisher)[active]
+    def static_scores(self, view) -> torch.Tensor:
+        return view.grad.abs()
 
 
-class ActivationScorer(_NoCompScorer):
+class ActivationScorer(Scorer):
     name = "activation"
 
-    def _scores(self, stats, A, B, active):
-        return stats.act[active] * (B.detach()[:, active].double() ** 2).sum(0).cpu()
+    def static_scores(self, view) -> torch.Tensor:
+        return view.act * view.B.to(view.act.dtype).pow(2).sum(0)
 
 
-class MagnitudeScorer(_NoCompScorer):
+class MagnitudeScorer(Scorer):
     name = "magnitude"
 
-    def _scores(self, stats, A, B, active):
-        return (B.detach()[:, active].double().norm(dim=0) * A.detach()[active].double().norm(dim=1)).cpu()
+    def static_scores(self, view) -> torch.Tensor:
+        dt = view.grad.dtype
+        return view.B.to(dt).norm(dim=0) * view.A.to(dt).norm(dim=1)
 
 
 SCORERS: dict[str, type] = {c.name: c for c in (ObsScorer, TaylorScorer, ActivationScorer, MagnitudeScorer)}
 
 
-def get_scorer(name: str, damping: float):
+def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
         raise RankAdaptorError(f"importance scorer {name!r} unknown; valid: {sorted(SCORERS)}")
-    return SCORERS[name](damping)
+    return SCORERS[name]()

@@ -41,12 +41,13 @@ def shrink(peft_model, ranks: dict[str, int] | None = None, adapter: str = "defa
         keep = ((A != 0).any(dim=1) | (B != 0).any(dim=0)).nonzero().flatten()
         r_new = max(int(keep.numel()), 1)  # PEFT rejects r=0; an all-zero module keeps one zero component
         if keep.numel() == 0:
-            keep = torch.tensor([0])
+            keep = torch.zeros(1, dtype=torch.long, device=A.device)
         if ranks is not None and ranks.get(name, r_new) != r_new and keep.numel() == r_new:
             log.warning("module %s: %d non-zero components but the callback counts %d", name, r_new, ranks[name])
         scale = float(layer.scaling[adapter])
-        new_A = torch.nn.Linear(A.shape[1], r_new, bias=False, dtype=A.dtype)
-        new_B = torch.nn.Linear(r_new, B.shape[0], bias=False, dtype=B.dtype)
+        # on the adapter's device and in its dtype: an in-process evaluation on CUDA must find them there
+        new_A = torch.nn.Linear(A.shape[1], r_new, bias=False, device=A.device, dtype=A.dtype)
+        new_B = torch.nn.Linear(r_new, B.shape[0], bias=False, device=B.device, dtype=B.dtype)
         new_A.weight.copy_(A[keep])
         new_B.weight.copy_(B[:, keep])
         layer.lora_A[adapter] = new_A
