@@ -108,8 +108,10 @@ def add_parser(sub) -> None:
     p.add_argument("--noise-every", type=int, default=8,
                    help="re-measure the uniform plan and the incumbent on a fresh seed every N trials (0 = never)")
     p.add_argument("--pool", type=int, default=10_000, help="random valid candidates scored per round")
-    p.add_argument("--acquisition", choices=("ucb", "ei"), default="ucb")
-    p.add_argument("--kappa", type=float, default=1.0, help="UCB exploration weight")
+    p.add_argument("--acquisition", choices=("ucb", "ei", "thompson"), default="ucb",
+                   help="how the next plan is chosen from the surrogate: ucb (mean + kappa sd), ei (expected "
+                        "improvement beyond the measured noise), thompson (best plan of one posterior draw)")
+    p.add_argument("--kappa", type=float, default=2.0, help="UCB exploration weight (default 2)")
     p.add_argument("--ensemble", type=int, default=5, help="MLP surrogate: ensemble size")
     p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP surrogate: hidden sizes (default 32,32,32)")
     p.add_argument("--patience", type=int, default=8, help="convergence: trials without improvement")
@@ -184,6 +186,11 @@ def run(args) -> int:
 
     _check_fidelity_flags(args)
     settings = settings_from_args(args, _seed_plans(args.seed_plan))
+    if not args.out and not args.no_finalize and not args.create_only:
+        from rankadaptor.errors import RankAdaptorError
+
+        raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
+                               "(--no-finalize)")
     for out in (settings.out, settings.report):
         if out:
             refuse_bad_out_parent(out)
