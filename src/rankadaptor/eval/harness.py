@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.eval.results import doc_block
 from rankadaptor.eval.tasks import ACC_NORM_TASKS, load_docs, resolve_tasks, validate_limit, write_task_files
+from rankadaptor.metrics import acc_average, paper_average
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +62,16 @@ def summarise(task: str, per_doc: list[dict[str, float]]) -> dict:
 
 
 def average(task_results: dict[str, dict]) -> dict:
-    """Unweighted means over tasks: acc over all tasks; acc_norm over tasks that define it, and
-    ``paper_mix`` (acc_norm where defined, else acc — the usual seven-task average)."""
-    def mean(xs):
-        xs = [x for x in xs if x is not None]
-        return sum(xs) / len(xs) if xs else None
+    """The averages over tasks, each with its one definition in ``rankadaptor.metrics``.
 
-    rows = task_results.values()
+    ``paper``: THE average of this project (LLM-Pruner's reported metric per task);
+    ``acc``: plain acc over all tasks; ``acc_norm``: over the tasks lm-eval defines it for.
+    """
+    norms = [r["acc_norm"] for r in task_results.values() if r.get("acc_norm") is not None]
     return {
-        "acc": mean([r["acc"] for r in rows]),
-        "acc_norm": mean([r["acc_norm"] for r in rows]),
-        "paper_mix": mean([r["acc_norm"] if r["acc_norm"] is not None else r["acc"] for r in rows]),
+        "paper": paper_average(task_results),
+        "acc": acc_average(task_results),
+        "acc_norm": sum(norms) / len(norms) if norms else None,
         "n_tasks": len(task_results),
     }
 
@@ -132,6 +133,7 @@ def run_task(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: in
         raise RankAdaptorError(f"lm-eval scored {len(samples)} of {len(docs)} {task} documents")
     per_doc = [{"acc": float(s["acc"]), "acc_norm": float(s.get("acc_norm", s["acc"]))} for s in samples]
     row = summarise(task, per_doc)
+    row["docs"] = doc_block(docs, per_doc, task in ACC_NORM_TASKS)
     _check_against_lm_eval(task, row, out["results"][task])
     n_tokens = sum(_request_tokens(tokenizer, s) for s in samples)
     row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
@@ -147,6 +149,7 @@ def run_task_fast_path(lm, tokenizer, task: str, docs: list[dict], workdir: Path
     if len(per_doc) != len(docs):
         raise RankAdaptorError(f"fast scorer scored {len(per_doc)} of {len(docs)} {task} documents")
     row = summarise(task, per_doc)
+    row["docs"] = doc_block(docs, per_doc, task in ACC_NORM_TASKS)
     row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
     return row
 

@@ -198,17 +198,16 @@ class RecoverEvalObjective:
                 return self._heldout_loss(result.model, loaded.tokenizer)
             return float(result.record["val_loss"])  # the recovery data's validation split
         from rankadaptor.eval import evaluate
+        from rankadaptor.metrics import paper_average
 
         res = evaluate(result.model.eval(), loaded.tokenizer, tasks=None if self.target == "average" else
                        [self.target], limit=limit, seed=seed)
-        block = res["average"] if self.target == "average" else res["tasks"][self.target]
-        return float(block["acc"])
+        # "average" is THE average of rankadaptor.metrics (LLM-Pruner's acc / acc_norm per task)
+        return float(paper_average(res["tasks"]) if self.target == "average" else res["tasks"][self.target]["acc"])
 
     def _heldout_loss(self, model, tokenizer) -> float:
         """Mean next-token loss (log perplexity) on the first ``final_tokens`` tokens of Brown's held-out split,
         text the search never scored on (it scores the training corpus's validation split)."""
-        from rankadaptor.eval import perplexity
-        from rankadaptor.experiments import heldout_texts, texts_for_tokens
+        from rankadaptor.eval import heldout_perplexity
 
-        texts = texts_for_tokens(heldout_texts(), tokenizer, self.final_tokens)
-        return math.log(perplexity(model.eval(), tokenizer, texts, seq_len=256, max_tokens=self.final_tokens))
+        return math.log(heldout_perplexity(model.eval(), tokenizer, n_tokens=self.final_tokens).ppl)
