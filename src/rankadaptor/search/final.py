@@ -21,7 +21,7 @@ from rankadaptor.search import noise
 from rankadaptor.search.sampler import completed_data, maximise
 from rankadaptor.search.space import SearchSpace, plan_hash
 from rankadaptor.search.surrogates import make_surrogate, oof_predictions
-from rankadaptor.stats import mean_ci, paired_difference
+from rankadaptor.stats import mean_ci, paired_difference, verdict_of
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,6 @@ def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = "ridg
     p = 1.0 if res is None else float(res.pvalue)
     return {"spearman": rho, "p_value": p, "n": int(len(y)), "better_than_chance": bool(rho > 0 and p < 0.05),
             "surrogate": surrogate, "pred_oof": pred.tolist(), "measured": y.tolist()}
-
-
-def verdict_of(diff: dict) -> str:
-    """"significant" / "not significant" / "no test" of a ``stats.paired_difference`` result."""
-    if "verdict" in diff:
-        return diff["verdict"]
-    if diff["n"] < 3:
-        return "no test"
-    return "significant" if diff["significant"] else "not significant"
 
 
 def finalize(study: optuna.Study, space: SearchSpace, objective, config, surrogate_options: dict | None = None,
