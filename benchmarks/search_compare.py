@@ -105,6 +105,7 @@ def overhead(pool: int = 10_000, repeats: int = 3) -> dict:
     from rankadaptor.experiments import ModelCache, pruned_artefact
     from rankadaptor.lora.ranks import module_costs
     from rankadaptor.search.sampler import RankAdaptorSampler
+    from rankadaptor.search.space import plan_hash
     from rankadaptor.search.study import SearchSettings, make_space
     from rankadaptor.search.synthetic import additive
 
@@ -119,7 +120,7 @@ def overhead(pool: int = 10_000, repeats: int = 3) -> dict:
             study = optuna.create_study(direction="maximize")
             for x in X:
                 study.add_trial(optuna.trial.create_trial(value=obj(x, seed=0), params={}, distributions={},
-                                                          user_attrs={"ranks": x.tolist()}))
+                                                          user_attrs={"ranks": x.tolist(), "plan_hash": plan_hash(x)}))
             sampler = RankAdaptorSampler(space, surrogate=surrogate, pool_size=pool, n_initial=8, cv_every=1000)
             times = []
             for _ in range(repeats):

@@ -46,11 +46,15 @@ class PlanMoves:
 
     def _tilted_batch(self, n: int, rng: np.random.Generator) -> np.ndarray:
         cands = np.asarray(self.candidates)
+        k = len(cands)
         cum = np.cumsum(self._tilted_probs(), axis=1)
-        u = rng.random((n, self.n_free))
-        idx = np.empty((n, self.n_free), dtype=np.int64)
-        for j in range(self.n_free):
-            idx[:, j] = np.minimum(np.searchsorted(cum[j], u[:, j], side="right"), len(cands) - 1)
+        cum[:, -1] = 1.0
+        # one searchsorted for all units: unit j's CDF shifted by 2j, its uniform draw too
+        shift = 2.0 * np.arange(self.n_free)
+        flat = (cum + shift[:, None]).ravel()
+        u = rng.random((n, self.n_free)) + shift
+        idx = np.searchsorted(flat, u, side="right") - np.arange(self.n_free) * k
+        idx = np.clip(idx, 0, k - 1)
         r = np.full((n, self.n_units), self.fixed_rank, dtype=np.int64)
         r[:, self._free] = cands[idx]
         return r
@@ -167,31 +171,44 @@ class PlanMoves:
         out[:, self._free] = cands[idx]
         return out[self.is_valid(out)]
 
-    def swaps(self, ranks: np.ndarray, max_pairs: int = 20_000,
-              rng: np.random.Generator | int | None = None) -> np.ndarray:
+    def swaps(self, ranks: np.ndarray, max_pairs: int = 20_000, rng: np.random.Generator | int | None = None,
+              return_moves: bool = False):
         """Valid neighbours that trade rank between two units (one step up, one down) or move one unit.
 
         The moves a budget-constrained hill climb needs: a single step usually leaves the band,
-        a trade keeps the cost nearly constant. With many units a random subset of pairs is used.
+        a trade keeps the cost nearly constant. With many units a random subset of the pairs is used.
+        Validity is decided from the cost change of each move, so only valid neighbours are built.
+        ``return_moves``: also the free-unit positions moved up and down per row (-1: none).
         """
         rng = np.random.default_rng(rng)
         cands = np.asarray(self.candidates)
-        idx = np.searchsorted(cands, np.asarray(ranks)[self._free])
-        n = self.n_free
-        up, down = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-        keep = up != down
-        up, down = up[keep], down[keep]
-        if len(up) > max_pairs:
-            pick = rng.choice(len(up), max_pairs, replace=False)
-            up, down = up[pick], down[pick]
+        vec = np.asarray(ranks)
+        idx = np.searchsorted(cands, vec[self._free])
+        n, k = self.n_free, len(cands)
+        costs = self._unit_costs[self._free]
+        # cost of one step up / down of each free unit (inf where the unit is at the end of the candidates)
+        up_cost = np.where(idx + 1 < k, costs * (cands[np.minimum(idx + 1, k - 1)] - cands[idx]), np.inf)
+        down_cost = np.where(idx > 0, costs * (cands[idx] - cands[np.maximum(idx - 1, 0)]), np.inf)
+        if n * (n - 1) <= max_pairs:
+            up, down = np.nonzero(~np.eye(n, dtype=bool))
+        else:
+            up, down = rng.integers(0, n, (2, max_pairs))
+            keep = up != down
+            up, down = up[keep], down[keep]
         singles = np.arange(n)
-        moves = np.tile(idx, (len(up) + 2 * n, 1))
+        up = np.concatenate([up, singles, np.full(n, -1)])
+        down = np.concatenate([down, np.full(n, -1), singles])
+        gain = np.where(up >= 0, up_cost[up], 0.0)  # inf: the unit cannot move that way
+        loss = np.where(down >= 0, down_cost[down], 0.0)
+        lo, hi = self.budget_bounds()
+        movable = np.isfinite(gain) & np.isfinite(loss)
+        new_cost = float(self.cost(vec)) + np.where(movable, gain, 0.0) - np.where(movable, loss, 0.0)
+        ok = movable & (new_cost >= lo - 1e-9) & (new_cost <= hi + 1e-9)
+        up, down = up[ok], down[ok]
+        moves = np.tile(idx, (len(up), 1))
         rows = np.arange(len(up))
-        moves[rows, up] += 1
-        moves[rows, down] -= 1
-        moves[len(up) + singles, singles] += 1
-        moves[len(up) + n + singles, singles] -= 1
-        ok = np.all((moves >= 0) & (moves < len(cands)), axis=1)
-        out = np.full((int(ok.sum()), self.n_units), self.fixed_rank, dtype=np.int64)
-        out[:, self._free] = cands[moves[ok]]
-        return out[self.is_valid(out)]
+        moves[rows[up >= 0], up[up >= 0]] += 1
+        moves[rows[down >= 0], down[down >= 0]] -= 1
+        out = np.tile(vec.astype(np.int64), (len(up), 1))
+        out[:, self._free] = cands[moves]
+        return (out, up, down) if return_moves else out
