@@ -348,7 +348,7 @@ def _static(allocator: str):
         alloc = allocation(allocator, pruned, recipe, seed, data, alloc_steps)
         res = _recover(pruned, recipe, seed, out, data, plan=alloc.plan, **overrides)
         return MethodRun(f"static-{allocator}", res.model, res.record, True, adapter=str(out) if out else None,
-                         static=True, allocation={k: v for k, v in alloc.to_dict().items() if k != "extra"})
+                         static=True, allocation=alloc.to_dict())
     return run
 
 
@@ -359,7 +359,7 @@ def _eva(pruned, recipe, seed, budget, out=None, plan=None, data=None, **overrid
     alloc = allocation("eva", pruned, recipe, seed, data)
     res = _recover(pruned, recipe, seed, out, data, method=EvaMethod(alloc.plan, alloc.extra["components"]), **overrides)
     return MethodRun("eva", res.model, res.record, True, adapter=str(out) if out else None, static=True,
-                     allocation={k: v for k, v in alloc.to_dict().items() if k != "extra"})
+                     allocation=alloc.to_dict())
 
 
 # name -> trainer(pruned, recipe, seed, budget, out=, plan=, data=, **overrides) -> MethodRun

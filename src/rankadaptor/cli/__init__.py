@@ -17,10 +17,11 @@ from rankadaptor import __version__
 from rankadaptor.errors import RankAdaptorError
 
 # the commands that load a model, so the ones --device applies to (and is checked for)
-MODEL_COMMANDS = {"demo", "eval", "prune", "recover", "search"}
+MODEL_COMMANDS = {"allocate", "demo", "eval", "prune", "recover", "search"}
 
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
+    "allocate": "rankadaptor.cli.allocate",
     "assets": "rankadaptor.cli.assets",
     "compare": "rankadaptor.cli.compare",
     "compress": "rankadaptor.cli.compress",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from rankadaptor.errors import RankAdaptorError
@@ -48,8 +48,10 @@ class Allocation:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """JSON-able record (EVA's component tensors left out)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("plan", "extra")}
         d["plan"] = self.plan.to_dict()
+        d["extra"] = {k: v for k, v in self.extra.items() if k != "components"}
         d["relative"] = self.params / self.budget
         return d
 
