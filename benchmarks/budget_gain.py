@@ -179,7 +179,7 @@ def summarise(units: dict, rows: list[dict], seeds: list[int]) -> dict:
             "label": row["label"], "seeds": [u["seed"] for u in mine],
             "params_relative": mine[0]["budget"]["relative"],
             "val_loss": mean_ci([u["summary"]["val_loss"] for u in mine]).to_dict(),
-            "ppl": mean_ci([u["results"]["perplexity"]["ppl"] for u in mine]).to_dict(),
+            "ppl": mean_ci([u["results"]["perplexity"]["perplexity"] for u in mine]).to_dict(),
             "average": mean_ci([paper_average(u["results"]["tasks"]) for u in mine]).to_dict(),
             "train_seconds": mean_ci([u["summary"]["train_seconds"] for u in mine]).to_dict(),
             "allocation_seconds": alloc.get("seconds"), "allocation_note": alloc.get("note"),
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
             unit = one_unit(row, seed, pruned, recipe, args, data, context)
             units[(row["key"], seed)] = unit
             logging.info("%s seed %d: val loss %.4f, ppl %.2f, %.0f s", row["key"], seed, unit["summary"]["val_loss"],
-                         unit["results"]["perplexity"]["ppl"], unit["seconds_total"])
+                         unit["results"]["perplexity"]["perplexity"], unit["seconds_total"])
     result = {"setting": {"steps": args.steps, "screen_steps": args.screen_steps, "batch_size": args.batch_size,
                           "seq_len": args.seq_len, "lr": args.lr, "seeds": seeds, "eval_limit": args.eval_limit,
                           "ppl_tokens": args.ppl_tokens, "methods": rows,
