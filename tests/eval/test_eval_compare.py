@@ -12,14 +12,12 @@ from rankadaptor.eval.compare import compare_results, comparison_text, sample_si
 from rankadaptor.eval.results import doc_block
 
 
-def result(tasks: dict[str, tuple[list[int], list[int] | None]], model="m1", ppl=None, sha=None) -> dict:
+def result(tasks: dict[str, tuple[list[int], list[int] | None]], model="m1", ppl=None, data="v1") -> dict:
     """An evaluation result in the JSON layout, from per-document 0/1 lists (acc, acc_norm)."""
     out = {"model": {"sha256": model}, "tasks": {}}
     for task, (acc, norm) in tasks.items():
         per_doc = [{"acc": x, "acc_norm": y} for x, y in zip(acc, norm if norm is not None else acc)]
-        block = doc_block([{"task": task, "i": i} for i in range(len(acc))], per_doc, norm is not None)
-        if sha is not None:
-            block["sha256"] = sha
+        block = doc_block([{"task": task, "i": i, "data": data} for i in range(len(acc))], per_doc, norm is not None)
         out["tasks"][task] = {"acc": float(np.mean(acc)), "acc_norm": None if norm is None else float(np.mean(norm)),
                               "n": len(acc), "docs": block}
     if ppl is not None:
@@ -124,7 +122,7 @@ def test_refusals_name_the_mismatch():
                                                r"scored 0-2"):
         compare_results(a, result({"boolq": ([1, 0, 1], None), "piqa": ([1, 0, 1, 1], [1, 1, 0, 0])}))
     with pytest.raises(RankAdaptorError, match="different document data"):
-        compare_results(a, result({"boolq": ([1, 0, 1, 1], None), "piqa": ([1, 0, 1, 1], [1, 1, 0, 0])}, sha="x"))
+        compare_results(a, result({"boolq": ([1, 0, 1, 1], None), "piqa": ([1, 0, 1, 1], [1, 1, 0, 0])}, data="v2"))
     with pytest.raises(RankAdaptorError, match="side A mixes models"):
         compare_results([a, result({"boolq": ([1, 0, 1, 1], None), "piqa": ([1] * 4, [1] * 4)}, model="m9")], a)
     old = result({"boolq": ([1, 0, 1, 1], None), "piqa": ([1, 0, 1, 1], [1, 1, 0, 0])})

@@ -1,7 +1,8 @@
 """``rankadaptor eval MODEL [--adapter DIR] [--tasks LIST] [--limit N] [--ppl] --out results.json``.
 
-Zero-shot acc / acc_norm on lm-eval's seven multiple-choice tasks (offline data), optionally with
-perplexity on held-out text, written as one results JSON with model/adapter identity and provenance.
+Zero-shot acc / acc_norm on lm-eval's seven multiple-choice tasks (offline data; MMLU and GSM8K
+when named), optionally with held-out perplexity, written as one results JSON with model/adapter
+identity, provenance, and per-document correctness for ``rankadaptor compare``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--adapter", default=None, metavar="DIR", help="PEFT LoRA adapter directory to attach")
     p.add_argument("--tasks", default=None, metavar="LIST",
                    help="comma-separated tasks (default all seven: boolq,piqa,hellaswag,winogrande,arc_easy,"
-                        "arc_challenge,openbookqa)")
+                        "arc_challenge,openbookqa); the paper's challenge tasks mmlu,gsm8k only when named")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N documents of each task's split")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--ppl", action="store_true", help="also report perplexity on held-out text")

@@ -33,7 +33,7 @@ import numpy as np
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.eval.results import WRITER, doc_ids, per_document
-from rankadaptor.metrics import ACC_NORM_TASKS, TASK_LABEL, reported_metric
+from rankadaptor.metrics import ACC_NORM_TASKS, TASK_LABEL, TASKS, reported_metric
 from rankadaptor.stats import Z_95, Z_POWER_80, detectable_difference, observations_needed, verdict
 
 N_BOOT = 2000
@@ -62,7 +62,7 @@ def check_comparable(a: list[dict], b: list[dict], names_a: list[str], names_b: 
     first, first_name = everyone[0]
     tasks = list(first["tasks"])
     for res, name in everyone:
-        if list(res["tasks"]) != tasks:
+        if set(res["tasks"]) != set(tasks):  # the same tasks, in any order
             raise RankAdaptorError(f"{first_name} evaluated tasks {tasks} but {name} evaluated {list(res['tasks'])}; "
                                    "compare results made on the same tasks (`--tasks`)")
         for task in tasks:
@@ -182,9 +182,10 @@ def compare_results(a, b, *, names_a: Sequence[str] | None = None, names_b: Sequ
         rows[task], reps[task] = {"metric": reported_metric(task)}, {}
         for i, m in enumerate(metrics):
             rows[task][m], reps[task][m] = _accuracy_row(*mats[m], sums[2 * i:2 * i + 2], draws, detect)
+    averaged = [t for t in tasks if t in TASKS]  # a challenge task (MMLU, GSM8K) is never averaged in
     out = {"tasks": rows,
-           "average": _average(rows, reps, tasks, lambda t: rows[t]["metric"], detect),
-           "acc_average": _average(rows, reps, tasks, lambda t: "acc", detect),
+           "average": _average(rows, reps, averaged, lambda t: rows[t]["metric"], detect),
+           "acc_average": _average(rows, reps, averaged, lambda t: "acc", detect),
            "perplexity": None,
            "a": {"names": names_a, "seeds": len(a), "model": _model_key(a[0])},
            "b": {"names": names_b, "seeds": len(b), "model": _model_key(b[0])},
@@ -198,6 +199,8 @@ def compare_results(a, b, *, names_a: Sequence[str] | None = None, names_b: Sequ
 
 def _average(rows, reps, tasks, metric_of, detect: float) -> dict:
     """The mean of the tasks' differences; its replicates are the mean of the task replicates."""
+    if not tasks:
+        return None
     t = len(tasks)
     cells = [rows[task][metric_of(task)] for task in tasks]
     rep = np.mean([reps[task][metric_of(task)] for task in tasks], axis=0)
@@ -241,7 +244,7 @@ def sample_sizes(first, against=None, detect: float = DEFAULT_DETECT) -> dict:
         rows = {t: {"metric": r["metric"], "n": r[r["metric"]]["n"], "sd": r[r["metric"]]["sd"],
                     "docs_needed": r[r["metric"]]["docs_needed"]} for t, r in cmp["tasks"].items()}
         return {"basis": "observed discordance", "detect": detect, "tasks": rows,
-                "average_docs_per_task": cmp["average"]["docs_needed"]}
+                "average_docs_per_task": cmp["average"]["docs_needed"] if cmp["average"] else None}
     results, names = _as_side(first, None, "A")
     rows = {}
     for task in results[0]["tasks"]:
@@ -251,8 +254,8 @@ def sample_sizes(first, against=None, detect: float = DEFAULT_DETECT) -> dict:
         sd = math.sqrt(2 * p * (1 - p))
         rows[task] = {"metric": metric, "n": x.shape[1], "sd": sd,
                       "docs_needed": observations_needed(sd, detect) if sd > 0 else None}
-    sds = [r["sd"] for r in rows.values()]
-    t = len(sds)
+    sds = [r["sd"] for t, r in rows.items() if t in TASKS]
+    t = max(len(sds), 1)
     avg = max(3, math.ceil((Z_95 + Z_POWER_80) ** 2 * sum(s ** 2 for s in sds) / (t ** 2 * detect ** 2)))
     return {"basis": "independent-errors bound 2p(1-p)", "detect": detect, "tasks": rows,
             "average_docs_per_task": avg if any(sds) else None}
@@ -283,8 +286,9 @@ def table_rows(cmp: dict) -> list[list[str]]:
 
     for task, r in cmp["tasks"].items():
         line(TASK_LABEL.get(task, task), r["metric"], r[r["metric"]])
-    line("average", "LLM-Pruner", cmp["average"])
-    line("average", "acc", cmp["acc_average"])
+    if cmp["average"] is not None:
+        line("average", "LLM-Pruner", cmp["average"])
+        line("average", "acc", cmp["acc_average"])
     if cmp.get("perplexity"):
         line("perplexity", "windows", cmp["perplexity"], scale=1.0)
     return rows

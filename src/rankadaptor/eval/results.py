@@ -18,7 +18,7 @@ import json
 import time
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.metrics import acc_average, paper_average
+from rankadaptor.metrics import acc_average, paper_average, seven
 from rankadaptor.provenance import provenance
 
 WRITER = "`rankadaptor eval MODEL [--adapter DIR] --out FILE.json` (or benchmarks/eval_baseline.py)"
@@ -83,7 +83,7 @@ def format_table(results: dict, markdown: bool = False) -> str:
         rows.append([name, str(r["n"]), _fmt(r["acc"]), _fmt(r["acc_stderr"]), _fmt(r["acc_norm"]),
                      _fmt(r["acc_norm_stderr"]), _fmt(r.get("docs_per_s"), False), _fmt(r.get("tokens_per_s"), False)])
     # averages recomputed from the task rows with the one definition of each (rankadaptor.metrics)
-    tasks = results["tasks"]
+    tasks = seven(results["tasks"])
     norms = [r["acc_norm"] for r in tasks.values() if r.get("acc_norm") is not None]
     rows.append(["average (LLM-Pruner metric per task)", "", _fmt(paper_average(tasks)), "", "", "", "", ""])
     rows.append(["average acc / acc_norm", "", _fmt(acc_average(tasks)), "",
