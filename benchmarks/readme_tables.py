@@ -52,6 +52,7 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "prune_table9": script_table("prune_table9", "table"),
     "recover_baselines": script_table("recover_baselines", "markdown"),
     "para_quality": script_table("para_quality", "markdown"),
+    "search_compare": script_table("search_compare", "markdown"),
     "search_real": script_table("search_real", "markdown"),
     "search_real_data": script_table("search_real_data", "markdown"),
 }

@@ -1,28 +1,29 @@
-"""RankAdaptor vs random search vs TPE vs uniform on the real model (issue 5, point 10).
+"""Rank search on the real model: RankAdaptor vs random vs TPE vs GP vs uniform (issue 14, item 9).
 
-SmolLM2-135M pruned 20 % by LLM-Pruner (element1; made once with ``rankadaptor prune``). A trial is
-what ``rankadaptor search`` runs: recover the pruned model with LoRA at the proposed per-layer ranks
-(``RecoverEvalObjective``: a few optimizer steps on the bundled Brown corpus) and measure the
-held-out validation loss of that recovery (the cheapest, least noisy objective the design names;
-seven-task accuracy at CPU-affordable document counts is noise). Every strategy gets the same
-search space (ranks {2..12}, first 4 / last 2 layers fixed at 8, budget = uniform r=8 ± 5 %), the
-same trial budget and the uniform plan as its first trial; then ``engine.finalize`` re-evaluates
-its pick and the uniform plan with the same 3 seeds and reports the paired difference.
+SmolLM2-135M pruned 20 % by LLM-Pruner (the kit's artefact, ``experiments.pruned_artefact``). A trial
+is what ``rankadaptor search`` runs: recover the pruned model with LoRA at the proposed per-layer
+ranks (``RecoverEvalObjective``: ``--steps`` optimizer steps on the Brown training split) and
+measure the validation loss of the recovery corpus. Every strategy runs through ``run_study`` with
+the same space (ranks {2..12}, first 4 / last 2 layers at 8, budget = uniform r=8 ± 1 %), the same
+number of trials, common random numbers (every trial on the search seed), noise repeats every
+``--noise-every`` trials, and ``--search-seeds`` independent searches; the final pick of each search
+and the uniform plan are re-evaluated on ``--final-seeds`` fresh seeds at fidelity "final": the
+same recovery length, scored on Brown's held-out split, which the search never saw.
 
-A trial is deterministic given (plan, seed) on this CPU, so evaluations are cached by that pair:
-the uniform re-evaluations are computed once and shared by the strategies (same numbers they would
-get on their own).
+The model and tokenised data are loaded once; evaluations are cached by (plan, seed, fidelity)
+(a CPU recovery is deterministic), so the uniform plan's trials and repeats are computed once per
+search seed and shared by the strategies. Each finished search is saved under
+benchmarks/work/search_real/ and skipped on a rerun (resumable).
 
-    python benchmarks/search_real.py --trials 10 --steps 5 --threads 1
-
-Writes benchmarks/results/search_real.json and .md; scratch under benchmarks/work/search_real/.
+    python benchmarks/search_real.py                                  # ~2 h of one core
+    python benchmarks/search_real.py --strategies rankadaptor --search-seeds 1 --trials 4   # a look
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,38 +31,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 WORK = ROOT / "benchmarks" / "work" / "search_real"
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=10, help="completed trials per strategy (uniform included)")
-    ap.add_argument("--steps", type=int, default=5, help="recovery steps per trial")
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--final-seeds", type=int, default=3)
-    ap.add_argument("--strategies", default="rankadaptor,random,tpe")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search_real"))
-    return ap.parse_args(argv)
-
-
-def pruned_artefact(threads: int) -> Path:
-    out = WORK / "pruned-20"
-    if not out.exists():
-        WORK.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "rankadaptor", "--threads", str(threads), "prune", "smollm2-135m", "--method", "llm-pruner",
-                        "--ratio", "0.2", "--importance", "element1", "--seed", "0", "--out", str(out)], check=True)
-    return out
-
-
 class CachedObjective:
-    """Wraps the real objective; (plan, seed, fidelity) -> value computed once, wall time recorded."""
+    """The real objective with its evaluations cached by (plan, seed, fidelity); wall time per evaluation kept."""
 
     def __init__(self, inner):
-        self.inner, self.cache, self.seconds = inner, {}, []
+        self.inner, self.cache, self.seconds = inner, {}, {"screen": [], "full": [], "final": []}
         self.direction = inner.direction
 
     def identity(self):
@@ -72,123 +50,157 @@ class CachedObjective:
         if key not in self.cache:
             t0 = time.perf_counter()
             self.cache[key] = self.inner(ranks, seed=seed, fidelity=fidelity)
-            self.seconds.append(time.perf_counter() - t0)
+            self.seconds[fidelity].append(time.perf_counter() - t0)
         return self.cache[key]
 
 
-def one_strategy(strategy, space, objective, args, identity):
-    import optuna
-
+def one_search(strategy: str, seed: int, objective, costs, args) -> dict:
     from rankadaptor.search.storage import open_storage
-    from rankadaptor.search.engine import SearchConfig, finalize, history, open_study, run_search
-    from rankadaptor.search.sampler import completed_data, make_sampler
+    from rankadaptor.search.study import SearchSettings, run_study
 
-    db = WORK / f"{strategy}-{args.seed}.db"
-    db.unlink(missing_ok=True)  # a benchmark run starts its studies fresh
-    sampler = make_sampler(strategy, space, seed=args.seed,
-                           **(dict(n_initial=max(3, args.trials // 3)) if strategy != "random" else {}))
-    study = open_study(f"{strategy}-{args.seed}", open_storage(f"sqlite:///{db}"), space, identity, strategy,
-                       objective.direction, sampler)
-    cfg = SearchConfig(n_trials=args.trials, patience=args.trials, final_seeds=args.final_seeds, seed=args.seed)
+    WORK.mkdir(parents=True, exist_ok=True)
+    db = WORK / f"{strategy}-{seed}.db"
+    settings = SearchSettings(study=f"{strategy}-{seed}", trials=args.trials, strategy=strategy, seed=seed,
+                              n_initial=args.n_initial, noise_every=args.noise_every, final_seeds=args.final_seeds,
+                              patience=args.trials, cv_every=1)
     t0 = time.perf_counter()
-    run_search(study, space, objective, cfg)
-    search_s = time.perf_counter() - t0
-    X, y, _ = completed_data(space, study)  # y: larger is better (negated loss)
-    report = finalize(study, space, objective, cfg)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    uniform_idx = [i for i, r in enumerate(X) if (r == space.uniform()).all()]
-    return {"strategy": strategy, "search_seconds": search_s,
-            "trials_to_best": int(np.argmax(y)) + 1,
-            "best_search_loss": float(-y.max()),
-            "uniform_search_loss": float(-y[uniform_idx[0]]) if uniform_idx else None,
-            "best_ranks": report["best"]["ranks"], "best_final_losses": report["best"]["scores"],
-            "uniform_final_losses": report["uniform"]["scores"],
-            "difference_vs_uniform": report.get("difference_vs_uniform"),
-            "model_cv": report["model_cv"], "messages": report["messages"],
-            "history": [{"number": h["number"], "value": h["value"], "ranks": h["ranks"]}
-                        for h in history(study, space) if h["state"] == "COMPLETE"]}
+    result = run_study(settings, objective, costs, {"benchmark": "search_real", **objective.identity()},
+                       storage=open_storage(f"sqlite:///{db}"))
+    seconds = time.perf_counter() - t0
+    trials = [t for t in result.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    values = [t.value for t in trials]  # losses: lower is better
+    uniform = result.space.uniform().tolist()
+    uni = next(t.value for t in trials if t.user_attrs["ranks"] == uniform)
+    beat = next((i + 1 for i, v in enumerate(values) if v < uni), None)
+    report = result.report
+    return {"strategy": strategy, "seed": seed, "search_seconds": seconds, "trials_to_beat_uniform": beat,
+            "trials_to_best": int(np.argmin(values)) + 1, "best_search_loss": float(min(values)),
+            "uniform_search_loss": float(uni), "pick": report["best"], "uniform_final": report["uniform"]["scores"],
+            "difference_vs_uniform": report.get("difference_vs_uniform"), "finalists": report["finalists"],
+            "noise": report["noise"], "model_cv": report["model_cv"], "messages": report["messages"],
+            "objective_calls": report["objective_calls"],
+            "propose_seconds": [t.user_attrs["propose_seconds"] for t in trials if "propose_seconds" in t.user_attrs],
+            "history": [{"number": t.number, "value": t.value, "ranks": t.user_attrs["ranks"],
+                         "proposal": t.user_attrs.get("proposal"), "seeded_from": t.user_attrs.get("seeded_from")}
+                        for t in trials]}
+
+
+def summarise(runs: list[dict], trial_seconds: float | None) -> dict:
+    from rankadaptor.stats import mean_ci, paired_difference
+
+    table = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in runs):
+        rs = [r for r in runs if r["strategy"] == strategy]
+        # pick minus uniform on the fresh seeds, in loss (negative = the pick is better), per search and pooled
+        per_search = [float(np.mean(np.subtract(r["pick"]["scores"], r["uniform_final"]))) for r in rs]
+        pooled_pick = [s for r in rs for s in r["pick"]["scores"]]
+        pooled_uni = [s for r in rs for s in r["uniform_final"]]
+        beats = [r["trials_to_beat_uniform"] for r in rs]
+        overhead = [s for r in rs for s in r["propose_seconds"]]
+        table[strategy] = {
+            "searches": len(rs),
+            "trials_to_beat_uniform": mean_ci([b for b in beats if b is not None]).to_dict() if any(
+                b is not None for b in beats) else None,
+            "never_beat_uniform": sum(b is None for b in beats),
+            "pick_minus_uniform_per_search": per_search,
+            "pick_minus_uniform_across_searches": mean_ci(per_search).to_dict(),
+            "pick_minus_uniform_pooled": paired_difference(pooled_pick, pooled_uni),
+            "picks_that_are_uniform": sum(r["pick"]["source"] == "uniform" for r in rs),
+            "noise_sd": [r["noise"].get("noise_sd") for r in rs],
+            "plans_differ_by_more_than_noise": [r["noise"].get("differ") for r in rs],
+            "propose_seconds_median": float(np.median(overhead)) if overhead else None,
+            "overhead_fraction_of_trial": (float(np.median(overhead)) / trial_seconds
+                                           if overhead and trial_seconds else None)}
+    return table
+
+
+def markdown(result: dict) -> str:
+    s = result["setting"]
+    lines = ["# Rank search on the real model: RankAdaptor vs random vs TPE vs GP vs uniform", "",
+             f"{s['model']}; trial = recovery of {s['steps']} steps × {s['batch_size']}×{s['seq_len']} tokens at lr "
+             f"{s['lr']}, scored by the validation loss of the recovery corpus; {s['trials']} trials per search "
+             f"(uniform first, {s['n_initial']}-plan initial design), common random numbers, noise repeats every "
+             f"{s['noise_every']} trials; {s['search_seeds']} searches per strategy (search seeds "
+             f"{s['search_seed_list']}); each search's pick and uniform re-evaluated on {s['final_seeds']} fresh seeds "
+             f"(same recovery length, held-out loss on Brown's held-out split). Budget uniform r=8 ± 1 %. Mean trial "
+             f"{result['trial_seconds']:.0f} s on one thread.", "",
+             "| strategy | trials to beat uniform (searches that never did) | pick − uniform, held-out loss, mean over "
+             "searches [95 % CI] | pooled over searches × seeds [95 % CI], verdict | picks that are uniform | "
+             "s / proposal (share of a trial) |", "|---|---|---|---|---|---|"]
+    for strategy, row in result["table"].items():
+        t = row["trials_to_beat_uniform"]
+        beat = "never" if t is None else f"{t['mean']:.1f}"
+        a, p = row["pick_minus_uniform_across_searches"], row["pick_minus_uniform_pooled"]
+        a_txt = f"{a['mean']:+.4f} [{a['ci_low']:+.4f}, {a['ci_high']:+.4f}]" if a["n"] > 1 else f"{a['mean']:+.4f}"
+        over = row["propose_seconds_median"]
+        over_txt = "—" if over is None else f"{over:.2f} ({100 * row['overhead_fraction_of_trial']:.1f} %)"
+        lines.append(f"| {strategy} | {beat} ({row['never_beat_uniform']} of {row['searches']}) | {a_txt} | "
+                     f"{p['mean']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}] {p['verdict']} | "
+                     f"{row['picks_that_are_uniform']} of {row['searches']} | {over_txt} |")
+    lines += ["", "Negative = the pick has a lower held-out loss than uniform. Per search:", ""]
+    for r in result["runs"]:
+        lines.append(f"* {r['strategy']} seed {r['seed']}: {r['messages'][0]}; pick {r['pick']['source']}, "
+                     f"{'; '.join(r['messages'][1:])}")
+    lines += ["", f"Command: `{result['command']}`", ""]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=10, help="completed trials per search (uniform included)")
+    ap.add_argument("--steps", type=int, default=5, help="recovery steps per trial and per final re-evaluation")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--n-initial", type=int, default=4)
+    ap.add_argument("--noise-every", type=int, default=4)
+    ap.add_argument("--final-seeds", type=int, default=5)
+    ap.add_argument("--final-tokens", type=int, default=4096)
+    ap.add_argument("--search-seeds", type=int, default=3)
+    ap.add_argument("--strategies", default="rankadaptor,random,tpe,gp")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="search_real")
+    args = ap.parse_args(argv)
     import optuna
     import torch
 
-    sys.path.insert(0, str(ROOT / "src"))
-    from rankadaptor.lora.ranks import layer_costs
-    from rankadaptor.fileio import write_json_atomic
-    from rankadaptor.models.loading import load_model
-    from rankadaptor.provenance import provenance
+    from rankadaptor.experiments import ModelCache, pruned_artefact, write_results
+    from rankadaptor.lora.ranks import module_costs
     from rankadaptor.search.objective import RecoverEvalObjective
-    from rankadaptor.search.space import SearchSpace
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    model_dir = pruned_artefact(args.threads)
-    loaded = load_model(str(model_dir))
-    n = loaded.model.config.num_hidden_layers
-    base = dict(n_layers=n, layer_costs=tuple(layer_costs(loaded.model)))
-    space = SearchSpace(**base, budget=SearchSpace(**base).uniform_budget(8), tolerance=0.05)
-    del loaded
+    model_dir = pruned_artefact()
+    costs = module_costs(ModelCache(model_dir).model)
     recovery = dict(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, threads=args.threads)
-    inner = RecoverEvalObjective(str(model_dir), "loss", args.steps, recovery_kwargs=recovery)
-    objective = CachedObjective(inner)
-    identity = {"model": str(model_dir), **inner.identity()}
+    objective = CachedObjective(RecoverEvalObjective(str(model_dir), "loss", args.steps, recovery_kwargs=recovery,
+                                                     final_tokens=args.final_tokens))
     runs = []
-    for strategy in args.strategies.split(","):
-        runs.append(one_strategy(strategy, space, objective, args, identity))
-        logging.info("%s: %s", strategy, {k: v for k, v in runs[-1].items() if k != "history"})
-    from rankadaptor.stats import mean_ci
-
-    result = {"setting": {"model": "SmolLM2-135M pruned 20% (llm-pruner element1, seed 0)",
-                          "objective": "held-out validation loss after recovery (lower is better)",
-                          "trials_per_strategy": args.trials, "steps": args.steps, "batch_size": args.batch_size,
-                          "seq_len": args.seq_len, "lr": args.lr, "final_seeds": args.final_seeds,
-                          "space": space.to_dict(), "search_seed": args.seed},
-              "runs": runs, "trial_seconds": mean_ci(objective.seconds).to_dict(),
-              "n_evaluations": len(objective.seconds), "provenance": provenance(args.seed),
-              "command": "python benchmarks/search_real.py " + " ".join(sys.argv[1:])}
-    out = Path(args.out)
-    write_json_atomic(out.with_suffix(".json"), result)
-    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    for seed in range(args.search_seeds):
+        for strategy in args.strategies.split(","):
+            done = WORK / f"{strategy}-{seed}-{args.trials}x{args.steps}.json"
+            if done.exists():
+                runs.append(json.loads(done.read_text()))
+                continue
+            run = one_search(strategy, seed, objective, costs, args)
+            done.write_text(json.dumps(run))
+            runs.append(run)
+            logging.info("%s seed %d: %s", strategy, seed, run["messages"])
+    screen = objective.seconds["full"]
+    trial_seconds = float(np.median(screen)) if screen else None
+    result = {"setting": {"model": "SmolLM2-135M pruned 20 % (llm-pruner element1, the kit's artefact)",
+                          "trials": args.trials, "steps": args.steps, "batch_size": args.batch_size,
+                          "seq_len": args.seq_len, "lr": args.lr, "n_initial": args.n_initial,
+                          "noise_every": args.noise_every, "final_seeds": args.final_seeds,
+                          "final_tokens": args.final_tokens, "search_seeds": args.search_seeds,
+                          "search_seed_list": list(range(args.search_seeds)), "strategies": args.strategies.split(",")},
+              "table": summarise(runs, trial_seconds), "runs": runs, "trial_seconds": trial_seconds or float("nan"),
+              "evaluation_seconds": {k: (float(np.median(v)) if v else None) for k, v in objective.seconds.items()}}
+    result["command"] = "python benchmarks/search_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_results(args.out, result, markdown(result), seed=0)
     print(markdown(result))
     return 0
-
-
-def markdown(result) -> str:
-    from rankadaptor.stats import verdict_of
-
-    s = result["setting"]
-    lines = ["# Rank search on the real model: RankAdaptor vs random vs TPE vs uniform", "",
-             f"{s['model']}; objective: {s['objective']}; {s['trials_per_strategy']} trials per strategy (the "
-             f"uniform r=8 plan is trial 1 of each), each a recovery of {s['steps']} steps × {s['batch_size']}×"
-             f"{s['seq_len']} tokens at lr {s['lr']}; budget uniform r=8 ± 5 %. One search per strategy (seed "
-             f"{s['search_seed']}); its pick and uniform re-evaluated with {s['final_seeds']} seeds (paired). "
-             f"Mean trial {result['trial_seconds']['mean']:.0f} s on "
-             f"{result['provenance']['hardware'].get('processor', 'CPU')} ({result['provenance']['hardware'].get('cpu_count', '?')} cores), git {result['provenance']['git_commit']}.", "",
-             "| strategy | trials to best | best loss in search | pick's LoRA params / uniform's | pick − uniform (3 seeds, 95 % CI) | verdict | model CV Spearman |",
-             "|---|---|---|---|---|---|---|"]
-    costs = s["space"]["layer_costs"]
-    uniform_cost = sum(8 * c for c in costs)
-    for r in result["runs"]:
-        d = r["difference_vs_uniform"] or {}
-        # the objective is a loss: report pick minus uniform in loss units (negative = pick is better)
-        diff = (f"{-d['mean']:+.4f} ({-d['ci_high']:+.4f} .. {-d['ci_low']:+.4f})" if d else "n/a")
-        verdict = {"no test": "no test", "not significant": "not significant"}.get(
-            verdict_of(d), "pick better" if d and d["mean"] > 0 else "pick worse") if d else "n/a"
-        cv, p = r["model_cv"].get("spearman"), r["model_cv"].get("p_value")
-        cv_text = "n/a (too few trials)" if cv is None else f"{cv:+.2f} (p={p:.2f})"
-        if r["best_ranks"] == [8] * len(costs):
-            diff, verdict = "0 (the pick is the uniform plan)", "no trial beat uniform"
-        ratio = sum(k * c for k, c in zip(r["best_ranks"], costs, strict=True)) / uniform_cost
-        lines.append(f"| {r['strategy']} | {r['trials_to_best']} | {r['best_search_loss']:.4f} | {ratio:.3f} | {diff} | {verdict} | "
-                     f"{cv_text} |")
-    lines += ["", "Uniform r=8's loss in the search (trial 1): " +
-              ", ".join(f"{r['strategy']} {r['uniform_search_loss']:.4f}" for r in result["runs"]
-                        if r["uniform_search_loss"] is not None), "",
-              f"Command: `{result['command']}`", ""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,12 @@ def test_write_results_has_provenance_and_markdown(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["rows"] == [1, 2] and data["provenance"]["seed"] == 3 and "command" in data
     assert paths["markdown"].read_text() == "# table\n"
+
+
+@pytest.mark.parametrize("name", ["eva", "static-eva", "static-lora-star", "static-para", "static-prunedlora"])
+def test_allocator_rows_train_a_plan_within_one_percent_of_the_budget(tiny, name):
+    cache, corpus = tiny
+    run = ex.train_method(name, cache, RECIPE, seed=0, data=corpus)
+    assert run.static and run.targets_budget and run.budget["within_1pct"], run.budget
+    assert run.allocation["params"] == run.budget["params"] and run.allocation["raw_ranks"]
+    assert run.summary()["val_loss"] > 0

@@ -169,13 +169,15 @@ class MethodRun:
     targets_budget: bool  # the method aims at the budget (AdaLoRA, PrunedLoRA, PARA, uniform): refused off it
     budget: dict = field(default_factory=dict)  # budget_check(...) of the final count
     adapter: str | None = None
+    static: bool = False  # a plan fitted to the budget by an allocator: held to ±1 % (its count is set by its ranks)
+    allocation: dict | None = None  # the allocator's record (raw ranks, how they were fitted)
 
     def summary(self) -> dict:
         rec = self.record
         return {"method": self.name, "adapter": self.adapter, "budget": self.budget, "val_loss": rec.get("val_loss"),
                 "train_seconds": rec.get("train_seconds"), "seconds_per_step": rec.get("seconds_per_step"),
                 "steps": rec.get("total_steps"), "trainable_params": rec.get("trainable_params"),
-                "final_ranks": _final_ranks(rec)}
+                "final_ranks": _final_ranks(rec), "allocation": self.allocation}
 
 
 def _final_ranks(record: dict) -> Any:
@@ -215,7 +217,7 @@ def train_method(name: str, pruned: ModelCache, recipe: Recipe, seed: int, out: 
     budget = uniform_budget(pruned.model, recipe.uniform_r)
     run = METHODS[name](pruned, recipe, seed, budget, out=out, plan=plan, data=data, **overrides)
     run.budget = budget_check(final_params(name, run.record, pruned.model), budget, largest_component(pruned.model))
-    if run.targets_budget and not run.budget["at_budget"]:
+    if run.targets_budget and not (run.budget["at_budget"] or (run.static and run.budget["within_1pct"])):
         raise RankAdaptorError(f"method {name!r} ended at {run.budget['params']:,} LoRA parameters, not at the "
                                f"budget {budget:,} it claims (gap {run.budget['gap']:,}); its result is not reported")
     return run
@@ -294,6 +296,60 @@ def _given_plan(pruned, recipe, seed, budget, out=None, plan=None, data=None, **
     return _plan_run("plan", lambda n: plan)(pruned, recipe, seed, budget, out=out, plan=plan, data=data, **overrides)
 
 
+# ---- allocators' plans (rankadaptor.lora.allocators) as static plans, and EVA's own initialisation ----------
+_ALLOCATIONS: dict[tuple, Any] = {}
+
+
+def allocation(name: str, pruned: ModelCache, recipe: Recipe, seed: int, data=None, steps: int | None = None):
+    """Allocator ``name``'s plan at uniform-r's budget (``lora.allocators``), computed once per process.
+
+    PARA and PrunedLoRA allocate from a training run of ``steps`` (default ``recipe.steps``) on ``seed``;
+    EVA from the first 8 training batches."""
+    from rankadaptor.data import RecoveryData, load_recovery_data
+    from rankadaptor.lora import allocators
+
+    key = (name, pruned.spec, recipe, seed, steps, getattr(data, "identity", {}).get("sha256", str(data)))
+    if key in _ALLOCATIONS:
+        return _ALLOCATIONS[key]
+    loaded = pruned.fresh()
+    budget = uniform_budget(pruned.model, recipe.uniform_r)
+    if not isinstance(data, RecoveryData):
+        data = load_recovery_data(data, loaded.tokenizer, seq_len=recipe.seq_len)
+    config = recipe.recovery_config(seed, max_steps=steps or recipe.steps)
+    kw: dict[str, Any] = {}
+    if name == "eva":
+        pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
+        kw = {"batches": allocators.eva_batches(data, pad or 0, recipe.batch_size), "r": recipe.uniform_r}
+    elif name == "para":
+        kw = {"tokenizer": loaded.tokenizer, "data": data, "config": config, "high_rank": recipe.high_rank}
+    elif name == "prunedlora":
+        method = prunedlora_at_budget(pruned.model, recipe.high_rank, budget, config.max_steps)
+        kw = {"tokenizer": loaded.tokenizer, "data": data, "config": config, "method": method}
+    result = allocators.get_allocator(name)(loaded.model, budget=budget, **kw)
+    _ALLOCATIONS[key] = result
+    return result
+
+
+def _static(allocator: str):
+    """Train an allocator's plan from scratch as a static plan (standard LoRA init), held to the budget ± 1 %."""
+    def run(pruned, recipe, seed, budget, out=None, plan=None, data=None, alloc_steps=None, **overrides):
+        alloc = allocation(allocator, pruned, recipe, seed, data, alloc_steps)
+        res = _recover(pruned, recipe, seed, out, data, plan=alloc.plan, **overrides)
+        return MethodRun(f"static-{allocator}", res.model, res.record, True, adapter=str(out) if out else None,
+                         static=True, allocation=alloc.to_dict())
+    return run
+
+
+def _eva(pruned, recipe, seed, budget, out=None, plan=None, data=None, **overrides):
+    """PEFT's EVA: its allocation at the budget AND its initialisation (A from the activations' SVD)."""
+    from rankadaptor.lora.allocators import EvaMethod
+
+    alloc = allocation("eva", pruned, recipe, seed, data)
+    res = _recover(pruned, recipe, seed, out, data, method=EvaMethod(alloc.plan, alloc.extra["components"]), **overrides)
+    return MethodRun("eva", res.model, res.record, True, adapter=str(out) if out else None, static=True,
+                     allocation=alloc.to_dict())
+
+
 # name -> trainer(pruned, recipe, seed, budget, out=, plan=, data=, **overrides) -> MethodRun
 METHODS: dict[str, Callable[..., MethodRun]] = {
     "uniform": _uniform,
@@ -302,6 +358,11 @@ METHODS: dict[str, Callable[..., MethodRun]] = {
     "prunedlora": _prunedlora,
     "para": _para,
     "plan": _given_plan,
+    "eva": _eva,  # PEFT's EVA: explained-variance allocation + SVD initialisation, scaled to the budget
+    "static-lora-star": _static("lora-star"),  # LoRA*'s 4/6/10/12 shape scaled to the budget
+    "static-eva": _static("eva"),  # EVA's allocation, plain LoRA init
+    "static-para": _static("para"),  # PARA's allocation from a short high-rank run, trained from scratch
+    "static-prunedlora": _static("prunedlora"),  # PrunedLoRA's final allocation, trained from scratch
 }
 
 

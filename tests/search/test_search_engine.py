@@ -268,3 +268,33 @@ def test_unknown_strategy_and_surrogate_list_the_valid_ones():
         make_sampler("bayes", space)
     with pytest.raises(RankAdaptorError, match="mlp.*ridge"):
         RankAdaptorSampler(space, surrogate="forest")
+
+
+def test_a_lucky_plan_worse_than_uniform_on_fresh_seeds_is_not_handed_out(tmp_path):
+    """On the study's seed every plan but uniform gets a random bonus (luck); on fresh seeds the truth shows:
+    any departure from uniform costs. The final pick falls back to uniform."""
+    space = _space()
+
+    def lucky(ranks, seed=0, fidelity="full"):
+        truth = -0.01 * float(np.abs(np.asarray(ranks) - 8).sum())
+        luck = np.random.default_rng([seed, int(plan_hash(ranks), 16) % 10 ** 9]).random() if seed == 0 else 0.0
+        return truth + (0.0 if np.array_equal(ranks, space.uniform()) else luck)
+
+    lucky.direction = "maximize"
+    study = _study(tmp_path, space, "random", make_sampler("random", space, seed=0))
+    cfg = SearchConfig(n_trials=6, final_seeds=3, noise_every=0)
+    run_search(study, space, lucky, cfg)
+    rep = finalize(study, space, lucky, cfg)
+    assert rep["search_best_value"] > 0  # a lucky plan led the search
+    assert rep["best"]["source"] == "uniform" and rep["best"]["ranks"] == space.uniform().tolist()
+    assert "the pick is the uniform plan" in " ".join(rep["messages"])
+
+
+def test_multi_fidelity_without_a_screening_fidelity_is_refused():
+    from rankadaptor.search.study import SearchSettings, run_study
+
+    obj = SyntheticObjective(_space())
+    obj.has_screen = False
+    settings = SearchSettings(study="m", trials=2, multi_fidelity=True, fixed_first=1, fixed_last=1)
+    with pytest.raises(RankAdaptorError, match="--screen-steps"):
+        run_study(settings, obj, [1.0] * 10, storage=optuna.storages.InMemoryStorage())

@@ -161,3 +161,16 @@ def test_budget_is_exact_to_one_percent_in_both_granularities():
         for vec in s.sample(50, 0):
             params = count_lora_params(model, s.to_rank_plan(vec))
             assert params == s.cost(vec) and abs(params / s.budget - 1) <= 0.01
+
+
+def test_tilted_draws_aim_at_the_budget():
+    costs = tuple(np.linspace(1, 3, 30))
+    s = SearchSpace(30, layer_costs=costs, budget=SearchSpace(30, layer_costs=costs).uniform_budget(10),
+                    tolerance=0.01)
+    p = s._tilted_probs()
+    cands = np.asarray(s.candidates, float)
+    fixed_cost = (sum(costs) - s.unit_costs[s.free_units].sum()) * s.fixed_rank
+    expected = fixed_cost + float(((p * cands).sum(1) * s.unit_costs[s.free_units]).sum())
+    assert abs(expected / s.budget - 1) < 1e-3  # untilted draws (mean rank 7) would land 25 % below
+    accepted = s.is_valid(s._tilted_batch(4000, np.random.default_rng(0))).mean()
+    assert accepted > 0.05

@@ -19,11 +19,12 @@ from rankadaptor import __version__
 from rankadaptor.errors import RankAdaptorError
 
 # the commands that compute on tensors, so the ones --device / --dtype apply to (and are checked for)
-MODEL_COMMANDS = {"compress", "demo", "eval", "prune", "recover", "search"}
-TRAINING_COMMANDS = {"demo", "prune", "recover", "search"}  # they run backward passes (Taylor importance, LoRA)
+MODEL_COMMANDS = {"allocate", "compress", "demo", "eval", "prune", "recover", "search"}
+TRAINING_COMMANDS = {"allocate", "demo", "prune", "recover", "search"}  # they run backward passes (Taylor importance, LoRA)
 
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
+    "allocate": "rankadaptor.cli.allocate",
     "assets": "rankadaptor.cli.assets",
     "compare": "rankadaptor.cli.compare",
     "compress": "rankadaptor.cli.compress",

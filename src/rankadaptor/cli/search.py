@@ -109,8 +109,10 @@ def add_parser(sub) -> None:
     p.add_argument("--noise-every", type=at_least(0), default=8,
                    help="re-measure the uniform plan and the incumbent on a fresh seed every N trials (0 = never)")
     p.add_argument("--pool", type=at_least(1), default=10_000, help="random valid candidates scored per round")
-    p.add_argument("--acquisition", choices=("ucb", "ei"), default="ucb")
-    p.add_argument("--kappa", type=at_least(0, float), default=1.0, help="UCB exploration weight")
+    p.add_argument("--acquisition", choices=("ucb", "ei", "thompson"), default="ucb",
+                   help="how the next plan is chosen from the surrogate: ucb (mean + kappa sd), ei (expected "
+                        "improvement beyond the measured noise), thompson (best plan of one posterior draw)")
+    p.add_argument("--kappa", type=at_least(0, float), default=2.0, help="UCB exploration weight (default 2)")
     p.add_argument("--ensemble", type=at_least(1), default=5, help="MLP surrogate: ensemble size")
     p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP surrogate: hidden sizes (default 32,32,32)")
     p.add_argument("--patience", type=at_least(1), default=8, help="convergence: trials without improvement")
@@ -196,13 +198,17 @@ def run(args) -> int:
     import torch
 
     from rankadaptor.data.recovery import check_data_source
+    from rankadaptor.errors import RankAdaptorError
     from rankadaptor.fileio import hold_claim
     from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, open_storage
     from rankadaptor.search.study import make_space, run_study
 
     _check_fidelity_flags(args)
+    if not args.out and not args.no_finalize and not args.create_only:
+        raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
+                               "(--no-finalize)")
     settings = settings_from_args(args, _seed_plans(args.seed_plan))  # checks the outputs can be written
-    if settings.finalize and not settings.create_only:
+    if settings.finalize and not settings.create_only and settings.out:
         hold_claim(settings.out)  # no other run writes them while this one searches
         hold_claim(settings.report_dir(), "--report")
     if args.objective != "synthetic":

@@ -135,8 +135,22 @@ class _Yield(Exception):
 
 
 class _QuietYields(logging.Filter):
+    """Drop Optuna's two warnings about a yielded trial (its error, then "Trial N failed with value None.")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.yielded: set[str] = set()
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "_Yield(" not in record.getMessage()
+        msg = record.getMessage()
+        if "_Yield(" in msg:
+            self.yielded.add(msg.split(" failed", 1)[0])  # "Trial N"
+            return False
+        head = msg.split(" failed with value", 1)[0]
+        if head in self.yielded:
+            self.yielded.discard(head)
+            return False
+        return True
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_QuietYields())  # a yield is logged by us, once

@@ -1,7 +1,6 @@
 """The end of a search (RankAdaptor §3.3, Convergence): pick, re-evaluate against uniform, say what it means.
 
-The finalists (the best measured plans and, when the surrogate predicts held-out trials better than
-chance, its own argmax) and the uniform plan are re-evaluated at fidelity ``"final"`` on fresh
+The finalists (the best measured plans and the surrogate's own optimum) and the uniform plan are re-evaluated at fidelity ``"final"`` on fresh
 seeds the search never used, each seed shared by all of them (paired). The report states the
 paired difference of the pick to uniform with its 95 % interval and verdict, how well the
 surrogate predicted held-out trials (out-of-fold Spearman), and in one line whether the plans the
@@ -19,10 +18,10 @@ from scipy import stats as st
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search import noise
-from rankadaptor.search.sampler import completed_data
+from rankadaptor.search.sampler import completed_data, maximise
 from rankadaptor.search.space import SearchSpace, plan_hash
 from rankadaptor.search.surrogates import make_surrogate, oof_predictions
-from rankadaptor.stats import mean_ci, paired_difference
+from rankadaptor.stats import mean_ci, paired_difference, verdict_of
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +43,6 @@ def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = "ridg
             "surrogate": surrogate, "pred_oof": pred.tolist(), "measured": y.tolist()}
 
 
-def verdict_of(diff: dict) -> str:
-    """"significant" / "not significant" / "no test" of a ``stats.paired_difference`` result."""
-    if "verdict" in diff:
-        return diff["verdict"]
-    if diff["n"] < 3:
-        return "no test"
-    return "significant" if diff["significant"] else "not significant"
-
-
 def finalize(study: optuna.Study, space: SearchSpace, objective, config, surrogate_options: dict | None = None,
              **_ignored) -> dict[str, Any]:
     """Re-evaluate finalists and the uniform plan on fresh seeds at fidelity "final"; say what it means."""
@@ -65,23 +55,25 @@ def finalize(study: optuna.Study, space: SearchSpace, objective, config, surroga
     finalists = [("measured", X[i]) for i in order[:config.finalists]]
     measured_noise = noise.estimate(study)
     cv = oof_spearman(space, study, config.surrogate, noise_sd=measured_noise["noise_sd"], **options)
-    if cv["better_than_chance"]:  # the surrogate's own argmax joins the finalists
+    if len(y) >= 3:  # the surrogate's own optimum joins the finalists; fresh seeds decide between them
         model = make_surrogate(config.surrogate, space, config.seed, **options).fit(X, y, measured_noise["noise_sd"])
-        pool = np.concatenate([space.sample(10_000, config.seed)] + [space.mutate(X[i], 500, config.seed)
-                                                                      for i in order[:5]])
-        finalists.append(("model", pool[int(np.argmax(model.predict(pool)[0]))]))
+        cands, _, mean, _ = maximise(space, model, X, y, np.random.default_rng(config.seed), kappa=0.0)
+        finalists.append(("model", cands[int(np.argmax(mean))]))
+    uniform = space.uniform()
     uniq: dict[str, tuple[str, np.ndarray]] = {}
     for source, ranks in finalists:
-        uniq.setdefault(plan_hash(ranks), (source, ranks))
+        if not np.array_equal(ranks, uniform):  # uniform is re-evaluated anyway, as the baseline
+            uniq.setdefault(plan_hash(ranks), (source, ranks))
     seeds = [FINAL_SEED_BASE + s for s in range(config.final_seeds)]
-    uniform = space.uniform()
     base_scores = [float(objective(uniform, seed=s, fidelity="final")) for s in seeds]
+    base = {"ranks": uniform.tolist(), "plan_hash": plan_hash(uniform), "source": "uniform", "scores": base_scores,
+            "mean": float(np.mean(base_scores)) if seeds else None}
     evaluated = []
     for h, (source, ranks) in uniq.items():
         scores = [float(objective(ranks, seed=s, fidelity="final")) for s in seeds]
         evaluated.append({"ranks": [int(r) for r in ranks], "plan_hash": h, "source": source, "scores": scores,
                           "mean": float(np.mean(scores)) if scores else None})
-    best = max(evaluated, key=lambda e: sign * e["mean"]) if seeds else evaluated[0]
+    best = (max(evaluated, key=lambda e: sign * e["mean"]) if seeds else evaluated[0]) if evaluated else base
     spread = noise.verdict(y, measured_noise)
     report: dict[str, Any] = {
         "best": best, "finalists": evaluated,
@@ -94,19 +86,24 @@ def finalize(study: optuna.Study, space: SearchSpace, objective, config, surroga
                             "final": len(seeds) * (1 + len(evaluated))},
     }
     messages = [spread["line"]]
-    if len(seeds) >= 2:
+    if not evaluated:
+        messages.append("no trial beat the uniform plan: the pick is the uniform plan")
+    elif len(seeds) >= 2:
         diff = paired_difference([sign * s for s in best["scores"]], [sign * s for s in base_scores])
         verdict = verdict_of(diff)
         report["difference_vs_uniform"] = {**diff, "verdict": verdict, "significant": verdict == "significant",
-                                           "note": "pick minus uniform, oriented so that > 0 is better"}
+                                           "note": "best finalist minus uniform, oriented so that > 0 is better"}
         ci = f"95% CI {diff['ci_low']:+.4f} .. {diff['ci_high']:+.4f}, {len(seeds)} fresh seeds"
         if verdict == "significant":
             word = "better" if diff["mean"] > 0 else "WORSE"
-            messages.append(f"the pick is {word} than uniform by {diff['mean']:+.4f} ({ci})")
+            messages.append(f"the best finalist is {word} than uniform by {diff['mean']:+.4f} ({ci})")
         else:
-            messages.append(f"{verdict.upper()}: the pick vs uniform differs by {diff['mean']:+.4f} ({ci})")
+            messages.append(f"{verdict.upper()}: the best finalist vs uniform differs by {diff['mean']:+.4f} ({ci})")
         report["uniform_ci"] = mean_ci(base_scores).to_dict()
         report["best_ci"] = mean_ci(best["scores"]).to_dict()
+        if diff["mean"] < 0:  # never hand out a plan that did worse than uniform on the fresh seeds
+            report["best"] = base
+            messages.append("no finalist beat uniform on the fresh seeds: the pick is the uniform plan")
     else:
         messages.append("fewer than 2 re-evaluation seeds: no interval, the difference to uniform is unknown")
     if len(seeds) > 0 and len(uniq) > 1:
@@ -114,8 +111,8 @@ def finalize(study: optuna.Study, space: SearchSpace, objective, config, surroga
                         "is optimistic (winner's curse)")
     if not cv["better_than_chance"]:
         messages.append(f"the {cv['surrogate']} surrogate predicts held-out trials NO better than chance "
-                        f"(CV Spearman {cv['spearman']}, p={cv['p_value']}, n={cv['n']}); the pick rests on "
-                        "measured values, not on the model")
+                        f"(CV Spearman {cv['spearman']}, p={cv['p_value']}, n={cv['n']}); its predictions are no "
+                        "guide, only the fresh-seed re-evaluation is")
     report["messages"] = messages
     report["_cv_points"] = {"pred": cv.get("pred_oof"), "measured": cv.get("measured")}
     return report

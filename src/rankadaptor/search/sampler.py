@@ -48,6 +48,7 @@ def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, kappa: 
 
 
 ACQUISITIONS: dict[str, Callable[..., np.ndarray]] = {"ucb": ucb, "ei": expected_improvement}
+ACQUISITION_NAMES = (*ACQUISITIONS, "thompson")  # thompson: maximise one posterior draw (surrogate.sample_function)
 
 
 def trial_ranks(space: SearchSpace, t: FrozenTrial) -> np.ndarray | None:
@@ -92,10 +93,10 @@ class RankAdaptorSampler(optuna.samplers.BaseSampler):
 
     def __init__(self, space: SearchSpace, guided: bool = True, surrogate: str = DEFAULT_SURROGATE,
                  surrogate_options: dict | None = None, n_initial: int = 8, pool_size: int = 10_000,
-                 n_mutations: int = 2_000, acquisition: str = "ucb", kappa: float = 1.0, cv_every: int = 1,
-                 climb_starts: int = 3, seed: int | None = None, design_seed: int | None = None):
-        if acquisition not in ACQUISITIONS:
-            raise RankAdaptorError(f"acquisition {acquisition!r} unknown; choose from {sorted(ACQUISITIONS)}")
+                 n_mutations: int = 2_000, acquisition: str = "ucb", kappa: float = 2.0, cv_every: int = 1,
+                 climb_starts: int = 1, seed: int | None = None, design_seed: int | None = None):
+        if acquisition not in ACQUISITION_NAMES:
+            raise RankAdaptorError(f"acquisition {acquisition!r} unknown; choose from {list(ACQUISITION_NAMES)}")
         if n_initial < 1 or pool_size < 1 or n_mutations < 0:
             raise RankAdaptorError(f"n_initial={n_initial}, pool_size={pool_size} must be >= 1 and "
                                    f"n_mutations={n_mutations} >= 0")
@@ -159,26 +160,9 @@ class RankAdaptorSampler(optuna.samplers.BaseSampler):
         t0 = time.perf_counter()
         self.model.fit(X, y, noise_sd)
         t_fit = time.perf_counter() - t0
-        acq = ACQUISITIONS[self.acquisition]
-        best = float(np.max(self.model.predict(X)[0]))  # the incumbent as the model sees it (noise-free)
-        noise = float(noise_sd or 0.0)
-
-        def score(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            mean, std = self.model.predict(rows)
-            return acq(mean, std, best, self.kappa, noise), mean, std
-
-        pool = [self.space.sample(self.pool_size, self.rng)]
-        for top in X[np.argsort(-y)[:5]]:
-            pool.append(self.space.mutate(top, max(1, self.n_mutations // 5), self.rng))
-        pool = np.unique(np.concatenate(pool), axis=0)
-        s, mean, std = score(pool)
-        # climb from the best pooled plans and the best measured one by budget-keeping trades
-        starts = list(pool[np.argsort(-s)[:self.climb_starts]]) + [X[int(np.argmax(y))]]
-        climbed = [self._climb(start, score) for start in starts]
-        cands = np.concatenate([pool, np.stack(climbed)])
-        s, mean, std = score(cands)
-        order = np.argsort(-s)
-        pick = next((i for i in order if plan_hash(cands[i]) not in held), None)
+        cands, s, mean, std = maximise(self.space, self.model, X, y, self.rng, self.acquisition, self.kappa,
+                                       float(noise_sd or 0.0), self.pool_size, self.n_mutations, self.climb_starts)
+        pick = next((i for i in np.argsort(-s) if plan_hash(cands[i]) not in held), None)
         if pick is None:
             raise RankAdaptorError("every scored candidate was already evaluated; raise --pool or stop the study")
         info: dict[str, Any] = {"proposal": "model", "surrogate": self.surrogate_name,
@@ -191,20 +175,6 @@ class RankAdaptorSampler(optuna.samplers.BaseSampler):
                  len(cands), mean[pick], std[pick], y.max())
         return cands[pick], info
 
-    def _climb(self, start: np.ndarray, score, max_steps: int = 30) -> np.ndarray:
-        cur = start
-        cur_s = score(cur[None])[0][0]
-        for _ in range(max_steps):
-            nb = self.space.swaps(cur, max_pairs=4000, rng=self.rng)
-            if not len(nb):
-                break
-            s = score(nb)[0]
-            i = int(np.argmax(s))
-            if s[i] <= cur_s + 1e-12:
-                break
-            cur, cur_s = nb[i], s[i]
-        return cur
-
     def _cv(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None) -> float | None:
         from rankadaptor.search.surrogates import oof_predictions
 
@@ -214,6 +184,70 @@ class RankAdaptorSampler(optuna.samplers.BaseSampler):
                                **self.surrogate_options)
         rho = stats.spearmanr(pred, y).statistic if np.std(pred) > 0 else 0.0
         return None if np.isnan(rho) else float(rho)
+
+
+def maximise(space: SearchSpace, model, X: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+             acquisition: str = "ucb", kappa: float = 1.0, noise: float = 0.0, pool_size: int = 10_000,
+             n_mutations: int = 2_000, climb_starts: int = 1) -> tuple[np.ndarray, ...]:
+    """Candidates and their (acquisition, mean, std) under a fitted surrogate: ``pool_size`` valid plans
+    plus mutations of the best measured ones, then a climb by budget-keeping rank trades from the best
+    few of them and from the best measured plan (a random pool alone rarely holds the model's optimum
+    in 24 or more dimensions). ``kappa=0`` with UCB maximises the predicted mean."""
+    best = float(np.max(model.predict(X)[0]))  # the incumbent as the model sees it (noise-free)
+    if acquisition == "thompson":  # one draw of the surrogate's posterior, maximised as if it were the truth
+        score = model.sample_function(rng)
+    else:
+        acq = ACQUISITIONS[acquisition]
+
+        def score(rows: np.ndarray) -> np.ndarray:
+            return acq(*model.predict(rows), best, kappa, noise)
+
+    pool = [space.sample(pool_size, rng)]
+    for top in X[np.argsort(-y)[:5]]:
+        pool.append(space.mutate(top, max(1, n_mutations // 5), rng))
+    pool = np.unique(np.concatenate(pool), axis=0)
+    s = score(pool)
+    starts = list(pool[np.argsort(-s)[:climb_starts]]) + [X[int(np.argmax(y))]]
+    climbed = [_climb(space, start, score, rng) for start in starts]
+    cands = np.unique(np.concatenate([pool, np.stack(climbed)]), axis=0)
+    mean, std = model.predict(cands)
+    return cands, score(cands), mean, std
+
+
+def _climb(space: SearchSpace, cur: np.ndarray, score, rng: np.random.Generator, max_steps: int = 50) -> np.ndarray:
+    """Hill climb by rank trades. Each step takes the best trade and, when it scores higher, the best
+    trades on disjoint units all at once (with an additive surrogate their gains add up, so a climb over
+    ~200 module units needs a few steps instead of hundreds)."""
+    cur_s = score(cur[None])[0]
+    for _ in range(max_steps):
+        nb, up, down = space.swaps(cur, max_pairs=4000, rng=rng, return_moves=True)
+        if not len(nb):
+            break
+        gain = score(nb) - cur_s
+        order = np.argsort(-gain)
+        if gain[order[0]] <= 1e-12:
+            break
+        best, best_s = nb[order[0]], cur_s + gain[order[0]]
+        used: set[int] = set()
+        combined = cur.copy()
+        lo, hi = space.budget_bounds()
+        cost, deltas = float(space.cost(cur)), space.cost(nb) - float(space.cost(cur))
+        for i in order[:len(order) // 4 + 1]:
+            if gain[i] <= 1e-12:
+                break
+            units = {int(u) for u in (up[i], down[i]) if u >= 0}
+            if units & used or not lo - 1e-9 <= cost + deltas[i] <= hi + 1e-9:
+                continue
+            used |= units
+            cost += deltas[i]
+            free = space.free_units[list(units)]
+            combined[free] = nb[i][free]
+        if space.is_valid(combined)[0] and not np.array_equal(combined, best):
+            c_s = score(combined[None])[0]
+            if c_s > best_s:
+                best, best_s = combined, c_s
+        cur, cur_s = best, best_s
+    return cur
 
 
 def make_sampler(strategy: str, space: SearchSpace, seed: int | None = None, **kwargs) -> optuna.samplers.BaseSampler:

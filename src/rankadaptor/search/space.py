@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.search.moves import PlanMoves
 
 PAPER_CANDIDATES = (2, 4, 6, 8, 10, 12)  # RankAdaptor §4.1
 MODULE_CANDIDATES = tuple(range(0, 33))  # per module: 0 (module left out) .. 32
@@ -30,7 +31,7 @@ GRANULARITIES = ("layer", "module")
 
 
 @dataclass
-class SearchSpace:
+class SearchSpace(PlanMoves):
     n_layers: int
     candidates: tuple[int, ...] | None = None  # None: PAPER_CANDIDATES per layer, MODULE_CANDIDATES per module
     fixed_first: int = 4
@@ -210,185 +211,6 @@ class SearchSpace:
                 f"parameter budget "
                 f"{self.budget:g} ± {self.tolerance:.0%}; widen --budget-tolerance, add rank candidates (a finer "
                 "step) or choose another --budget") from None
-
-    # --------------------------------------------------------------- sampling
-    def sample(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
-        """``n`` valid vectors, close to uniformly distributed over the budget band.
-
-        Each free unit is drawn independently with probabilities tilted (∝ exp(θ·cost·rank)) so that
-        the expected cost is the budget, then vectors outside the band are rejected: inside a narrow
-        band the tilt is nearly constant, so the accepted vectors are close to uniform over the valid
-        plans, with no pile-up at either edge. A budget repair with a random target inside the band
-        tops up when acceptance is too low.
-        """
-        rng = np.random.default_rng(rng)
-        out: list[np.ndarray] = []
-        have = 0
-        for _ in range(50):
-            want = max(2 * (n - have), 256)
-            batch = self._tilted_batch(want, rng)
-            batch = batch[self.is_valid(batch)]
-            if len(batch) < 0.02 * want:
-                batch = np.concatenate([batch, self.repair(self._tilted_batch(want, rng), rng)])
-            out.append(batch)
-            have += len(batch)
-            if have >= n:
-                return np.concatenate(out)[:n]
-        raise RankAdaptorError(
-            f"could only sample {have} of {n} rank vectors under budget {self.budget:g} ± {self.tolerance:.0%} "
-            f"with candidates {list(self.candidates)}; widen the tolerance")
-
-    def _tilted_batch(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        cands = np.asarray(self.candidates)
-        cum = np.cumsum(self._tilted_probs(), axis=1)
-        u = rng.random((n, self.n_free))
-        idx = np.empty((n, self.n_free), dtype=np.int64)
-        for j in range(self.n_free):
-            idx[:, j] = np.minimum(np.searchsorted(cum[j], u[:, j], side="right"), len(cands) - 1)
-        r = np.full((n, self.n_units), self.fixed_rank, dtype=np.int64)
-        r[:, self._free] = cands[idx]
-        return r
-
-    def _tilted_probs(self) -> np.ndarray:
-        """(n_free, n_candidates) draw probabilities whose expected cost is the budget (uniform without one)."""
-        if getattr(self, "_probs", None) is not None:
-            return self._probs
-        cands = np.asarray(self.candidates, float)
-        costs = self._unit_costs[self._free]
-        scale = cands[-1] - cands[0] or 1.0
-
-        def probs(theta: float) -> np.ndarray:
-            logits = theta * np.outer(costs / costs.mean(), (cands - cands[0]) / scale)
-            p = np.exp(logits - logits.max(1, keepdims=True))
-            return p / p.sum(1, keepdims=True)
-
-        theta = 0.0
-        if self.budget is not None:
-            base = float(self._unit_costs.sum() - costs.sum()) * self.fixed_rank
-            expected = lambda t: base + float(((probs(t) * cands).sum(1) * costs).sum())  # noqa: E731
-            lo, hi = -60.0, 60.0
-            for _ in range(60):  # the expected cost rises with theta: bisect for the budget
-                theta = (lo + hi) / 2
-                lo, hi = (theta, hi) if expected(theta) < self.budget else (lo, theta)
-        self._probs = probs(theta)
-        return self._probs
-
-    def latin_hypercube(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
-        """Stratified design: each free unit sees every candidate about equally often; then repaired.
-
-        Draw it once per study and take its rows in order (``RankAdaptorSampler`` does): a design
-        redrawn per proposal is no more stratified than random sampling.
-        """
-        rng = np.random.default_rng(rng)
-        cands = np.asarray(self.candidates)
-        r = np.full((n, self.n_units), self.fixed_rank, dtype=np.int64)
-        strata = (np.arange(n) * len(cands)) // n
-        for j in self._free:
-            r[:, j] = cands[rng.permutation(strata)]
-        return self.repair(r, rng)
-
-    def repair(self, ranks: np.ndarray, rng: np.random.Generator | int | None = None,
-               max_steps: int = 4000) -> np.ndarray:
-        """Move free units one candidate step at a time until every row meets the budget; drop failures.
-
-        Each row walks towards its own target cost drawn uniformly inside the budget band and stops
-        once it has reached it, so repaired plans spread over the band instead of piling up at the
-        edge nearest to where they started (stopping at the first valid cost would do that).
-        """
-        rng = np.random.default_rng(rng)
-        cands = np.asarray(self.candidates)
-        ranks = np.atleast_2d(np.asarray(ranks))
-        idx = np.clip(np.searchsorted(cands, ranks[:, self._free]), 0, len(cands) - 1)
-        costs = self._unit_costs[self._free]
-        base = float(self._unit_costs.sum() - costs.sum()) * self.fixed_rank
-        lo, hi = self.budget_bounds()
-        if self.budget is None:
-            target = base + cands[idx] @ costs
-        else:
-            target = rng.uniform(lo, hi, len(idx))
-        c = base + cands[idx] @ costs
-        direction = np.sign(target - c).astype(int)
-        direction[(c >= lo - 1e-9) & (c <= hi + 1e-9)] = 0  # valid rows stay as they are
-        rows = np.arange(len(idx))
-        for _ in range(max_steps):
-            c = base + cands[idx] @ costs
-            active = (direction != 0) & (direction * (target - c) > 0)  # not yet at its target
-            if not active.any():
-                break
-            nxt = idx + direction[:, None]
-            movable = (nxt >= 0) & (nxt < len(cands))
-            # prefer steps that cannot jump over the whole band (possible when one step costs more than it)
-            new_cost = c[:, None] + costs * (cands[np.clip(nxt, 0, len(cands) - 1)] - cands[idx])
-            fits = movable & (new_cost >= lo - 1e-9) & (new_cost <= hi + 1e-9)
-            score = np.where(movable, rng.random(idx.shape), -1.0) + np.where(fits, 1.0, 0.0)
-            col = np.argmax(score, axis=1)
-            inside = (c >= lo - 1e-9) & (c <= hi + 1e-9)
-            can = active & (score[rows, col] >= 0) & (~inside | fits[rows, col])  # never step out of the band
-            if not can.any():
-                break
-            idx[rows[can], col[can]] += direction[can]
-        out = np.full((len(idx), self.n_units), self.fixed_rank, dtype=np.int64)
-        out[:, self._free] = cands[idx]
-        return out[self.is_valid(out)]
-
-    def project(self, ranks: Sequence[int], rng: np.random.Generator | int | None = 0) -> np.ndarray | None:
-        """The nearest vector of the space: free ranks snapped to the candidates, then repaired into the budget."""
-        vec = np.asarray(ranks, float).copy()
-        if vec.shape != (self.n_units,):
-            raise RankAdaptorError(f"a rank vector of this space has {self.n_units} entries, got {vec.shape}")
-        cands = np.asarray(self.candidates)
-        snapped = self.uniform()
-        snapped[self._free] = cands[np.abs(vec[self._free, None] - cands[None]).argmin(1)]
-        if self.is_valid(snapped)[0]:
-            return snapped
-        repaired = self.repair(snapped[None], rng)
-        return repaired[0] if len(repaired) else None
-
-    def mutate(self, ranks: np.ndarray, n: int, rng: np.random.Generator | int | None = None,
-               max_changes: int = 3) -> np.ndarray:
-        """``n`` local neighbours of one vector: 1..max_changes free units moved by ±1 candidate step."""
-        rng = np.random.default_rng(rng)
-        cands = np.asarray(self.candidates)
-        base_idx = np.searchsorted(cands, np.asarray(ranks)[self._free])
-        idx = np.tile(base_idx, (n, 1))
-        k = rng.integers(1, max_changes + 1, size=n)
-        for m in range(max_changes):
-            cols = rng.integers(0, self.n_free, size=n)
-            step = rng.choice([-1, 1], size=n)
-            apply = k > m
-            idx[apply, cols[apply]] = np.clip(idx[apply, cols[apply]] + step[apply], 0, len(cands) - 1)
-        out = np.full((n, self.n_units), self.fixed_rank, dtype=np.int64)
-        out[:, self._free] = cands[idx]
-        return out[self.is_valid(out)]
-
-    def swaps(self, ranks: np.ndarray, max_pairs: int = 20_000,
-              rng: np.random.Generator | int | None = None) -> np.ndarray:
-        """Valid neighbours that trade rank between two units (one step up, one down) or move one unit.
-
-        The moves a budget-constrained hill climb needs: a single step usually leaves the band,
-        a trade keeps the cost nearly constant. With many units a random subset of pairs is used.
-        """
-        rng = np.random.default_rng(rng)
-        cands = np.asarray(self.candidates)
-        idx = np.searchsorted(cands, np.asarray(ranks)[self._free])
-        n = self.n_free
-        up, down = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-        keep = up != down
-        up, down = up[keep], down[keep]
-        if len(up) > max_pairs:
-            pick = rng.choice(len(up), max_pairs, replace=False)
-            up, down = up[pick], down[pick]
-        singles = np.arange(n)
-        moves = np.tile(idx, (len(up) + 2 * n, 1))
-        rows = np.arange(len(up))
-        moves[rows, up] += 1
-        moves[rows, down] -= 1
-        moves[len(up) + singles, singles] += 1
-        moves[len(up) + n + singles, singles] -= 1
-        ok = np.all((moves >= 0) & (moves < len(cands)), axis=1)
-        out = np.full((int(ok.sum()), self.n_units), self.fixed_rank, dtype=np.int64)
-        out[:, self._free] = cands[moves[ok]]
-        return out[self.is_valid(out)]
 
     # ---------------------------------------------------------- representation
     def features(self, ranks: np.ndarray) -> np.ndarray:

@@ -54,7 +54,7 @@ class SearchSettings:
     n_initial: int = 8  # initial design incl. the uniform plan and the seed plans
     pool: int = 10_000
     acquisition: str = "ucb"
-    kappa: float = 1.0
+    kappa: float = 2.0  # UCB exploration weight (benchmarks/results/search_compare.md)
     ensemble: int = 5
     hidden: tuple[int, ...] = (32, 32, 32)  # RankAdaptor §4.1's performance model 32-32-32-1
     epochs: int = 300
@@ -75,7 +75,7 @@ class SearchSettings:
     poll_interval: float = 5.0
     cv_every: int = 1
     create_only: bool = False  # create (or check) the study in storage and return
-    out: str | None = None  # best plan JSON (RankPlan format)
+    out: str | None = None  # best plan JSON (RankPlan format); None: the report is returned, nothing written
     report: str | None = None  # summary + plots directory (default <out>.search)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the study identity (e.g. objective settings)
 
@@ -103,9 +103,6 @@ class SearchSettings:
             raise RankAdaptorError("--trials N is required (the study's total of completed trials) unless --create-only")
         if self.trials < 1:
             raise RankAdaptorError(f"--trials {self.trials} must be >= 1 (the study's total of completed trials)")
-        if self.finalize and not self.out:
-            raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
-                                   "(--no-finalize)")
         if self.meta:
             require_file(self.meta, "--meta file")
         if self.out and self.finalize:  # found only after the whole search otherwise
@@ -264,7 +261,8 @@ def run_study(settings: SearchSettings, objective, costs: Sequence[float] | Sequ
     from rankadaptor.search.outputs import write_outputs
 
     result.report = finalize(study, space, objective, config, surrogate_options)
-    result.paths = write_outputs(study, space, result.report, settings.out, settings.report_dir(), config, identity)
+    if settings.out:
+        result.paths = write_outputs(study, space, result.report, settings.out, settings.report_dir(), config, identity)
     return result
 
 

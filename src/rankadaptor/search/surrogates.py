@@ -74,8 +74,13 @@ class RidgeSurrogate:
             raise RankAdaptorError("the ridge surrogate must be fitted before it predicts")
         Phi = self.space.log_features(X) - self.x_mean
         mean = Phi @ self.m * self.y_sd + self.y_mean
-        var = np.einsum("ij,jk,ik->i", Phi, self.S, Phi)
+        var = ((Phi @ self.S) * Phi).sum(1)
         return mean, np.sqrt(np.clip(var, 0, None)) * self.y_sd
+
+    def sample_function(self, rng: np.random.Generator):
+        """One draw of the weights from the posterior, as a function of plans (Thompson sampling)."""
+        w = rng.multivariate_normal(self.m, self.S, method="cholesky")
+        return lambda X: (self.space.log_features(X) - self.x_mean) @ w * self.y_sd + self.y_mean
 
     def describe(self) -> dict[str, Any]:
         return {"surrogate": self.name, "prior_precision": getattr(self, "alpha", None),
@@ -109,6 +114,11 @@ class MLPSurrogate:
         if self.ensemble is None:
             raise RankAdaptorError("the MLP surrogate must be fitted before it predicts")
         return self.ensemble.predict(self.space.features(X))
+
+    def sample_function(self, rng: np.random.Generator):
+        """One ensemble member, as a function of plans (Thompson sampling over the ensemble)."""
+        member = self.ensemble.members[int(rng.integers(len(self.ensemble.members)))]
+        return lambda X: member.predict(self.space.features(X))
 
     def describe(self) -> dict[str, Any]:
         return {"surrogate": self.name, "hidden": list(self.mlp.hidden), "ensemble": self.ensemble_size,

@@ -1,0 +1,25 @@
+"""benchmarks/budget_gain.py's method list is data: every row names a method of the kit, every lever two rows."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("budget_gain", ROOT / "benchmarks" / "budget_gain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rows_name_kit_methods_and_levers_name_rows():
+    from rankadaptor.experiments import METHODS
+
+    bg = _module()
+    keys = [r["key"] for r in bg.METHODS]
+    assert len(keys) == len(set(keys)) and keys[0] == "uniform"
+    assert all(r["method"] in METHODS for r in bg.METHODS), [r["method"] for r in bg.METHODS if r["method"] not in METHODS]
+    assert all(a in keys and b in keys for _, a, b in bg.LEVERS)
+    allowed = {"key", "label", "method", "alloc_steps", "plan", "lr_grid", "overrides"}
+    assert all(set(r) <= allowed for r in bg.METHODS)

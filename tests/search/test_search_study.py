@@ -1,0 +1,59 @@
+"""run_study's inputs: seed plans of either granularity brought into the space, module costs required per module."""
+
+import numpy as np
+import optuna
+import pytest
+
+from rankadaptor.errors import RankAdaptorError
+from rankadaptor.lora.ranks import DEFAULT_TARGETS, RankPlan
+from rankadaptor.search.study import SearchSettings, make_space, run_study, seed_vectors
+from rankadaptor.search.synthetic import additive
+
+LAYERS = 8
+# per layer {module: cost}; attention modules cheaper than MLP ones, as in a real model
+COSTS = [{f"model.layers.{i}.{t}": (1.0 if t in ("k_proj", "v_proj") else 3.0) for t in DEFAULT_TARGETS}
+         for i in range(LAYERS)]
+
+
+def _settings(**kw):
+    return SearchSettings(study="s", trials=4, fixed_first=1, fixed_last=1, n_initial=3, noise_every=0, **kw)
+
+
+def test_a_per_module_plan_seeds_a_per_layer_space_with_its_layer_budget_shares():
+    space = make_space(_settings(), COSTS)
+    heavy = {f"model.layers.3.{t}": 12 for t in DEFAULT_TARGETS}  # layer 3 takes rank, layer 4 gives it
+    light = {f"model.layers.4.{t}": 4 for t in DEFAULT_TARGETS}
+    plan = RankPlan(ranks=[8] * LAYERS, overrides={**heavy, **light})
+    ((label, vec),) = seed_vectors([("pl", plan)], space, COSTS)
+    assert label == "pl" and space.is_valid(vec)[0]
+    assert vec[3] == 12 and vec[4] == 4 and vec[0] == 8
+
+
+def test_a_per_layer_plan_seeds_a_per_module_space_module_by_module():
+    space = make_space(_settings(granularity="module"), COSTS)
+    plan = RankPlan(ranks=[8, 8, 6, 10, 8, 8, 8, 8])
+    ((_, vec),) = seed_vectors([("layers", plan)], space, COSTS)
+    per_layer = vec.reshape(LAYERS, len(DEFAULT_TARGETS))
+    assert (per_layer[2] == 6).all() and (per_layer[3] == 10).all() and space.is_valid(vec)[0]
+
+
+def test_seed_plans_for_another_model_are_refused():
+    space = make_space(_settings(), COSTS)
+    with pytest.raises(RankAdaptorError, match="has 3 layer ranks"):
+        seed_vectors([("short", RankPlan(ranks=[8, 8, 8]))], space, COSTS)
+    with pytest.raises(RankAdaptorError, match="lacks"):
+        seed_vectors([("x", RankPlan(ranks=[8] * LAYERS, overrides={"model.layers.99.mlp.up_proj": 4}))],
+                     space, COSTS)
+    with pytest.raises(RankAdaptorError, match="module_costs"):
+        make_space(_settings(granularity="module"), [1.0] * LAYERS)
+
+
+def test_run_study_queues_seed_plans_and_returns_a_report_without_writing():
+    settings = _settings(seeds=[("lora-star", RankPlan.lora_star(LAYERS))], final_seeds=3)
+    space = make_space(settings, COSTS)
+    obj = additive(space, noise=0.001, seed=1)
+    result = run_study(settings, obj, COSTS, obj.identity(), storage=optuna.storages.InMemoryStorage())
+    done = [t for t in result.study.trials if t.state.name == "COMPLETE"]
+    assert [t.user_attrs.get("seeded_from") for t in done[:2]] == ["uniform", "lora-star"]
+    assert result.report["best"]["ranks"] and result.paths == {}
+    assert np.isclose(space.cost(np.asarray(done[1].user_attrs["ranks"])) / space.budget, 1, atol=0.01)
