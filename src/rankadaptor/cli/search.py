@@ -7,6 +7,10 @@ workers may run it on one study at once (create it first with ``--create-only``;
 and its plan is retried by another worker (docs/distributed.md). ``--strategy random|tpe`` runs
 the baselines through the same engine. ``--objective synthetic`` is a test-only objective (a
 known function of the rank vector plus noise, no model) used by the tests and benchmarks.
+
+``--fidelity super --super ADAPTER`` searches cuts of a trained super-adapter (``recover --method
+super``) instead: each trial scores a cut in memory on a search split of the recovery data (seconds,
+not minutes), hundreds of them; the best plan is written with the adapter cut to it beside it.
 """
 
 from __future__ import annotations
@@ -52,11 +56,15 @@ def add_parser(sub) -> None:
                    help="seven-task average accuracy, one task's accuracy, or held-out loss")
     p.add_argument("--budget", default="uniform:8",
                    help="LoRA parameter budget: 'uniform:R' (the count of uniform rank R), a number, or 'none'")
-    p.add_argument("--budget-tolerance", type=float, default=0.05, help="relative budget tolerance (default 0.05)")
-    p.add_argument("--candidates", type=_ints, default=(2, 4, 6, 8, 10, 12))
-    p.add_argument("--fixed-first", type=int, default=4, help="first layers kept at --fixed-rank (default 4)")
-    p.add_argument("--fixed-last", type=int, default=2, help="last layers kept at --fixed-rank (default 2)")
-    p.add_argument("--fixed-rank", type=int, default=8)
+    p.add_argument("--budget-tolerance", type=float, default=None,
+                   help="relative budget tolerance (default 0.05; 0.01 with --fidelity super)")
+    p.add_argument("--candidates", type=_ints, default=None,
+                   help="rank candidates (default 2,4,6,8,10,12; with --fidelity super 1,2,3,4,6,8,12,16,24,32 up to R)")
+    p.add_argument("--fixed-first", type=int, default=None,
+                   help="first layers kept at --fixed-rank (default 4; 0 with --fidelity super)")
+    p.add_argument("--fixed-last", type=int, default=None,
+                   help="last layers kept at --fixed-rank (default 2; 0 with --fidelity super)")
+    p.add_argument("--fixed-rank", type=int, default=None, help="rank of the fixed layers (default 8)")
     p.add_argument("--steps", type=int, default=20, help="recovery steps per trial (full fidelity)")
     p.add_argument("--limit", type=int, default=200, help="evaluation examples per task (full fidelity)")
     p.add_argument("--data", default=None, metavar="FILE",
@@ -65,13 +73,29 @@ def add_parser(sub) -> None:
                    help="screen trials with --screen-steps/--screen-limit; finalists get the full budget")
     p.add_argument("--screen-steps", type=int, default=None)
     p.add_argument("--screen-limit", type=int, default=None)
-    p.add_argument("--n-initial", type=int, default=8, help="initial design size incl. the uniform baseline")
+    p.add_argument("--fidelity", choices=("recover", "super"), default="recover",
+                   help="recover: each trial recovers the model at the plan (minutes); super: each trial cuts the "
+                        "super-adapter --super to the plan in memory and scores it on a search split (seconds)")
+    p.add_argument("--super", default=None, metavar="ADAPTER",
+                   help="super-adapter directory (written by recover --method super) for --fidelity super")
+    p.add_argument("--cut", choices=("svd", "prefix"), default="svd",
+                   help="--fidelity super: exact SVD truncation, or the first components as trained (default svd)")
+    p.add_argument("--search-blocks", type=int, default=4,
+                   help="--fidelity super: validation blocks of the recovery data each plan is scored on (default 4)")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="--fidelity super: the high fidelity (finalists, --validate) fine-tunes the cut this many steps")
+    p.add_argument("--batch", type=int, default=8, help="--fidelity super: plans scored per performance-model refit")
+    p.add_argument("--validate", type=int, default=0,
+                   help="--fidelity super: plans also measured at the high fidelity for the cheap score's Spearman")
+    p.add_argument("--n-initial", type=int, default=None,
+                   help="initial design size incl. the uniform baseline (default 8; 16 with --fidelity super)")
     p.add_argument("--pool", type=int, default=10_000, help="random valid candidates scored per round")
     p.add_argument("--acquisition", choices=("ucb", "ei"), default="ucb")
     p.add_argument("--kappa", type=float, default=1.0, help="UCB exploration weight")
     p.add_argument("--ensemble", type=int, default=5, help="performance-model ensemble size")
     p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP hidden sizes (default 32,32,32)")
-    p.add_argument("--patience", type=int, default=8, help="convergence: trials without improvement")
+    p.add_argument("--patience", type=int, default=None,
+                   help="convergence: trials without improvement (default 8; 48 with --fidelity super)")
     p.add_argument("--model-tolerance", type=float, default=0.5,
                    help="convergence: mean |pred-measured| / std(measured) over the last --patience trials")
     p.add_argument("--meta", default=None, metavar="FILE",
@@ -91,21 +115,28 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def settings_from_args(args):
-    """The parsed flags as the library's validated ``SearchSettings``."""
+def settings_from_args(args, super_rank: int | None = None):
+    """The parsed flags as the library's validated ``SearchSettings`` (``super_rank``: the super-adapter's R)."""
     from rankadaptor.search.study import SearchSettings
 
-    return SearchSettings(
+    given = dict(fixed_rank=args.fixed_rank, budget_tolerance=args.budget_tolerance, candidates=args.candidates,
+                 fixed_first=args.fixed_first, fixed_last=args.fixed_last, n_initial=args.n_initial,
+                 patience=args.patience)
+    kwargs = dict(
         study=args.study, trials=args.trials, storage=args.storage, strategy=args.strategy, budget=args.budget,
-        budget_tolerance=args.budget_tolerance, candidates=args.candidates, fixed_first=args.fixed_first,
-        fixed_last=args.fixed_last, fixed_rank=args.fixed_rank, n_initial=args.n_initial, pool=args.pool,
+        pool=args.pool,
         acquisition=args.acquisition, kappa=args.kappa, ensemble=args.ensemble, hidden=args.hidden,
-        epochs=args.epochs, patience=args.patience, model_tolerance=args.model_tolerance, meta=args.meta,
+        epochs=args.epochs, model_tolerance=args.model_tolerance, meta=args.meta,
         meta_method=args.meta_method, final_seeds=args.final_seeds, finalists=args.finalists,
         finalize=not args.no_finalize, multi_fidelity=args.multi_fidelity, seed=args.seed,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, max_retry=args.max_retry,
         poll_interval=args.poll_interval, cv_every=args.cv_every, create_only=args.create_only, out=args.out,
         report=args.report)
+    if super_rank is not None:
+        from rankadaptor.search.super_search import super_settings
+
+        return super_settings(rank=super_rank, **kwargs, **given)
+    return SearchSettings(**kwargs, **{k: v for k, v in given.items() if v is not None})
 
 
 def run(args) -> int:
@@ -116,6 +147,8 @@ def run(args) -> int:
     from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, open_storage
     from rankadaptor.search.study import make_space, run_study
 
+    if args.fidelity == "super":
+        return run_super(args)
     settings = settings_from_args(args)
     for out in (settings.out, settings.report):
         if out:
@@ -161,4 +194,55 @@ def run(args) -> int:
     for msg in result.report["messages"]:
         print(msg)
     print(f"best plan: {result.paths['plan']}\nreport: {result.paths['report']}")
+    return 0
+
+
+def run_super(args) -> int:
+    """``--fidelity super``: RankAdaptor over cuts of a trained super-adapter (``search.super_search``)."""
+    import torch
+
+    from rankadaptor.compress.adapter_io import read_adapter
+    from rankadaptor.errors import RankAdaptorError
+    from rankadaptor.fileio import refuse_bad_out_parent
+    from rankadaptor.search.study import make_space
+    from rankadaptor.search.super_search import adapter_out, check_rank_bound, run_super_search
+
+    if args.super is None:
+        raise RankAdaptorError("--fidelity super needs --super ADAPTER (a super-adapter from recover --method super)")
+    if args.objective != "loss" and args.objective != "average":
+        raise RankAdaptorError("--fidelity super scores the search-split loss; use --objective loss (or leave it)")
+    if args.strategy == "tpe" or args.multi_fidelity:
+        raise RankAdaptorError("--fidelity super runs the rankadaptor or random strategy, without --multi-fidelity")
+    adapter = read_adapter(args.super)  # before the model loads: a bad adapter directory fails first
+    settings = settings_from_args(args, super_rank=min(m.r for m in adapter.modules.values()))
+    check_rank_bound(settings.candidates, settings.fixed_rank, adapter)
+    for out in (settings.out, settings.report, settings.out and adapter_out(settings.out)):
+        if out:
+            refuse_bad_out_parent(out)
+    if not getattr(args, "threads", None):
+        torch.set_num_threads(1)
+    from rankadaptor.lora.ranks import layer_costs
+    from rankadaptor.models.loading import load_model
+    from rankadaptor.search.super_fidelity import SuperFidelity, plan_of, search_split
+
+    loaded = load_model(args.model)
+    costs = layer_costs(loaded.model)
+    space = make_space(settings, costs)  # an unreachable budget fails before the corpus is read
+    objective = SuperFidelity(loaded.model, loaded.tokenizer, args.super, plan_of(space),
+                              search_split(loaded.tokenizer, args.search_blocks, data=args.data), args.cut,
+                              finetune_steps=args.finetune_steps, identity=loaded.identity)
+    identity = {"model": args.model, "model_identity": loaded.identity, **objective.identity()}
+    result = run_super_search(settings, objective, costs, identity, batch=args.batch, validate=args.validate)
+    state = result.state
+    if settings.create_only:
+        print(f"study {args.study} ready ({len(result.study.trials)} trials so far)")
+        return 0
+    print(f"study {args.study}: {state.get('n_complete')} cheap scores in {state['seconds']:.0f} s "
+          f"({state['evaluations_per_minute']:.1f}/min; storage {state['times']['storage']:.1f} s, model "
+          f"{state['times']['model'] + state['times']['pool']:.1f} s), converged={state.get('converged')}")
+    if result.report is None:
+        return 0
+    for msg in result.report["messages"]:
+        print(msg)
+    print(f"best plan: {result.paths['plan']}\ncut adapter: {result.paths['adapter']}\nreport: {result.paths['report']}")
     return 0
