@@ -28,7 +28,7 @@ def test_cut_rows_share_one_wide_adapter_and_meet_the_budget(tiny, tmp_path):
     for name in ("super-para", "super-uniform", "super-energy"):
         assert runs[name].targets_budget and runs[name].budget["at_budget"], runs[name].budget
     search = runs["super-search"]
-    assert search.budget["within_1pct"] and search.record["cut"]["evaluations"] == 12
+    assert search.budget["within_1pct"] and search.budget["gap"] >= 0 and search.record["cut"]["evaluations"] == 12
     plan = RankPlan.from_dict(search.record["cut"]["plan"])
     assert search.budget["params"] == count_lora_params(cache.model, plan)
     c = search.record["compute"]

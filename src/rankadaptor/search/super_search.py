@@ -59,6 +59,12 @@ def super_settings(rank: int = 32, **kwargs):
     return SearchSettings(**{**defaults, **{k: v for k, v in kwargs.items() if v is not None}})
 
 
+def below_budget(budget: float, tolerance: float = 0.01) -> tuple[float, float]:
+    """(centre, tolerance) of a space whose window is [budget·(1 − tolerance), budget]: a pick compared with
+    rules that fill a budget from below must not win by spending up to 1 % more."""
+    return budget * (1 - tolerance / 2), (tolerance / 2) / (1 - tolerance / 2)
+
+
 def adapter_out(plan_out) -> Path:
     """Where the cut adapter goes: ``best.json`` -> ``best.adapter/``."""
     plan_out = Path(plan_out)
@@ -287,7 +293,7 @@ def validity(study, space: SearchSpace, objective, k: int, seed: int = 0) -> dic
 
 def search_budget(loaded, adapter_dir, budget: float, work, trials: int = 100, how: str = "svd", n_blocks: int = 4,
                   seq_len: int = 128, seed: int = 0, data=None, batch: int = 8, adapter_path=None) -> dict:
-    """RankAdaptor on ``adapter_dir`` at ``budget`` ± 1 %, study and report under ``work``; the cut goes to
+    """RankAdaptor on ``adapter_dir`` within 1 % below ``budget``, study and report under ``work``; the cut goes to
     ``adapter_path``. The one call behind the benchmarks' "super-search" (the CLI builds the same pieces)."""
     from rankadaptor.compress.adapter_io import read_adapter
     from rankadaptor.lora.ranks import layer_costs
@@ -297,8 +303,10 @@ def search_budget(loaded, adapter_dir, budget: float, work, trials: int = 100, h
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     rank = min(m.r for m in read_adapter(adapter_dir).modules.values())
-    settings = super_settings(rank=rank, study="super", trials=trials, budget=float(budget), seed=seed,
-                              storage=f"sqlite:///{work / 'study.db'}", out=str(work / "plan.json"), final_seeds=0)
+    centre, tolerance = below_budget(float(budget))
+    settings = super_settings(rank=rank, study="super", trials=trials, budget=centre, budget_tolerance=tolerance,
+                              seed=seed, storage=f"sqlite:///{work / 'study.db'}", out=str(work / "plan.json"),
+                              final_seeds=0)
     costs = layer_costs(loaded.model)
     space = make_space(settings, costs)
     split = search_split(loaded.tokenizer, n_blocks, seq_len, data=data)
