@@ -89,6 +89,17 @@ def test_search_split_refuses_held_out_text(tmp_path):
         search_split(tok, 10_000, seq_len=32, data=clean, check=False)
 
 
+def test_search_split_is_never_trained_on(tmp_path):
+    from rankadaptor.data import load_recovery_data
+
+    tok = tiny_tokenizer()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"{i} " + TINY_TEXT[i % 6] for i in range(3000)))  # every block distinct
+    split = search_split(tok, 4, seq_len=32, data=corpus, check=False)
+    trained = load_recovery_data(corpus, tok, seq_len=32, max_val=RecoveryConfig().max_val).train  # what recover uses
+    assert len(split.blocks) == 4 and not {tuple(b) for b in split.blocks} & {tuple(b) for b in trained}
+
+
 @pytest.mark.slow
 def test_real_search_split_is_disjoint_from_the_brown_held_out_text():
     from transformers import AutoTokenizer

@@ -46,14 +46,15 @@ class SearchSplit:
 
 
 def search_split(tokenizer, n_blocks: int = 4, seq_len: int = 128, data=None, check: bool = True) -> SearchSplit:
-    """``n_blocks`` of the recovery corpus's validation blocks, spread evenly over them."""
-    from rankadaptor.data import load_recovery_data
+    """``n_blocks`` of the recovery corpus's validation blocks (exactly those ``recover`` holds out with its
+    default ``max_val``, so no recovery run trains on them), spread evenly over them."""
+    from rankadaptor.data import RecoveryData, load_recovery_data
+    from rankadaptor.lora.recover import RecoveryConfig
 
     if not isinstance(n_blocks, int) or n_blocks < 1:
         raise RankAdaptorError(f"search split size {n_blocks!r} must be an integer >= 1 (blocks of {seq_len} tokens)")
-    from rankadaptor.data import RecoveryData
-
-    recovery = data if isinstance(data, RecoveryData) else load_recovery_data(data, tokenizer, seq_len=seq_len)
+    recovery = data if isinstance(data, RecoveryData) else \
+        load_recovery_data(data, tokenizer, seq_len=seq_len, max_val=RecoveryConfig().max_val)
     if n_blocks > len(recovery.val):
         raise RankAdaptorError(f"the search split asks for {n_blocks} blocks but the recovery data has only "
                                f"{len(recovery.val)} validation blocks; ask for at most {len(recovery.val)}")
