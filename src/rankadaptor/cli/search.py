@@ -189,11 +189,19 @@ def run(args) -> int:
           f"converged={result.state.get('converged')}")
     for retry, first in engine.retries(study).items():
         print(f"trial {retry} retried the plan of trial {first} (its worker died before completing it)")
+    return _print_outcome(result)
+
+
+def _print_outcome(result) -> int:
+    """The finalised search's messages and the files it wrote (plan, cut adapter if any, report)."""
     if result.report is None:
         return 0
     for msg in result.report["messages"]:
         print(msg)
-    print(f"best plan: {result.paths['plan']}\nreport: {result.paths['report']}")
+    print(f"best plan: {result.paths['plan']}")
+    if "adapter" in result.paths:
+        print(f"cut adapter: {result.paths['adapter']}")
+    print(f"report: {result.paths['report']}")
     return 0
 
 
@@ -240,9 +248,4 @@ def run_super(args) -> int:
     print(f"study {args.study}: {state.get('n_complete')} cheap scores in {state['seconds']:.0f} s "
           f"({state['evaluations_per_minute']:.1f}/min; storage {state['times']['storage']:.1f} s, model "
           f"{state['times']['model'] + state['times']['pool']:.1f} s), converged={state.get('converged')}")
-    if result.report is None:
-        return 0
-    for msg in result.report["messages"]:
-        print(msg)
-    print(f"best plan: {result.paths['plan']}\ncut adapter: {result.paths['adapter']}\nreport: {result.paths['report']}")
-    return 0
+    return _print_outcome(result)
