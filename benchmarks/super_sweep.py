@@ -88,7 +88,7 @@ class Kit:
         from rankadaptor.search.study import make_space
         from rankadaptor.search.super_search import super_settings
 
-        settings = super_settings(study=study, trials=trials, budget=budget, finalize=False, **kw)
+        settings = super_settings(study=study, trials=trials, budget=budget, **{"finalize": False, **kw})
         return settings, make_space(settings, layer_costs(self.loaded.model))
 
     def objective(self, wide: Path, space, how: str = "svd"):
@@ -153,7 +153,10 @@ def _search(kit: Kit, objective, budget: int, study: str) -> tuple[dict, dict]:
 
     from rankadaptor.search.super_search import run_super_search
 
-    settings, space = kit.space(float(budget), study=study, trials=kit.args.search_trials)
+    from rankadaptor.search.super_search import below_budget
+
+    centre, tolerance = below_budget(budget)  # within 1 % below the budget: the rules fill it from below
+    settings, space = kit.space(centre, study=study, trials=kit.args.search_trials, budget_tolerance=tolerance)
     objective.plan_of = __import__("rankadaptor.search.super_fidelity", fromlist=["plan_of"]).plan_of(space)
     before = dict(objective.stats)
     result = run_super_search(settings, objective, space.layer_costs, {"study": study},
@@ -265,12 +268,12 @@ def run_search500(kit: Kit, state: dict, save) -> None:
     shutil.rmtree(work, ignore_errors=True)  # a part is one timed run: it starts afresh
     work.mkdir(parents=True)
     settings, space = kit.space("uniform:8", study="search500", trials=kit.args.trials, final_seeds=0,
-                                storage=f"sqlite:///{work / 'study.db'}")
+                                storage=f"sqlite:///{work / 'study.db'}", finalize=True, out=str(work / "plan.json"))
     objective = kit.objective(kit.wide(0), space)
     objective.plan_of = plan_of(space)
     t = time.perf_counter()
     result = run_super_search(settings, objective, space.layer_costs, {"study": "search500"})
-    seconds = time.perf_counter() - t
+    seconds = time.perf_counter() - t  # end to end: prior, design, search, finalisation, the cut written
     import optuna
 
     trials = result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
