@@ -193,7 +193,10 @@ class BatchedSearch:
         self._initial(design)
         state = engine.convergence(self.space, self.study, config)
         while len(self.y) < self.settings.trials and not state["converged"]:
-            self._round()
+            if not self._round():
+                log.warning("every plan the pool can reach has been scored; stopping at %d", len(self.y))
+                state["stopped"] = "space exhausted"
+                break
             state = engine.convergence(self.space, self.study, config)
         if state["converged"]:
             self.study.set_user_attr("converged", True)
@@ -215,7 +218,8 @@ class BatchedSearch:
                 todo.append((vec, {"proposal": "initial", "design": label}))
         self._evaluate(todo[:max(0, self.settings.trials - len(self.y))])
 
-    def _round(self) -> None:
+    def _round(self) -> bool:
+        """One round; False when the pool holds no unscored plan (a small space is exhausted)."""
         from rankadaptor.search.perf_model import Ensemble
         from rankadaptor.search.sampler import ACQUISITIONS
 
@@ -225,7 +229,8 @@ class BatchedSearch:
             pool = self.space.sample(max(4 * k, 64), self.rng)
             fresh = [r for r in pool if plan_hash(r) not in self.held]
             fresh = list({plan_hash(r): r for r in fresh}.values())[:k]
-            return self._evaluate([(r, {"proposal": "random", "round": self.rounds}) for r in fresh])
+            self._evaluate([(r, {"proposal": "random", "round": self.rounds}) for r in fresh])
+            return bool(fresh)
         t = time.perf_counter()
         X, y = np.asarray(self.X), np.asarray(self.y)
         feats = self.space.features(X)
@@ -242,13 +247,14 @@ class BatchedSearch:
         pool = np.unique(np.concatenate(pool), axis=0)
         pool = pool[[plan_hash(r) not in self.held for r in pool]]
         if not len(pool):
-            raise RankAdaptorError("every pooled plan was already scored; raise --pool or stop the study")
+            return False
         mean, std = self.ensemble.predict(self.space.features(pool))
         score = ACQUISITIONS[self.settings.acquisition](mean, std, float(y.max()), self.settings.kappa)
         order = np.argsort(-score)[:k]
         self.times["pool"] += time.perf_counter() - t
         self._evaluate([(pool[i], {"proposal": "model", "predicted": float(mean[i]), "predicted_std": float(std[i]),
                                    "pool_size": int(len(pool)), "round": self.rounds}) for i in order])
+        return True
 
     def _evaluate(self, todo: list) -> None:
         """Score the plans, then write them to the study as finished trials in one go."""
