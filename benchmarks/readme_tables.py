@@ -30,13 +30,6 @@ def demo_table(results: dict) -> str:
     return comparison_markdown(results["summary"], results["vs_uniform"])
 
 
-def eval_table(results: dict) -> str:
-    from rankadaptor.eval.results import format_table
-
-    return f"{results['benchmark']['size']}; acc / acc_norm in %, ± lm-eval's standard error.\n\n" + \
-        format_table(results, markdown=True)
-
-
 def script_table(script: str, function: str) -> Callable[[dict], str]:
     """The table a benchmark script itself writes (its own function), without the script's title."""
 
@@ -55,7 +48,7 @@ def script_table(script: str, function: str) -> Callable[[dict], str]:
 # name -> function(results json) -> markdown; the results are read from results/NAME.json
 TABLES: dict[str, Callable[[dict], str]] = {
     "demo_quick": demo_table,
-    "eval_baseline": eval_table,
+    "eval_baseline": script_table("eval_baseline", "markdown"),
     "prune_table9": script_table("prune_table9", "table"),
     "recover_baselines": script_table("recover_baselines", "markdown"),
     "para_quality": script_table("para_quality", "markdown"),

@@ -200,9 +200,10 @@ def _ci(c: dict, p: int = 3, scale: float = 1.0) -> str:
 
 
 def _diff(d: dict, p: int = 3, scale: float = 1.0) -> str:
-    verdict = "" if d["significant"] else " not significant"
-    if d["significant"] and d["ci_high"] - d["ci_low"] < 1e-9:  # identical differences on every seed (coarse accuracy)
-        verdict = " (same on every seed: zero spread, no test)"
+    from rankadaptor.stats import verdict_of
+
+    verdict = {"significant": "", "not significant": " not significant",
+               "no test": " no test (n < 3 or zero spread)"}[verdict_of(d)]
     return f"{d['mean'] * scale:+.{p}f} [{d['ci_low'] * scale:+.{p}f}, {d['ci_high'] * scale:+.{p}f}]{verdict}"
 
 

@@ -157,6 +157,8 @@ def main(argv=None) -> int:
 
 
 def markdown(result) -> str:
+    from rankadaptor.stats import verdict_of
+
     s = result["setting"]
     lines = ["# Rank search on the real model: RankAdaptor vs random vs TPE vs uniform", "",
              f"{s['model']}; objective: {s['objective']}; {s['trials_per_strategy']} trials per strategy (the "
@@ -173,8 +175,8 @@ def markdown(result) -> str:
         d = r["difference_vs_uniform"] or {}
         # the objective is a loss: report pick minus uniform in loss units (negative = pick is better)
         diff = (f"{-d['mean']:+.4f} ({-d['ci_high']:+.4f} .. {-d['ci_low']:+.4f})" if d else "n/a")
-        verdict = ("not significant" if d and not d["significant"] else
-                   ("pick better" if d and d["mean"] > 0 else "pick worse")) if d else "n/a"
+        verdict = {"no test": "no test", "not significant": "not significant"}.get(
+            verdict_of(d), "pick better" if d and d["mean"] > 0 else "pick worse") if d else "n/a"
         cv, p = r["model_cv"].get("spearman"), r["model_cv"].get("p_value")
         cv_text = "n/a (too few trials)" if cv is None else f"{cv:+.2f} (p={p:.2f})"
         if r["best_ranks"] == [8] * len(costs):

@@ -72,30 +72,30 @@ class Kit:
         self.pruned = ex.ModelCache(ex.pruned_artefact())
         self.loaded = self.pruned.fresh()
         self.tok = self.loaded.tokenizer
-        self.texts = ex.texts_for_tokens(ex.heldout_texts(), self.tok, args.ppl_tokens)
         self.split = search_split(self.tok, args.search_blocks, self.recipe.seq_len)
 
     def heldout(self, model) -> float:
-        from rankadaptor.eval.perplexity import perplexity
+        from rankadaptor.eval import heldout_perplexity
 
-        return float(perplexity(model, self.tok, self.texts, seq_len=256, max_tokens=self.args.ppl_tokens))
+        return float(heldout_perplexity(model, self.tok, n_tokens=self.args.ppl_tokens).ppl)
 
     def wide(self, seed: int, nested: bool = True) -> Path:
         return self.ex.super_adapter(self.pruned, self.recipe, seed, nested=nested)
 
     def space(self, budget, study="sweep", trials=1, **kw):
-        from rankadaptor.lora.ranks import layer_costs
+        from rankadaptor.lora.ranks import module_costs
         from rankadaptor.search.study import make_space
         from rankadaptor.search.super_search import super_settings
 
-        settings = super_settings(rank=self.recipe.high_rank, study=study, trials=trials, budget=budget,
-                                  **{"finalize": False, **kw})
-        return settings, make_space(settings, layer_costs(self.loaded.model))
+        self.costs = module_costs(self.loaded.model)
+        settings = super_settings(rank=self.recipe.high_rank, costs=self.costs, study=study, trials=trials,
+                                  budget=budget, **{"finalize": False, **kw})
+        return settings, make_space(settings, self.costs)
 
     def objective(self, wide: Path, space, how: str = "svd"):
-        from rankadaptor.search.super_fidelity import SuperFidelity, plan_of
+        from rankadaptor.search.super_fidelity import SuperFidelity
 
-        return SuperFidelity(self.loaded.model, self.tok, wide, plan_of(space), self.split, how,
+        return SuperFidelity(self.loaded.model, self.tok, wide, space, self.split, how,
                              identity=self.loaded.identity)
 
 
@@ -158,9 +158,9 @@ def _search(kit: Kit, objective, budget: int, study: str) -> tuple[dict, dict]:
 
     centre, tolerance = below_budget(budget)  # within 1 % below the budget: the rules fill it from below
     settings, space = kit.space(centre, study=study, trials=kit.args.search_trials, budget_tolerance=tolerance)
-    objective.plan_of = __import__("rankadaptor.search.super_fidelity", fromlist=["plan_of"]).plan_of(space)
+    objective.space = space
     before = dict(objective.stats)
-    result = run_super_search(settings, objective, space.layer_costs, {"study": study},
+    result = run_super_search(settings, objective, kit.costs, {"study": study},
                               storage=optuna.storages.InMemoryStorage())
     trials = result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     best = min(trials, key=lambda t: t.value)
@@ -168,7 +168,8 @@ def _search(kit: Kit, objective, budget: int, study: str) -> tuple[dict, dict]:
     evaluations = objective.stats["evaluations"] - before["evaluations"]
     return ranks, {"evaluations": evaluations, "search_seconds": result.state["seconds"],
                    "search_forward_tokens": evaluations * kit.split.identity["tokens"],
-                   "best_design": best.user_attrs.get("design") or best.user_attrs.get("proposal"),
+                   "best_design": best.user_attrs.get("seeded_from") or best.user_attrs.get("design")
+                   or best.user_attrs.get("proposal"),
                    "plan": best.user_attrs["ranks"]}
 
 
@@ -176,7 +177,6 @@ def _search(kit: Kit, objective, budget: int, study: str) -> tuple[dict, dict]:
 def run_throughput(kit: Kit, state: dict, save) -> None:
     """A real screening trial vs a cheap score on the same plans; storage cost per trial on SQLite."""
     from rankadaptor.search.objective import RecoverEvalObjective
-    from rankadaptor.search.space import SearchSpace
 
     out = state.setdefault("throughput", {})
     _, space = kit.space("uniform:8")
@@ -205,8 +205,7 @@ def run_throughput(kit: Kit, state: dict, save) -> None:
         objective.cut.remove()
         save()
     if "storage" not in out:
-        out["storage"] = storage_costs(kit.args.storage_trials, SearchSpace(30, candidates=(1, 2, 4, 8, 16, 32),
-                                                                            fixed_first=0, fixed_last=0))
+        out["storage"] = storage_costs(kit.args.storage_trials, kit.space("uniform:8")[1])
         save()
     screen, cheap = statistics.median(out["screen_seconds"]), statistics.median(out["cheap_seconds"])
     out["ratio"] = cheap / screen
@@ -220,7 +219,6 @@ def storage_costs(n: int, space) -> dict:
     import tempfile
 
     import optuna
-    from optuna.distributions import CategoricalDistribution
 
     from rankadaptor.search import engine
     from rankadaptor.search.sampler import make_sampler
@@ -239,12 +237,12 @@ def storage_costs(n: int, space) -> dict:
         study = engine.open_study("engine", storage, space, {}, "random", "minimize",
                                   make_sampler("random", space, seed=0))
         t = time.perf_counter()
-        engine.run_search(study, space, Free(), engine.SearchConfig(n_trials=n, patience=10 * n))
+        engine.run_search(study, space, Free(), engine.SearchConfig(n_trials=n, patience=10 * n, noise_every=0))
         out["engine_seconds_per_trial"] = (time.perf_counter() - t) / n
         storage = open_storage(f"sqlite:///{tmp}/batched.db")
         study = engine.open_study("batched", storage, space, {}, "rankadaptor", "minimize",
                                   optuna.samplers.RandomSampler(seed=0))
-        dist = {p: CategoricalDistribution(list(space.candidates)) for p in space.param_names()}
+        dist = {p: space.distribution() for p in space.param_names()}
         plans = space.sample(n, 0)
         t = time.perf_counter()
         for i in range(0, n, 8):
@@ -261,7 +259,6 @@ def storage_costs(n: int, space) -> dict:
 def run_search500(kit: Kit, state: dict, save) -> None:
     import shutil
 
-    from rankadaptor.search.super_fidelity import plan_of
     from rankadaptor.search.super_search import run_super_search
 
     if "search500" in state:
@@ -273,15 +270,15 @@ def run_search500(kit: Kit, state: dict, save) -> None:
                                 storage=f"sqlite:///{work / 'study.db'}", finalize=True, out=str(work / "plan.json"),
                                 patience=kit.args.trials)  # all 500 evaluations: the time of that many is the question
     objective = kit.objective(kit.wide(0), space)
-    objective.plan_of = plan_of(space)
     t = time.perf_counter()
-    result = run_super_search(settings, objective, space.layer_costs, {"study": "search500"})
+    result = run_super_search(settings, objective, kit.costs, {"study": "search500"})
     seconds = time.perf_counter() - t  # end to end: prior, design, search, finalisation, the cut written
     import optuna
 
     trials = result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     best = min(trials, key=lambda t: t.value)
-    by_design = {t.user_attrs["design"]: t.value for t in trials if t.user_attrs.get("design")}
+    by_design = {t.user_attrs.get("seeded_from") or t.user_attrs["design"]: t.value for t in trials
+                 if t.user_attrs.get("seeded_from") or t.user_attrs.get("design")}
     objective.cut.set_ranks(objective.module_ranks(best.user_attrs["ranks"]))
     ppl_best, params = kit.heldout(kit.loaded.model), objective.cut.params()
     objective.cut.set_ranks(objective.module_ranks(space.uniform()))
@@ -290,7 +287,8 @@ def run_search500(kit: Kit, state: dict, save) -> None:
     state["search500"] = {"seconds": seconds, "evaluations": len(trials), "state": result.state,
                           "best": {"ranks": best.user_attrs["ranks"], "cheap": best.value,
                                    "found_at": values.index(best.value) + 1, "ppl": ppl_best,
-                                   "design": best.user_attrs.get("design"), "params": params},
+                                   "design": best.user_attrs.get("seeded_from") or best.user_attrs.get("design"),
+                                   "params": params},
                           "designs_cheap": by_design, "uniform_ppl": ppl_uniform,
                           "best_so_far": [min(values[:i + 1]) for i in range(len(values))]}
     objective.cut.remove()

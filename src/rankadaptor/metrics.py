@@ -15,8 +15,12 @@ from typing import Mapping
 
 TASKS: tuple[str, ...] = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
+# The paper's challenge tasks (RankAdaptor Tables 7-8): selectable by name, never part of the default
+# seven and never in an average (the average is over the seven).
+CHALLENGE_TASKS: tuple[str, ...] = ("mmlu", "gsm8k")
+
 TASK_LABEL = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaS", "winogrande": "WinoG",
-              "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
+              "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA", "mmlu": "MMLU", "gsm8k": "GSM8K"}
 
 # Metrics lm-eval defines per task: boolq and winogrande have acc only (for winogrande a
 # length-normalised score would divide by the *context* length, which is why lm-eval omits it).
@@ -38,13 +42,18 @@ def task_score(task_result: Mapping, task: str) -> float:
     return float(task_result["acc"] if value is None else value)
 
 
+def seven(task_results: Mapping[str, Mapping]) -> dict[str, Mapping]:
+    """The results of the seven tasks only (averages never include a challenge task)."""
+    return {t: r for t, r in task_results.items() if t in TASKS}
+
+
 def paper_average(task_results: Mapping[str, Mapping]) -> float | None:
-    """Unweighted mean of the reported score over the tasks present: THE "average" of this project."""
-    scores = [task_score(r, t) for t, r in task_results.items()]
+    """Unweighted mean of the reported score over the seven tasks present: THE "average" of this project."""
+    scores = [task_score(r, t) for t, r in seven(task_results).items()]
     return sum(scores) / len(scores) if scores else None
 
 
 def acc_average(task_results: Mapping[str, Mapping]) -> float | None:
-    """Unweighted mean of plain ``acc`` over the tasks present (reported beside ``paper_average``)."""
-    accs = [float(r["acc"]) for r in task_results.values() if r.get("acc") is not None]
+    """Unweighted mean of plain ``acc`` over the seven tasks present (reported beside ``paper_average``)."""
+    accs = [float(r["acc"]) for r in seven(task_results).values() if r.get("acc") is not None]
     return sum(accs) / len(accs) if accs else None

@@ -68,22 +68,6 @@ def test_report_table_and_verdicts(tmp_path):
     assert report["report"].endswith("report.md")
 
 
-def test_heldout_prefix_gives_the_same_perplexity():
-    from rankadaptor.experiments import texts_for_tokens
-    from rankadaptor.eval.perplexity import perplexity, token_stream
-    from tests.tiny_models import tiny_llama, tiny_tokenizer
-
-    tok, model = tiny_tokenizer(), tiny_llama()
-    texts = [f"text number {i} says the quick brown fox jumps over the lazy dog " * (1 + i % 3) for i in range(40)]
-    for n in (5, 37, 120):
-        prefix = texts_for_tokens(texts, tok, n)
-        assert len(prefix) < len(texts)
-        assert token_stream(tok, prefix)[:n] == token_stream(tok, texts)[:n]
-        assert len(token_stream(tok, prefix[:-1])) < n  # the shortest such prefix
-    assert perplexity(model, tok, texts_for_tokens(texts, tok, 100), seq_len=32, max_tokens=100) == \
-        perplexity(model, tok, texts, seq_len=32, max_tokens=100)
-
-
 def test_plan_is_a_valid_graph_with_work_for_every_unit(tmp_path):
     from rankadaptor.demo import Demo
     from rankadaptor.demo.scheduler import chain_lengths

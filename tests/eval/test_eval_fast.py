@@ -6,6 +6,7 @@ import pytest
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.eval import TASKS, evaluate
+from rankadaptor.eval.tasks import load_docs, write_task_files
 from tests.eval.fixtures import build_olmo_eval
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 
@@ -25,30 +26,30 @@ def test_fast_backend_equals_lm_eval(olmo_root):
         assert fast["tasks"][task]["tokens"] == ref["tasks"][task]["tokens"]
 
 
-@pytest.mark.parametrize("share_min_context", [0, 10**6], ids=["shared-context", "batched"])
-def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path, monkeypatch, share_min_context):
-    """Both scoring paths (one context pass for all choices; whole sequences batched across
-    documents, left-padded) give HFLM's log-likelihoods and greedy flags."""
+@pytest.mark.parametrize("sharing,batch_tokens", [(True, 10**6), (True, 1), (True, 40), (False, 10**6)],
+                         ids=["shared-prefix-batched", "shared-prefix-one-row", "shared-prefix-chunked",
+                              "whole-sequences-batched"])
+def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path, monkeypatch, sharing, batch_tokens):
+    """Every scoring path (a shared prefix run once and the remainders against its cache, or whole
+    sequences; many documents per padded chunk, one row per chunk, or chunks that mix documents of
+    different prefix chunks) gives HFLM's log-likelihoods and greedy flags."""
     from lm_eval.models.huggingface import HFLM
 
     from rankadaptor.eval import fast
-    from rankadaptor.eval.fast import lm_eval_requests, score_document
-    from rankadaptor.eval.tasks import load_docs, write_task_files
+    from rankadaptor.eval.fast import lm_eval_requests
 
-    monkeypatch.setattr(fast, "SHARE_MIN_CONTEXT", share_min_context)
+    monkeypatch.setattr(fast, "PREFIX_SHARING", sharing)
+    monkeypatch.setattr(fast, "BATCH_TOKENS", batch_tokens)
     model, tok = tiny_llama(seed=2), tiny_tokenizer()
     lm = HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=4)
-    for task in ("boolq", "hellaswag", "winogrande", "openbookqa"):
+    for task in TASKS:
         write_task_files(task, load_docs(task, olmo_root), tmp_path / task)
         _, docs = lm_eval_requests(task, tmp_path / task)
-        ours_all = fast.score_documents(lm, model, docs, "cpu")  # batches across documents
+        ours_all = fast.score_documents(lm, model, docs, "cpu")
         for instances, ours in zip(docs, ours_all, strict=True):
             theirs = lm.loglikelihood(instances, disable_tqdm=True)
-            alone = score_document(lm, model, instances, "cpu")
-            assert [g for _, g in alone] == [g for _, g in ours]
-            assert [a for a, _ in alone] == pytest.approx([a for a, _ in ours], abs=1e-4)
             for (a, ga), (b, gb) in zip(ours, theirs, strict=True):
-                assert a == pytest.approx(b, abs=1e-4) and ga == gb
+                assert a == pytest.approx(b, abs=1e-4) and ga == gb, task
 
 
 def test_unknown_backend(olmo_root):

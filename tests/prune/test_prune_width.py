@@ -4,7 +4,7 @@ import torch
 from rankadaptor.models.families import get_family
 from rankadaptor.models.artefact import load_pruned, save_pruned
 from rankadaptor.prune.pruning import PruneConfig, prune_model
-from rankadaptor.prune.importance import IMPORTANCES, Element1, Element2, Slice, get_importance, gradient_stats, unit_scores, calibration_batches
+from rankadaptor.prune.importance import IMPORTANCES, Element1, Element2, Slice, get_importance, layer_gradients, unit_scores, calibration_batches
 from tests.prune.helpers import TEXTS, ids, tiny_family
 from tests.tiny_models import tiny_tokenizer
 
@@ -90,13 +90,15 @@ def test_zeroed_group_and_channel_score_lowest(name):
         mlp.up_proj.weight[5] = 0
         mlp.down_proj.weight[:, 5] = 0
     imp = get_importance(name)
-    stats = None
+    fam = get_family(model)
     if imp.needs_grad:
         batches = calibration_batches(tiny_tokenizer(), TEXTS, 2, 16)
-        stats = gradient_stats(model, batches, fisher=imp.needs_fisher)
-    fam = get_family(model)
-    attn_scores = unit_scores(fam, 1, "attn", imp, stats)
-    mlp_scores = unit_scores(fam, 1, "mlp", imp, stats)
+        grads = layer_gradients(model, batches, range(1, 2), fisher=imp.needs_fisher,
+                                reduce=lambda i, stats: (unit_scores(fam, i, "attn", imp, stats),
+                                                         unit_scores(fam, i, "mlp", imp, stats)))
+        attn_scores, mlp_scores = grads.results[1]
+    else:
+        attn_scores, mlp_scores = unit_scores(fam, 1, "attn", imp), unit_scores(fam, 1, "mlp", imp)
     assert attn_scores[1] == 0 and attn_scores[0] > 0
     assert int(mlp_scores.argmin()) == 5 and mlp_scores[5] == 0
     # the pruner drops exactly the zeroed group

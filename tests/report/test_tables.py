@@ -24,4 +24,8 @@ def test_summary_table_and_paired_comparison():
     table = markdown_table(summary)
     assert "| uniform | 61.00 ± 2.48 | 40.00 ± 0.00 |" in table
     diff = compare_to(runs, "uniform")["rankadaptor"]
-    assert diff["significant"] and abs(diff["mean"] - 0.05) < 1e-9
+    # the same +5 points on every seed: no spread, so no test (never "significant")
+    assert diff["verdict"] == "no test" and not diff["significant"] and abs(diff["mean"] - 0.05) < 1e-9
+    runs += [{"method": "pick", "seed": s, "results": _results(0.70 + 0.012 * s, 0.40)} for s in range(3)]
+    diff = compare_to(runs, "uniform")["pick"]
+    assert diff["significant"] and abs(diff["mean"] - 0.051) < 1e-9

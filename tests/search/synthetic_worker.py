@@ -4,7 +4,7 @@
 CLI (``--objective synthetic``) after wrapping the synthetic objective so that it:
 
 * appends one JSON line per *completed* evaluation to ``LOG_DIR/evaluations-<pid>.jsonl``
-  (trial number, plan hash), so the test can count how often each plan was evaluated;
+  (seed, plan hash), so the test can count how often each plan was evaluated;
 * on its first call writes ``LOG_DIR/ready-<pid>`` and waits until BARRIER workers have (so that
   all workers are inside trials at once, without relying on start-up timing);
 * on its HANG_AT-th call (0 = never) writes ``LOG_DIR/hanging-<pid>.json`` and blocks forever,
@@ -37,7 +37,7 @@ def install(log_dir: Path, barrier: int, hang_at: int, delay: float) -> None:
     def observed(self, ranks, seed=0, fidelity="full"):
         nonlocal calls
         calls += 1
-        entry = {"pid": pid, "trial": seed, "plan": plan_hash(ranks)}
+        entry = {"pid": pid, "seed": seed, "plan": plan_hash(ranks)}
         if calls == 1:
             _write_atomic(log_dir / f"ready-{pid}", "")
             deadline = time.monotonic() + 300

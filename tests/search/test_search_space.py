@@ -6,6 +6,10 @@ import pytest
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search.space import SearchSpace, plan_hash
 
+MODULE_NAMES = tuple(tuple(f"model.layers.{i}.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"))
+                     for i in range(4))
+MODULE_COSTS = tuple((1.0, 2.0, 3.0) for _ in range(4))
+
 
 def test_defaults_fix_first_four_and_last_two_at_eight():
     s = SearchSpace(12)
@@ -21,11 +25,19 @@ def test_non_positive_candidates_rejected():
         SearchSpace(12, candidates=(-2, 4))
 
 
-def test_unreachable_budget_is_a_clear_error():
-    with pytest.raises(RankAdaptorError, match="unreachable"):
+def test_unreachable_budget_says_which_bound_to_move():
+    with pytest.raises(RankAdaptorError, match="unreachable.*lower --budget or raise the largest rank candidate"):
         SearchSpace(12, budget=1e9)
-    with pytest.raises(RankAdaptorError, match="unreachable"):
+    with pytest.raises(RankAdaptorError, match="unreachable.*raise --budget or lower the smallest rank candidate"):
         SearchSpace(12, budget=1.0)
+
+
+def test_module_spaces_allow_rank_zero_layer_spaces_do_not():
+    s = SearchSpace(4, granularity="module", fixed_first=1, fixed_last=1, module_names=MODULE_NAMES,
+                    module_costs=MODULE_COSTS)
+    assert s.candidates == tuple(range(33)) and s.n_units == 4 * 3 and s.n_free == 2 * 3
+    assert s.free_layers.tolist() == [1, 2]
+    assert s.layer_costs == (6.0, 6.0, 6.0, 6.0)
 
 
 def test_sampling_respects_budget_and_is_fast_enough_for_ten_thousand():
@@ -42,6 +54,33 @@ def test_sampling_respects_budget_and_is_fast_enough_for_ten_thousand():
     assert not s.is_valid(np.full(30, 12))[0]
 
 
+def test_repair_spreads_plans_over_the_band_instead_of_its_near_edge():
+    s = SearchSpace(30, budget=SearchSpace(30).uniform_budget(8), tolerance=0.03)
+    lo, hi = s.budget_bounds()
+    for start in (2, 12):  # every row starts far below (above) the band
+        rows = np.tile(s.uniform(start), (400, 1))
+        rows[:, 4:28] = np.random.default_rng(start).permutation(rows[:, 4:28].T).T
+        fixed = s.repair(rows, 0)
+        assert len(fixed) == 400 and s.is_valid(fixed).all()
+        position = (s.cost(fixed) - lo) / (hi - lo)  # 0 = lower edge, 1 = upper edge
+        assert 0.3 < position.mean() < 0.7 and (position < 0.4).mean() > 0.2 and (position > 0.6).mean() > 0.2
+
+
+def test_sampled_plans_are_spread_over_the_band():
+    s = SearchSpace(30, layer_costs=tuple(np.linspace(1, 3, 30)), budget=SearchSpace(30).uniform_budget(8) * 2,
+                    tolerance=0.02)
+    lo, hi = s.budget_bounds()
+    position = (s.cost(s.sample(4000, 1)) - lo) / (hi - lo)
+    assert abs(position.mean() - 0.5) < 0.1 and np.histogram(position, bins=4, range=(0, 1))[0].min() > 600
+
+
+def test_latin_hypercube_is_stratified_per_unit():
+    s = SearchSpace(16, fixed_first=1, fixed_last=1)  # no budget: no repair moves the design
+    lhs = s.latin_hypercube(12, rng=4)
+    for j in s.free_units:
+        assert sorted(np.unique(lhs[:, j], return_counts=True)[1].tolist()) == [2] * 6
+
+
 def test_mutations_and_latin_hypercube_are_valid_and_local():
     s = SearchSpace(16, budget=SearchSpace(16).uniform_budget(8), tolerance=0.1)
     lhs = s.latin_hypercube(12, rng=1)
@@ -51,6 +90,20 @@ def test_mutations_and_latin_hypercube_are_valid_and_local():
     assert len(muts) > 50 and s.is_valid(muts).all()
     steps = np.abs(np.searchsorted(s.candidates, muts) - np.searchsorted(s.candidates, base)).sum(1)
     assert steps.max() <= 3
+
+
+def test_swaps_keep_the_budget_and_trade_one_step():
+    s = SearchSpace(12, budget=SearchSpace(12).uniform_budget(8), tolerance=0.01)
+    nb = s.swaps(s.uniform())
+    assert len(nb) == 6 * 5 and s.is_valid(nb).all()  # every up-one/down-one pair of the 6 free layers
+    assert (np.abs(nb - s.uniform()).sum(1) == 4).all()
+
+
+def test_project_snaps_to_candidates_and_budget():
+    s = SearchSpace(12, budget=SearchSpace(12).uniform_budget(8), tolerance=0.01)
+    vec = np.array([8, 8, 8, 8, 3, 13, 7.4, 9, 8, 8, 8, 8])
+    p = s.project(vec)
+    assert s.is_valid(p)[0] and p[:4].tolist() == [8] * 4 and p[4] in (2, 4)
 
 
 def test_features_normalised_and_dict_roundtrip():
@@ -74,3 +127,37 @@ def test_rank_plan_json_roundtrip(tmp_path):
     vec = s.uniform(4)
     to_rank_plan(vec, {"model": "toy"}).to_json(tmp_path / "p.json")
     assert RankPlan.from_json(tmp_path / "p.json").ranks == vec.tolist()
+
+
+def test_module_space_dict_roundtrip_params_and_plan():
+    s = SearchSpace(4, granularity="module", fixed_first=1, fixed_last=1, module_names=MODULE_NAMES,
+                    module_costs=MODULE_COSTS, budget=192.0)
+    s2 = SearchSpace.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert s2 == s
+    assert s.param_names()[:3] == ["r001_q_proj", "r001_k_proj", "r001_down_proj"]
+    vec = s.sample(1, 0)[0]
+    assert (s.from_params(s.to_params(vec)) == vec).all()
+    plan = s.to_rank_plan(vec)
+    assert plan.target_modules == ("q_proj", "k_proj", "down_proj")
+    for i, names in enumerate(MODULE_NAMES):
+        for k, name in enumerate(names):
+            assert plan.overrides.get(name, plan.ranks[i]) == vec[3 * i + k]
+    assert (s.from_module_ranks({n: plan.overrides.get(n, plan.ranks[i]) for i, layer in enumerate(MODULE_NAMES)
+                                 for n in layer}) == vec).all()
+    with pytest.raises(RankAdaptorError, match="unknown"):
+        s.from_module_ranks({"model.layers.9.mlp.up_proj": 4})
+
+
+def test_budget_is_exact_to_one_percent_in_both_granularities():
+    from rankadaptor.lora.ranks import count_lora_params, module_costs
+    from tests.tiny_models import tiny_llama
+
+    model = tiny_llama(num_hidden_layers=6)
+    costs = module_costs(model)
+    for granularity in ("layer", "module"):
+        base = SearchSpace.for_model(costs, granularity, fixed_first=1, fixed_last=1)
+        s = SearchSpace.for_model(costs, granularity, fixed_first=1, fixed_last=1, budget=base.uniform_budget(8))
+        assert s.tolerance == 0.01
+        for vec in s.sample(50, 0):
+            params = count_lora_params(model, s.to_rank_plan(vec))
+            assert params == s.cost(vec) and abs(params / s.budget - 1) <= 0.01

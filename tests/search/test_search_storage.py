@@ -94,9 +94,10 @@ def test_heartbeat_settings_are_validated(tmp_path, capsys):
 def test_create_only_makes_the_study_once_and_never_overwrites_another(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/c.db"
     assert main(["search", "toy", *FAST, "--study", "c", "--storage", url, "--create-only"]) == 0
-    assert "ready (0 trials so far)" in capsys.readouterr().out
+    assert "ready (0 completed trials so far)" in capsys.readouterr().out
     study = optuna.load_study(study_name="c", storage=url)
-    assert study.user_attrs["rankadaptor_strategy"] == "random" and not study.trials
+    assert study.user_attrs["rankadaptor_strategy"] == "random"
+    assert [t.state for t in study.trials] == [TrialState.WAITING]  # the uniform plan, queued first
     assert main(["search", "toy", *FAST, "--study", "c", "--storage", url, "--create-only",
                  "--synthetic-layers", "9"]) == 2
     assert "different space" in capsys.readouterr().err

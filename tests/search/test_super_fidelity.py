@@ -15,7 +15,7 @@ from rankadaptor.lora.recover import RecoveryConfig, recover, validation_loss
 from rankadaptor.lora.super_adapter import SuperAdapterMethod
 from rankadaptor.search.space import SearchSpace
 from rankadaptor.search.super_fidelity import (SuperFidelity, allocator_plans, check_disjoint, energy_tasks,
-                                               plan_of, search_split, spearman_ci)
+                                               search_split, spearman_ci)
 from tests.compress.para_helpers import tree_hash
 from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
 
@@ -46,8 +46,8 @@ def test_score_is_the_cut_adapters_loss_in_memory_and_cached(tmp_path, trained):
     split = _split(corpus)
     model, tok = tiny_llama(), tiny_tokenizer()
     before = tree_hash(adapter.parent)
-    fid = SuperFidelity(model, tok, adapter, plan_of(SearchSpace(4, candidates=(1, 2, 3, 4), fixed_first=0,
-                                                                 fixed_last=0)), split)
+    fid = SuperFidelity(model, tok, adapter, SearchSpace(4, candidates=(1, 2, 3, 4), fixed_first=0, fixed_last=0),
+                        split)
     a = fid([1, 4, 2, 3])
     assert fid([1, 4, 2, 3]) == a and fid.stats == {**fid.stats, "evaluations": 1, "cache_hits": 1}
     b = fid([4, 1, 1, 1])
@@ -63,13 +63,19 @@ def test_score_is_the_cut_adapters_loss_in_memory_and_cached(tmp_path, trained):
 
 def test_high_fidelity_fine_tunes_the_cut(trained):
     adapter, corpus = trained
-    fid = SuperFidelity(tiny_llama(), tiny_tokenizer(), adapter, lambda r: RankPlan(ranks=list(r)), _split(corpus),
-                        finetune_steps=3, finetune={"lr": 5e-3, "batch_size": 2})
+    space = SearchSpace(4, candidates=(1, 2, 3, 4), fixed_first=0, fixed_last=0)
+    fid = SuperFidelity(tiny_llama(), tiny_tokenizer(), adapter, space, _split(corpus), finetune_steps=3,
+                        finetune={"lr": 5e-3, "batch_size": 2}, final_tokens=64)
     cheap = fid([2, 2, 2, 2])
     full = fid([2, 2, 2, 2], seed=1, fidelity="full")
     assert full != cheap and fid([2, 2, 2, 2], seed=1, fidelity="full") == pytest.approx(full, abs=1e-6)
     assert fid.stats["finetunes"] == 2
     assert fid([2, 2, 2, 2]) == cheap  # the hooks are back after the fine-tune's copy of the model
+    final = fid([2, 2, 2, 2], seed=1, fidelity="final")  # the same fine-tune, scored on the held-out text
+    assert final != full and fid.stats["finetunes"] == 3
+    plain = SuperFidelity(tiny_llama(), tiny_tokenizer(), adapter, space, _split(corpus), final_tokens=64)
+    assert plain([2, 2, 2, 2], fidelity="full") == plain([2, 2, 2, 2]) == cheap  # no fine-tune: full = screen
+    assert plain([2, 2, 2, 2], seed=5, fidelity="final") == plain([2, 2, 2, 2], seed=6, fidelity="final") != cheap
     with pytest.raises(RankAdaptorError, match="fidelity"):
         fid([2, 2, 2, 2], fidelity="medium")
 
@@ -113,17 +119,24 @@ def test_real_search_split_is_disjoint_from_the_brown_held_out_text():
 
 def test_allocator_plans_and_energy_tasks_live_in_the_space(trained):
     from rankadaptor.compress.adapter_io import read_adapter
-    from rankadaptor.lora.ranks import layer_costs
+    from rankadaptor.lora.ranks import count_lora_params, module_costs
+    from rankadaptor.search.study import seed_vectors
 
     adapter, corpus = trained
     model = tiny_llama()
-    costs = layer_costs(model)
-    space = SearchSpace(4, candidates=(1, 2, 3, 4), fixed_first=0, fixed_last=0, layer_costs=tuple(costs),
-                        budget=2.0 * sum(costs), tolerance=0.05)
-    plans = allocator_plans(space, read_adapter(adapter), model)
-    assert set(plans) <= {"para", "uniform", "energy"} and "uniform" in plans
-    assert all(space.is_valid(v)[0] for v in plans.values())
-    fid = SuperFidelity(model, tiny_tokenizer(), adapter, plan_of(space), _split(corpus))
+    costs = module_costs(model)
+    budget = 2 * sum(sum(layer.values()) for layer in costs)  # uniform rank 2
+    plans = allocator_plans(read_adapter(adapter), model, budget)
+    assert [label for label, _ in plans] == ["para", "uniform", "energy"]
+    assert all(0.8 * budget < count_lora_params(model, plan) <= budget for _, plan in plans)
+    assert set(plans[1][1].module_ranks(model).values()) == {2}  # uniform truncation
+    for granularity in ("layer", "module"):
+        space = SearchSpace.for_model(costs, granularity, candidates=(1, 2, 3, 4), fixed_first=0, fixed_last=0,
+                                      budget=budget, tolerance=0.05)
+        assert all(space.is_valid(v)[0] for _, v in seed_vectors(plans, space, costs))
+    space = SearchSpace.for_model(costs, "layer", candidates=(1, 2, 3, 4), fixed_first=0, fixed_last=0,
+                                  budget=budget, tolerance=0.05)
+    fid = SuperFidelity(model, tiny_tokenizer(), adapter, space, _split(corpus))
     tasks = energy_tasks(space, fid, n=64)
     assert [t.name for t in tasks] == ["energy-none", "energy-fro", "energy-scale"]
     assert all(t.X.shape == (64, 4) and np.all(t.y <= 0) and np.std(t.y) > 0 for t in tasks)

@@ -22,9 +22,11 @@ MODEL_COMMANDS = {"demo", "eval", "prune", "recover", "search"}
 # command name -> module; the order is the order `--help` lists them in.
 COMMANDS: dict[str, str] = {
     "assets": "rankadaptor.cli.assets",
+    "compare": "rankadaptor.cli.compare",
     "compress": "rankadaptor.cli.compress",
     "demo": "rankadaptor.cli.demo",
     "eval": "rankadaptor.cli.eval",
+    "export": "rankadaptor.cli.export",
     "prune": "rankadaptor.cli.prune",
     "recover": "rankadaptor.cli.recover",
     "search": "rankadaptor.cli.search",

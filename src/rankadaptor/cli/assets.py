@@ -18,7 +18,13 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from rankadaptor import assets
 
-    names = [assets.get_asset(args.name).name] if args.name else list(assets.ASSETS)
+    if args.name:
+        names = [assets.get_asset(args.name).name]
+    elif args.action == "list":
+        names = list(assets.ASSETS)
+    else:  # fetch/verify: an optional asset (the challenge tasks) counts only once it has been fetched
+        present = {r["name"] for r in assets.list_assets() if r["status"] != "missing"}
+        names = [n for n, a in assets.ASSETS.items() if not a.optional or n in present]
     failed = []
     if args.action == "fetch":
         for name in names:

@@ -1,7 +1,8 @@
 """``rankadaptor eval MODEL [--adapter DIR] [--tasks LIST] [--limit N] [--ppl] --out results.json``.
 
-Zero-shot acc / acc_norm on lm-eval's seven multiple-choice tasks (offline data), optionally with
-perplexity on held-out text, written as one results JSON with model/adapter identity and provenance.
+Zero-shot acc / acc_norm on lm-eval's seven multiple-choice tasks (offline data; MMLU and GSM8K
+when named), optionally with held-out perplexity, written as one results JSON with model/adapter
+identity, provenance, and per-document correctness for ``rankadaptor compare``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--adapter", default=None, metavar="DIR", help="PEFT LoRA adapter directory to attach")
     p.add_argument("--tasks", default=None, metavar="LIST",
                    help="comma-separated tasks (default all seven: boolq,piqa,hellaswag,winogrande,arc_easy,"
-                        "arc_challenge,openbookqa)")
+                        "arc_challenge,openbookqa); the paper's challenge tasks mmlu,gsm8k only when named")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N documents of each task's split")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--ppl", action="store_true", help="also report perplexity on held-out text")
@@ -64,27 +65,20 @@ def _check_args(args) -> Path:
     return out
 
 
-def _ppl_text(path: str | None) -> tuple[list[str], str]:
-    if path is None:
-        from rankadaptor.assets import text_corpus_path
-
-        path = text_corpus_path("heldout")
-    p = Path(path)
-    if not p.is_file():
-        raise RankAdaptorError(f"perplexity text file {p} not found; pass --ppl-text FILE")
-    docs = [d.strip() for d in p.read_text(encoding="utf-8", errors="replace").split("\n\n") if d.strip()]
-    if not docs:
-        raise RankAdaptorError(f"perplexity text file {p} is empty")
-    return docs, str(p.resolve())
-
-
 def run(args) -> int:
     out = _check_args(args)  # bad input fails before the model loads
-    ppl_docs, ppl_source = _ppl_text(args.ppl_text) if args.ppl else (None, None)
+    if args.ppl_text is not None:
+        from rankadaptor.errors import RankAdaptorError
+        from rankadaptor.eval.perplexity import paragraphs
+
+        try:
+            paragraphs(args.ppl_text)  # a missing or empty file fails before the model loads
+        except RankAdaptorError as exc:
+            raise RankAdaptorError(f"--ppl-text FILE: {exc}") from None
 
     import torch
 
-    from rankadaptor.eval import evaluate, perplexity
+    from rankadaptor.eval import evaluate, heldout_perplexity
     from rankadaptor.eval.adapter import load_adapter
     from rankadaptor.eval.results import build_results, format_table
     from rankadaptor.fileio import refuse_same_path, write_json_atomic
@@ -102,14 +96,13 @@ def run(args) -> int:
                   seed=args.seed, backend=args.backend)
     ppl = None
     if args.ppl:
-        value = perplexity(model, loaded.tokenizer, ppl_docs, seq_len=args.ppl_seq_len, max_tokens=args.ppl_max_tokens)
-        ppl = {"perplexity": value, "source": ppl_source, "seq_len": args.ppl_seq_len,
-               "max_tokens": args.ppl_max_tokens}
+        ppl = heldout_perplexity(model, loaded.tokenizer, n_tokens=args.ppl_max_tokens, seq_len=args.ppl_seq_len,
+                                 text_path=args.ppl_text).to_dict()
     res = build_results(ev, model_identity=loaded.identity, adapter_identity=adapter_identity, seed=args.seed,
                         wall_s=time.perf_counter() - start, perplexity=ppl)
     write_json_atomic(out, res)
     print(format_table(res))
     if ppl is not None:
-        print(f"perplexity {ppl['perplexity']:.3f} ({ppl['max_tokens']} tokens max, windows of {ppl['seq_len']})")
+        print(f"perplexity {ppl['perplexity']:.3f} (first {ppl['n_tokens']} held-out tokens, windows of {ppl['seq_len']})")
     print(f"wrote {out}")
     return 0

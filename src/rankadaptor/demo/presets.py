@@ -27,7 +27,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # about two minutes: proves every stage runs; its numbers are noise
-    "smoke": Preset("smoke", seeds=(0,), steps=2, batch_size=2, seq_len=64, eval_limit=4, ppl_tokens=1024,
+    "smoke": Preset("smoke", seeds=(0,), steps=4, batch_size=2, seq_len=64, eval_limit=4, ppl_tokens=1024,
                     search_trials=3, search_steps=1, high_rank=16),
     # the default, sized for ~15 min on 2 CPU cores (two 1-thread workers): every stage at a size where
     # it does real work (8 steps of 4×128 tokens, 6 search trials, 10 docs per task, 2 seeds for an

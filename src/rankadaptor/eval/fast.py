@@ -5,10 +5,13 @@ head on every position. Here the requests, their tokenisation and the per-docume
 still come from lm-eval (the task object's ``build_all_requests``, HFLM's ``_encode_pair`` /
 ``prefix_token_id``, the task's ``process_results``); only the log-likelihood computation differs:
 
-* a document whose choices share a context runs that context once, repeats its KV cache for the
-  choices and scores all continuations in one batch;
-* a request whose context is its own (WinoGrande) is scored whole, batched across documents
-  (left-padded, longest first);
+* the requests of one document share a token prefix (the context for multiple choice and more
+  when every choice starts alike, the words before the blank for WinoGrande): it runs once, and
+  every request's remainder is scored against its cached keys/values;
+* documents are batched across documents in groups: the prefixes in chunks of similar length
+  (right-padded, no mask), then the remainders in chunks of similar length, each chunk with its
+  documents' cached prefixes re-assembled (padding the cache costs attention only); a one-token
+  continuation needs no remainder pass;
 * the LM head runs only on the positions that are scored.
 
 Results agree with ``simple_evaluate`` to float rounding (tests compare acc/acc_norm on the same
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 log = logging.getLogger(__name__)
 
@@ -65,114 +69,177 @@ def _full_sequence(model, ctx: list[int], cont: list[int], max_length: int, devi
     return _score(torch.log_softmax(logits[0, -len(cont):].float(), -1), cont)
 
 
-@torch.no_grad()
-def score_shared_context(model, ctx: list[int], conts: list[list[int]], device) -> list[tuple[float, bool]]:
-    """(log-likelihood, is_greedy) of every continuation after one shared context."""
-    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(out.logits[0, -1].float(), -1)
-    lls = [first[c[0]].item() for c in conts]
-    greedy = [int(first.argmax()) == c[0] for c in conts]
-    rest = max(len(c) for c in conts) - 1
-    if rest > 0:
-        n = len(conts)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(n)
-        # inputs are the continuation tokens but the last, right-padded; targets are tokens 1..L-1
-        inp = torch.zeros((n, rest), dtype=torch.long, device=device)
-        mask = torch.zeros((n, len(ctx) + rest), dtype=torch.long, device=device)
-        mask[:, :len(ctx)] = 1
-        for i, c in enumerate(conts):
-            inp[i, :len(c) - 1] = torch.tensor(c[:-1])
-            mask[i, len(ctx):len(ctx) + len(c) - 1] = 1
-        logits = model(input_ids=inp, attention_mask=mask, past_key_values=cache, use_cache=True).logits
-        logp = torch.log_softmax(logits.float(), -1)
-        for i, c in enumerate(conts):
-            if len(c) > 1:
-                ll, is_greedy = _score(logp[i, :len(c) - 1], c[1:])
-                lls[i] += ll
-                greedy[i] = greedy[i] and is_greedy
-    return list(zip(lls, greedy, strict=True))
+# Tests set PREFIX_SHARING = False to score whole sequences (one padded forward of context +
+# continuation per request, chunked by length) and small BATCH_TOKENS to force many chunks, and
+# compare every path with HFLM.
+PREFIX_SHARING = True
+BATCH_TOKENS = 1024  # padded tokens per forward pass (1 thread: larger batches were slower)
+GROUP_DOCS = 64  # documents whose prefixes and remainders are sorted and chunked together
 
 
-# Choices that share a context run it once (measured at 1 thread on SmolLM2, 30 docs: PIQA 9.2 s
-# vs 12.8 s, HellaSwag 10.2 s vs 14.8 s, ARC-e 6.7 s vs 11.0 s against batching whole sequences);
-# requests whose context is their own (WinoGrande) are batched across documents instead
-# (7.3 s -> 4.8 s). Tests set this to 0 / a huge value to check both paths against HFLM.
-SHARE_MIN_CONTEXT = 1
-BATCH_TOKENS = 4096  # padded tokens per batched forward pass
+class _Forward:
+    """Log-softmax rows at chosen positions only: the decoder, then the LM head on those positions
+    (a fifth of a small model's FLOPs per token is the LM head). Falls back to the whole model's
+    logits when the head is not a plain projection of the decoder's output (logit soft-capping)."""
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+        self.body, self.head = model.get_decoder(), model.get_output_embeddings()
+        probe = torch.tensor([[1, 2, 3]], device=device)
+        out = model(input_ids=probe, use_cache=True)
+        if self.body is None or self.head is None or not torch.allclose(
+                self.head(self.body(input_ids=probe).last_hidden_state), out.logits, atol=1e-4):
+            self.body = None
+        # cached prefixes are re-assembled as plain per-layer key/value tensors: only for caches that
+        # are exactly that (no sliding-window or recurrent layers); otherwise whole sequences are scored
+        self.plain_cache = isinstance(out.past_key_values, DynamicCache) and all(
+            type(layer) is DynamicLayer for layer in out.past_key_values.layers)
+
+    def __call__(self, inp, positions: list[tuple[int, int]], use_cache: bool, **kwargs):
+        rows, cols = [r for r, _ in positions], [c for _, c in positions]
+        if self.body is not None:
+            out = self.body(input_ids=inp, use_cache=use_cache, **kwargs)
+            logits = self.head(out.last_hidden_state[rows, cols])
+        else:
+            out = self.model(input_ids=inp, use_cache=use_cache, **kwargs)
+            logits = out.logits[rows, cols]
+        return torch.log_softmax(logits.float(), -1), out.past_key_values
 
 
-@torch.no_grad()
-def score_batch(model, pairs: list[tuple[list[int], list[int]]], device) -> list[tuple[float, bool]]:
-    """(log-likelihood, is_greedy) of whole (context, continuation) sequences in one padded pass.
+def _shared_prefix(seqs: list[list[int]]) -> int:
+    n, cap = 0, min(map(len, seqs))
+    while n < cap and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return n
 
-    Left padding with explicit positions puts every continuation at the end of its row, so the LM
-    head runs only on the last max(len(cont)) positions.
-    """
-    seqs = [(ctx + cont)[:-1] for ctx, cont in pairs]
-    width, keep = max(map(len, seqs)), max(len(cont) for _, cont in pairs)
-    inp = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros_like(inp)
-    pos = torch.zeros_like(inp)
-    for i, s in enumerate(seqs):
-        inp[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-        pos[i, width - len(s):] = torch.arange(len(s))
-    logits = model(input_ids=inp.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                   logits_to_keep=keep).logits
-    out = []
-    for i, (_, cont) in enumerate(pairs):
-        out.append(_score(torch.log_softmax(logits[i, keep - len(cont):].float(), -1), cont))
+
+class _Tally:
+    """(log-likelihood, all greedy) per request, summed over the scored tokens of every pass."""
+
+    def __init__(self):
+        self.scores: dict[tuple[int, int], list] = {}
+        self.wanted: dict[tuple[int, int], list[tuple[tuple[int, int], int]]] = {}  # position -> [(request, target)]
+
+    def want(self, position: tuple[int, int], request: tuple[int, int], target: int) -> None:
+        self.wanted.setdefault(position, []).append((request, target))
+
+    def positions(self) -> list[tuple[int, int]]:
+        return list(self.wanted)
+
+    def add(self, logp: torch.Tensor) -> None:
+        """``logp``: one log-softmax row per position of ``positions()``, in that order."""
+        best = logp.argmax(-1).tolist()
+        for i, (position, asks) in enumerate(self.wanted.items()):
+            for request, target in asks:
+                entry = self.scores.setdefault(request, [0.0, True])
+                entry[0] += logp[i, target].item()
+                entry[1] = entry[1] and best[i] == target
+        self.wanted = {}
+
+
+def _chunks(items: list, length, budget: int) -> list[list]:
+    """Consecutive runs of ``items`` (sorted longest first) whose padded size rows x longest <= budget."""
+    out, start = [], 0
+    while start < len(items):
+        n = max(1, budget // max(1, length(items[start])))
+        out.append(items[start:start + n])
+        start += n
     return out
 
 
+@torch.no_grad()
+def _score_group(forward: _Forward, docs: list[tuple[int, list[tuple[list[int], list[int]]]]], sharing: bool,
+                 device) -> dict[tuple[int, int], tuple[float, bool]]:
+    """Scores of the requests of ``docs`` = [(doc index, [(ctx, cont) per request])].
+
+    Input position q of a request predicts its token q + 1; the scored positions are
+    len(ctx) - 1 .. len(ctx) + len(cont) - 2. Positions inside the document's shared prefix (length P,
+    the same tokens for every request) are read from the prefix pass, the others from the remainder
+    pass. Each pass is cut into chunks of similar length (prefixes sorted by P, remainders by their
+    own length), so padding stays small; a remainder chunk gets its documents' cached prefixes
+    right-padded to the chunk's longest, masked (padding the cache costs attention only).
+    """
+    inputs = [[(c + x)[:-1] for c, x in reqs] for _, reqs in docs]
+    prefixes = [_shared_prefix(seqs) if sharing and len(seqs) > 1 else 0 for seqs in inputs]
+    rem = sorted(((r, j, seq[p:]) for r, (seqs, p) in enumerate(zip(inputs, prefixes)) for j, seq in enumerate(seqs)
+                  if len(seq) > p), key=lambda x: -len(x[2]))
+    tally, kv = _Tally(), {}  # kv: document row -> its prefix's keys/values (layers, 2, heads, P, dim)
+    needs_cache = {r for r, _, _ in rem}
+    rows = sorted((r for r, p in enumerate(prefixes) if p), key=lambda r: -prefixes[r])
+    for chunk in _chunks(rows, lambda r: prefixes[r], BATCH_TOKENS):
+        width = prefixes[chunk[0]]
+        inp = torch.zeros((len(chunk), width), dtype=torch.long)  # right-padded: no mask needed
+        for i, r in enumerate(chunk):
+            p, (d, reqs) = prefixes[r], docs[r]
+            inp[i, :p] = torch.tensor(inputs[r][0][:p])
+            for j, (ctx, cont) in enumerate(reqs):
+                for q in range(len(ctx) - 1, min(p, len(ctx) + len(cont) - 1)):
+                    tally.want((i, q), (d, j), cont[q - len(ctx) + 1])
+        keep = bool(needs_cache & set(chunk))
+        logp, cache = forward(inp.to(device), tally.positions(), use_cache=keep)
+        tally.add(logp)
+        if keep:
+            stacked = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+            for i, r in enumerate(chunk):
+                kv[r] = stacked[:, :, i, :, :prefixes[r]]
+    for chunk in _chunks(rem, lambda x: len(x[2]), BATCH_TOKENS):
+        rest, width = len(chunk[0][2]), max(prefixes[r] for r, _, _ in chunk)
+        inp = torch.zeros((len(chunk), rest), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width + rest), dtype=torch.long)
+        pos = torch.zeros((len(chunk), rest), dtype=torch.long)
+        past = None
+        if width:
+            some = next(iter(kv.values()))
+            past = some.new_zeros((some.shape[0], 2, len(chunk), some.shape[2], width, some.shape[4]))
+        for i, (r, j, tokens) in enumerate(chunk):
+            p, (d, reqs) = prefixes[r], docs[r]
+            ctx, cont = reqs[j]
+            inp[i, :len(tokens)] = torch.tensor(tokens)
+            mask[i, :p] = 1
+            mask[i, width:width + len(tokens)] = 1
+            pos[i] = p + torch.arange(rest)
+            if p:
+                past[:, :, i, :, :p] = kv[r]
+            for q in range(max(len(ctx) - 1, p), len(ctx) + len(cont) - 1):
+                tally.want((i, q - p), (d, j), cont[q - len(ctx) + 1])
+        kwargs = {"attention_mask": mask.to(device), "position_ids": pos.to(device)}
+        if past is not None:
+            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=[(layer[0], layer[1]) for layer in past])
+        logp, _ = forward(inp.to(device), tally.positions(), use_cache=False, **kwargs)
+        tally.add(logp)
+    return {key: (v[0], bool(v[1])) for key, v in tally.scores.items()}
+
+
 def score_documents(lm, model, documents, device, progress=None) -> list[list[tuple[float, bool]]]:
-    """Scores of every document's requests (lm-eval's choice order), sharing or batching per document."""
+    """Scores of every document's requests (lm-eval's choice order), batched across documents."""
+    forward = _Forward(model, device)
+    sharing = PREFIX_SHARING and forward.plain_cache
     results: list[list] = []
-    batched: list[tuple[int, int, list[int], list[int]]] = []  # (doc, request, ctx, cont)
-
-    def finished(d: int) -> None:  # one progress step per document, once all its requests are scored
-        if progress is not None and not any(r is None for r in results[d]):
-            progress.update(1)
-
+    todo: list[tuple[int, list[tuple[list[int], list[int]]]]] = []
     for d, instances in enumerate(documents):
         encoded = [encode(lm, *inst.args) for inst in instances]
         results.append([None] * len(encoded))
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, (ctx, cont) in enumerate(encoded):
-            if len(ctx) + len(cont) > lm.max_length + 1 or not cont:
-                results[d][i] = _full_sequence(model, ctx, cont, lm.max_length, device)
-            else:
-                groups[tuple(ctx)].append(i)
-        for ctx, idx in groups.items():
-            if len(idx) > 1 and len(ctx) >= SHARE_MIN_CONTEXT:
-                scores = score_shared_context(model, list(ctx), [encoded[i][1] for i in idx], device)
-                for i, r in zip(idx, scores, strict=True):
-                    results[d][i] = r
-            else:
-                batched += [(d, i, list(ctx), encoded[i][1]) for i in idx]
-        finished(d)
-    # longest first, so that each batch pads little and memory peaks early
-    batched.sort(key=lambda b: -(len(b[2]) + len(b[3])))
-    start = 0
-    while start < len(batched):
-        width = len(batched[start][2]) + len(batched[start][3])
-        chunk = batched[start:start + max(1, BATCH_TOKENS // width)]
-        for (d, i, _, _), r in zip(chunk, score_batch(model, [(c, x) for _, _, c, x in chunk], device), strict=True):
-            results[d][i] = r
-            finished(d)
-        start += len(chunk)
+        if any(len(c) + len(x) > lm.max_length + 1 or not x for c, x in encoded):
+            # lm-eval's truncation of over-long requests: scored one by one, as HFLM does
+            results[d] = [_full_sequence(model, c, x, lm.max_length, device) for c, x in encoded]
+            if progress is not None:
+                progress.update(1)
+        else:
+            todo.append((d, encoded))
+    # groups of documents of similar length (longest first, so memory peaks early), each scored in
+    # chunks sorted inside the group
+    todo.sort(key=lambda t: -max(len(c) + len(x) for c, x in t[1]))
+    for group in _chunks(todo, lambda t: 1, GROUP_DOCS):
+        for (d, j), score in _score_group(forward, group, sharing, device).items():
+            results[d][j] = score
+        if progress is not None:
+            progress.update(len(group))
     return results
 
 
-def score_document(lm, model, instances, device) -> list[tuple[float, bool]]:
-    """Scores of one document's requests in lm-eval's choice order."""
-    return score_documents(lm, model, [instances], device)[0]
-
-
-def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[dict], float, int]:
-    """Per-document lm-eval metrics, wall seconds and scored tokens for the task files in ``workdir``."""
-    start = time.perf_counter()
+def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[dict], float, float, int]:
+    """Per-document lm-eval metrics, wall and CPU seconds and scored tokens for the task files in ``workdir``."""
+    start, cpu = time.perf_counter(), time.process_time()
     task, docs = lm_eval_requests(task_name, workdir)
     model = lm.model
     device = next(model.parameters()).device
@@ -182,7 +249,7 @@ def run_task_fast(lm, tokenizer, task_name: str, workdir: Path) -> tuple[list[di
     for instances, doc_scores in zip(docs, scores, strict=True):
         metrics = task.process_results(instances[0].doc, doc_scores)
         per_doc.append({"acc": float(metrics["acc"]), "acc_norm": float(metrics.get("acc_norm", metrics["acc"]))})
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     n_tokens = sum(len(tokenizer(c + x, add_special_tokens=False)["input_ids"])
                    for instances in docs for c, x in (inst.args for inst in instances))
-    return per_doc, wall, n_tokens
+    return per_doc, wall, cpu, n_tokens

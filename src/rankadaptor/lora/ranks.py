@@ -267,8 +267,56 @@ def layer_costs(model) -> list[int]:
 
     A per-layer rank plan's exact count is then ``Σ ranks[i] * layer_costs[i]`` (pruned layers are
     narrower, so their rank is cheaper: the search's budget constraint needs exactly this)."""
+    return [sum(layer.values()) for layer in module_costs(model)]
+
+
+def module_costs(model, target_modules=DEFAULT_TARGETS) -> list[dict[str, int]]:
+    """Per decoder layer, {full module name: LoRA parameters per unit of rank (d_in + d_out)} of its targets.
+
+    What a per-module rank search needs: the names a ``RankPlan`` override uses and the exact cost of
+    one rank of each module, in layer order and, within a layer, in ``target_modules`` order."""
     n_layers = len(decoder_layer_names(model))
-    return [count_lora_params(model, RankPlan(ranks=[int(j == i) for j in range(n_layers)])) for i in range(n_layers)]
+    shapes = linear_shapes(model)
+    names = RankPlan(ranks=[1] * n_layers, target_modules=tuple(target_modules)).module_ranks(model)
+    layers = decoder_layer_names(model)
+    out = []
+    for prefix in layers:
+        mine = {n: sum(shapes[n]) for n in names if n.startswith(prefix + ".")}
+        order = {t: i for i, t in enumerate(target_modules)}
+        out.append(dict(sorted(mine.items(), key=lambda kv: order[kv[0].rsplit(".", 1)[-1]])))
+    return out
+
+
+def paired_lora_init(peft_model, seed: int) -> int:
+    """Re-draw every LoRA A of a PeftModel from its own generator, seeded by (seed, module name).
+
+    Common random numbers for a rank search: row i of a module's A is the i-th draw of that module's
+    generator whatever its rank, so two plans that give a module the same rank start it identically
+    (and a lower rank starts from the first rows of a higher one). The draws follow PEFT's default
+    (Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(d_in), 1/sqrt(d_in))); B stays zero. The global
+    RNG is not touched. Returns the number of modules re-drawn.
+    """
+    import hashlib
+
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    n = 0
+    for name, mod in base_model_of(peft_model).named_modules():
+        if not isinstance(mod, LoraLayer):
+            continue
+        for adapter, A in mod.lora_A.items():
+            if not isinstance(A, torch.nn.Linear):
+                continue
+            key = hashlib.sha256(f"{int(seed)}:{name}:{adapter}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+            r, d_in = A.weight.shape
+            bound = 1.0 / math.sqrt(d_in)
+            rows = torch.stack([torch.rand(d_in, generator=gen, dtype=torch.float64) for _ in range(r)])
+            with torch.no_grad():
+                A.weight.copy_(((2 * rows - 1) * bound).to(A.weight.dtype))
+            n += 1
+    return n
 
 
 def wrapped_ranks(peft_model) -> dict[str, int]:

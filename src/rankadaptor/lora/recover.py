@@ -62,6 +62,9 @@ class RecoveryConfig:
     threads: int | None = None
     max_val: int = 32  # held-out examples used for the validation loss
     checkpoint_every: int = 0  # steps between resumable checkpoints (beside ``out``); 0 = none
+    # common random numbers for rank search: each module's LoRA A from its own generator seeded by
+    # (seed, module name), so two plans giving a module the same rank start it identically
+    paired_init: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -120,6 +123,10 @@ def _check_types(config) -> None:
     """Wrong types (a string lr from a hand-written config) fail with a message, not a TypeError later."""
     for f in fields(config):
         value = getattr(config, f.name)
+        if f.name in _BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise RankAdaptorError(f"{f.name} = {value!r} must be true or false")
+            continue
         kind = _FIELD_TYPES.get(f.name)
         if value is None and (f.name in _OPTIONAL or kind is None):
             continue
@@ -134,6 +141,7 @@ _FIELD_TYPES = {"max_steps": int, "epochs": float, "lr": float, "batch_size": in
                 "seq_len": int, "seed": int, "warmup_steps": int, "weight_decay": float, "eval_every": int,
                 "max_grad_norm": float, "threads": int, "max_val": int, "checkpoint_every": int}
 _OPTIONAL = {"max_steps", "epochs", "micro_batch_size", "max_grad_norm", "threads"}
+_BOOL_FIELDS = {"paired_init"}
 
 
 @dataclass
@@ -185,6 +193,11 @@ def recover(model, tokenizer, plan: RankPlan | None = None, config: RecoveryConf
     random.seed(config.seed)
     torch.manual_seed(config.seed)  # LoRA's A init and dropout masks follow the seed
     peft_model, method_callbacks, info = method.prepare(model, config, total_steps)
+    if config.paired_init:
+        from rankadaptor.lora.ranks import paired_lora_init
+
+        paired_lora_init(peft_model, config.seed)
+        torch.manual_seed(config.seed)  # dropout masks then do not depend on how much PEFT's own init drew
     callbacks = list(method_callbacks) + list(callbacks)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)

@@ -5,7 +5,9 @@ transformers 5 cannot load per-layer widths with ``from_pretrained`` and insists
 head counts in its config and the real per-layer shapes in ``pruning.json``. ``load_pruned``
 builds the model on the meta device, resizes every pruned projection from the manifest,
 assigns the saved tensors (``load_state_dict(assign=True)``), re-ties the embeddings and
-re-creates the rotary embedding, whose buffer is not saved.
+re-creates the rotary embedding, whose buffer is not saved. Beside them ``save_pruned`` writes a
+``config.json`` (and, for per-layer widths, a small modeling file) so that plain transformers and
+PEFT load the artefact too (``rankadaptor.models.export``).
 
 ``pruning.json`` (format ``rankadaptor-pruned-model``, format_version 1):
 
@@ -20,8 +22,9 @@ re-creates the rotary embedding, whose buffer is not saved.
   ``num_heads``, ``num_key_value_heads``, ``intermediate_size``, ``kept_kv_groups`` and
   ``kept_channels`` (base indices, ``null`` for blocks outside the range or depth pruning);
 * ``removed_layers`` (base indices), ``block_scores`` (depth), ``calibration``
-  {sequences, seq_len, used, source}, ``seed``, ``pruning_wall_time_s``, ``config_used``,
-  ``provenance``.
+  {sequences, seq_len, used, source, peak_gradient_bytes}, ``seed``, ``pruning_wall_time_s``,
+  ``config_used``, ``provenance``;
+* ``export`` (only in a directory ``rankadaptor export`` wrote): source, merged, adapter, provenance.
 """
 
 from __future__ import annotations
@@ -49,35 +52,52 @@ def _tied(model) -> bool:
 
 
 def save_pruned(model, tokenizer, manifest: dict, out, overwrite: bool = False) -> Path:
-    """Write ``out/model.safetensors``, ``out/pruning.json`` and the tokenizer, atomically."""
+    """Write ``out/model.safetensors``, ``out/pruning.json``, the tokenizer and the transformers files, atomically."""
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_pruned(model, tokenizer, manifest, tmp)
+    return Path(out)
+
+
+def write_pruned(model, tokenizer, manifest: dict, directory: Path) -> None:
+    """The artefact's files, into an existing (temporary) directory."""
     from safetensors.torch import save_file
+
+    from rankadaptor.models.export import write_transformers_files
 
     state = model.state_dict()
     if _tied(model):
         state.pop("lm_head.weight", None)  # stored once; load_pruned re-ties it
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        write_json_atomic(tmp / MANIFEST, {**manifest, "tied_embeddings": _tied(model)})
-    return Path(out)
+    save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    manifest = {**manifest, "tied_embeddings": _tied(model)}
+    write_json_atomic(directory / MANIFEST, manifest)
+    # config.json (+ a small modeling file): plain transformers and PEFT load the artefact too
+    write_transformers_files(directory, manifest)
 
 
 def _meta_linear(src: nn.Linear, out_f: int, in_f: int) -> nn.Linear:
     return nn.Linear(in_f, out_f, bias=src.bias is not None, device="meta")
 
 
-def build_skeleton(manifest: dict, dtype: torch.dtype | None = None):
-    """The pruned architecture on the meta device, every projection at its manifest shape."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def manifest_config(manifest: dict):
+    """The transformers config recorded in ``pruning.json`` (base head counts, remaining blocks)."""
+    from transformers import AutoConfig
 
     cfg_dict = dict(manifest["config"])
     model_type = cfg_dict.pop("model_type", None)
     if model_type is None:
         raise RankAdaptorError("pruning.json has no config.model_type; the artefact is damaged")
     family_for_model_type(model_type)
-    config = AutoConfig.for_model(model_type, **cfg_dict)
+    return AutoConfig.for_model(model_type, **cfg_dict)
+
+
+def build_skeleton(manifest: dict, dtype: torch.dtype | None = None):
+    """The pruned architecture on the meta device, every projection at its manifest shape."""
+    from transformers import AutoModelForCausalLM
+
+    config = manifest_config(manifest)
     dtype = dtype or getattr(torch, manifest.get("dtype", "float32"))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -104,17 +124,10 @@ def load_pruned(directory, dtype: torch.dtype | None = None):
     """Rebuild the exact pruned model saved by ``save_pruned`` (eval mode, CPU)."""
     from safetensors.torch import load_file
 
-    directory = Path(directory)
     from safetensors import SafetensorError
 
     directory = Path(directory)
-    manifest = read_json(directory / MANIFEST, what="pruning manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise RankAdaptorError(f"{directory / MANIFEST} is not a rankadaptor pruned-model manifest (format {found!r})")
-    _check_manifest(manifest, directory / MANIFEST)
-    if not (directory / WEIGHTS).is_file():
-        raise RankAdaptorError(f"{directory} has no {WEIGHTS}; the artefact is incomplete")
+    manifest = read_manifest(directory)
     model, config = build_skeleton(manifest, dtype)
     try:
         state = load_file(str(directory / WEIGHTS))
@@ -143,7 +156,23 @@ def load_pruned(directory, dtype: torch.dtype | None = None):
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:
         raise RankAdaptorError(f"load_pruned left tensors uninitialised: {leftovers[:5]}; please report this")
+    # as from_pretrained does: the model names where it was loaded from, so an adapter trained on it
+    # records this directory (PEFT's base_model_name_or_path), not the dense model it was pruned from
+    model.name_or_path = model.config._name_or_path = str(directory.resolve())
     return model.eval()
+
+
+def read_manifest(directory) -> dict:
+    """``pruning.json`` of a pruned artefact, checked; a clear refusal for anything else."""
+    directory = Path(directory)
+    manifest = read_json(directory / MANIFEST, what="pruning manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise RankAdaptorError(f"{directory / MANIFEST} is not a rankadaptor pruned-model manifest (format {found!r})")
+    _check_manifest(manifest, directory / MANIFEST)
+    if not (directory / WEIGHTS).is_file():
+        raise RankAdaptorError(f"{directory} has no {WEIGHTS}; the artefact is incomplete")
+    return manifest
 
 
 _LAYER_SIZES = ("num_heads", "num_key_value_heads", "intermediate_size")

@@ -23,6 +23,7 @@ from torch import nn
 from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.models.families import ModelFamily
+from rankadaptor.prune.importance import layer_gradients
 from rankadaptor.prune.width import count_params
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,14 @@ class BlockScorer:
     name = ""
     needs_grad = False
 
-    def scores(self, fam: ModelFamily, layers: range, batches: torch.Tensor, stats) -> dict[int, float]:
+    def scores(self, fam: ModelFamily, layers: range, batches: torch.Tensor) -> dict[int, float]:
         raise NotImplementedError
 
 
 class PerplexityScore(BlockScorer):
     name = "shortened-ppl"
 
-    def scores(self, fam, layers, batches, stats):
+    def scores(self, fam, layers, batches):
         out = {}
         for i in layers:
             handle = fam.layers[i].register_forward_hook(_skip_hook, with_kwargs=True)
@@ -80,23 +81,22 @@ class TaylorPlusScore(BlockScorer):
     name = "shortened-taylor"
     needs_grad = True
 
-    def scores(self, fam, layers, batches, stats):
-        names = {id(p): n for n, p in fam.model.named_parameters()}
-        out = {}
-        for i in layers:
-            total = 0.0
-            for p in fam.layers[i].parameters():
-                g = stats[names[id(p)]][0]
-                total += float((g * p.detach()).abs().sum())
-            out[i] = total
-        return out
+    def scores(self, fam, layers, batches):
+        weights = dict(fam.model.named_parameters())
+
+        def block_sum(i, stats):  # while block i's gradients exist (lean Taylor, issue 17)
+            return sum(float((g * weights[name].detach()).abs().sum()) for name, (g, _) in stats.items())
+
+        grads = layer_gradients(fam.model, batches, layers, fisher=False, reduce=block_sum)
+        self.peak_gradient_bytes = grads.peak_gradient_bytes
+        return grads.results
 
 
 class BlockInfluenceScore(BlockScorer):
     name = "shortgpt"
 
     @torch.no_grad()
-    def scores(self, fam, layers, batches, stats):
+    def scores(self, fam, layers, batches):
         sums = {i: 0.0 for i in layers}
         count = 0
         captured: dict[int, tuple] = {}
@@ -139,13 +139,14 @@ def remove_blocks(fam: ModelFamily, removed: list[int]) -> None:
     fam.renumber_layers()
 
 
-def prune_depth(fam: ModelFamily, method: str, ratio: float, layers: range, batches, stats) -> dict:
+def prune_depth(fam: ModelFamily, method: str, ratio: float, layers: range, batches) -> dict:
     n = blocks_to_remove(fam, ratio, layers)
     scorer = BLOCK_SCORERS[method]()
     if batches is not None:  # calibration text is tokenized on the CPU
         batches = dev.move(batches, dev.model_device(fam.model))
-    scores = scorer.scores(fam, layers, batches, stats) if n else {}
+    scores = scorer.scores(fam, layers, batches) if n else {}
     removed = sorted(sorted(scores, key=lambda i: (scores[i], i))[:n])
     remove_blocks(fam, removed)
     log.info("depth pruning (%s): removed blocks %s", method, removed)
-    return {"block_scores": {str(i): s for i, s in scores.items()}, "removed_layers": removed}
+    return {"block_scores": {str(i): s for i, s in scores.items()}, "removed_layers": removed,
+            "peak_gradient_bytes": getattr(scorer, "peak_gradient_bytes", None)}

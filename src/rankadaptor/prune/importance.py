@@ -25,7 +25,7 @@ import torch
 
 from rankadaptor import device as dev
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.models.families import ModelFamily
+from rankadaptor.models.families import ModelFamily, get_family
 
 log = logging.getLogger(__name__)
 
@@ -140,48 +140,126 @@ def calibration_batches(tokenizer, texts, n: int, seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[:need], dtype=torch.long).view(n, seq_len)
 
 
-def gradient_stats(model, batches: torch.Tensor, fisher: bool, only=None) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Per-parameter mean gradient and (optionally) mean squared per-sequence gradient.
+@dataclass
+class LayerGradients:
+    """What ``layer_gradients`` returns: one ``reduce`` result per block, and what it held at most."""
 
-    One backward pass per calibration sequence: the per-sample squares are what Eq. 2's
-    second-order term needs. ``only`` (modules) limits the statistics, and the gradients
-    computed at all, to those modules' parameters: the blocks being scored, not the embeddings.
-    Parameters' ``requires_grad`` flags and ``.grad`` are restored.
+    results: dict[int, object]
+    peak_gradient_bytes: int  # one block's mean-gradient (+ Fisher) sums and one sequence's gradients
+    cache_bytes: int  # every block's input for every sequence, plus the gradients flowing down
+
+
+def layer_gradients(model, batches: torch.Tensor, layers: range, fisher: bool, reduce) -> LayerGradients:
+    """Gradient statistics of each decoder block in ``layers``, turned into scores and freed block by block.
+
+    For block ``i``, ``reduce(i, stats)`` gets ``stats = {parameter name: (g, F)}``: ``g`` the mean over
+    calibration sequences of the gradient of each sequence's mean next-token loss, ``F`` the mean of
+    the per-sequence squared gradients (empirical Fisher diagonal, LLM-Pruner's second-order term;
+    ``None`` without ``fisher``). Its result is kept and the statistics are dropped before the next block.
+
+    Why block by block (issue 17, lean Taylor): the straightforward way, one backward pass per
+    sequence with every parameter's gradient, its running sum and its running square alive, needs
+    the model plus up to three model-sized buffers (LLM-Pruner users report ~80 GB for LLaMA-7B).
+    Here one forward pass per sequence without autograd records each block's input; the loss's
+    gradient with respect to the last block's output comes from the model's own loss; then the
+    blocks are replayed from the top down, one sequence at a time, each replay giving the block's
+    parameter gradients and the gradient for the block below (gradient checkpointing at block
+    granularity). Only one block's statistics exist at a time: memory is the model, the cached
+    block inputs (blocks x sequences x tokens x hidden) and one block's gradients. The per-sequence
+    gradients, their sums and squares are the same numbers, summed in the same order, as before.
     """
-    all_params = dict(model.named_parameters())
-    flags = {n: p.requires_grad for n, p in all_params.items()}
-    if only is not None:
-        wanted = {id(p) for m in only for p in m.parameters()}
-        params = {n: p for n, p in all_params.items() if id(p) in wanted}
-    else:
-        params = all_params
-    sums = {n: torch.zeros_like(p) for n, p in params.items()}
-    squares = {n: torch.zeros_like(p) for n, p in params.items()} if fisher else None
+    fam = get_family(model)
+    n = fam.n_layers
+    if not 0 <= layers.start < layers.stop <= n:
+        raise RankAdaptorError(f"layer range {layers.start}:{layers.stop} is outside the model's {n} layers")
     batches = dev.move(batches, dev.model_device(model))  # calibration text is tokenized on the CPU
+    names = {id(p): name for name, p in model.named_parameters()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
     model.eval()
     try:
-        for n, p in all_params.items():
-            p.requires_grad_(n in params)
+        for p in model.parameters():
+            p.requires_grad_(False)
             p.grad = None
-        for row in batches:
-            ids = row.unsqueeze(0)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            for n, p in params.items():
-                if p.grad is None:
-                    continue
-                sums[n] += p.grad
-                if fisher:
-                    squares[n] += p.grad * p.grad
-                p.grad = None
+        inputs, calls, upstream = _record_block_inputs(model, fam, batches, layers.start)
+        cache_bytes = sum(t.nbytes for ts in inputs.values() for t in ts) + sum(t.nbytes for t in upstream)
+        results, peak = {}, 0
+        for i in reversed(range(layers.start, n)):  # blocks above the range only pass the gradient down
+            params = [p for p in fam.layers[i].parameters()] if i in layers else []
+            for p in params:
+                p.requires_grad_(True)
+            sums = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
+            squares = [torch.zeros_like(s) for s in sums] if fisher else None
+            # the sums (and squares), plus one sequence's gradients while they are added in
+            peak = max(peak, sum(s.nbytes for s in sums) * (2 if fisher else 1) + sum(p.nbytes for p in params))
+            args, kwargs = calls[i]
+            for k, hidden in enumerate(inputs.pop(i)):
+                hidden = hidden.requires_grad_(True)
+                out = fam.layers[i](hidden, *args, **kwargs)
+                out = out[0] if isinstance(out, tuple) else out
+                grads = torch.autograd.grad(out, [hidden, *params], grad_outputs=upstream[k], allow_unused=True)
+                upstream[k] = grads[0]
+                for j, g in enumerate(grads[1:]):
+                    if g is None:
+                        continue
+                    sums[j] += g
+                    if fisher:
+                        squares[j] += g * g
+            for p in params:
+                p.requires_grad_(False)
+            if i in layers:
+                count = len(batches)  # means in place: no second copy of the block's statistics
+                stats = {names[id(p)]: (sums[j].div_(count), squares[j].div_(count) if fisher else None)
+                         for j, p in enumerate(params)}
+                results[i] = reduce(i, stats)
+            del sums, squares
     finally:
-        for n, p in all_params.items():
-            p.requires_grad_(flags[n])
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
             p.grad = None
         model.train(was_training)
-    k = len(batches)
-    return {n: (sums[n] / k, squares[n] / k if fisher else None) for n in params}
+    log.info("layer-wise gradients: peak %.1f MB of gradient statistics, %.1f MB of cached block inputs",
+             peak / 2**20, cache_bytes / 2**20)
+    return LayerGradients(results=results, peak_gradient_bytes=peak, cache_bytes=cache_bytes)
+
+
+def _record_block_inputs(model, fam: ModelFamily, batches: torch.Tensor, start: int):
+    """One pass per sequence: each block's input (blocks ``start``..end), the arguments every block
+    was called with (the same for every sequence: equal lengths, no padding), and the loss's
+    gradient with respect to the last block's output, taken from the model's own loss."""
+    inputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(start, fam.n_layers)}
+    calls: dict[int, tuple] = {}
+    upstream: list[torch.Tensor] = []
+    top: list[torch.Tensor] = []
+
+    def record(i):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            inputs[i].append(hidden.detach())
+            if i not in calls:
+                calls[i] = (args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
+        return hook
+
+    def detach_top(module, args, kwargs):
+        # the final norm's input becomes a leaf: the backward pass stops here, at the last block's output
+        hidden = args[0] if args else kwargs["hidden_states"]
+        leaf = hidden.detach().requires_grad_(True)
+        top.append(leaf)
+        return ((leaf, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": leaf})
+
+    handles = [fam.layers[i].register_forward_pre_hook(record(i), with_kwargs=True) for i in inputs]
+    handles.append(fam.backbone.norm.register_forward_pre_hook(detach_top, with_kwargs=True))
+    try:
+        for row in batches:
+            ids = row.unsqueeze(0)
+            with torch.enable_grad():
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                loss.backward()
+            upstream.append(top.pop().grad)
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs, calls, upstream
 
 
 # ----------------------------------------------------------------------------- unit scores

@@ -20,7 +20,7 @@ from rankadaptor.errors import RankAdaptorError
 from rankadaptor.models.artefact import FORMAT
 from rankadaptor.models.families import get_family
 from rankadaptor.prune import depth, width
-from rankadaptor.prune.importance import IMPORTANCES, calibration_batches, get_importance, gradient_stats
+from rankadaptor.prune.importance import IMPORTANCES, calibration_batches, get_importance, layer_gradients, unit_scores
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +113,21 @@ def prune_model(model, tokenizer, config: PruneConfig, texts=None, identity: dic
     if not inplace:
         model = copy.deepcopy(model)
         fam = get_family(model)
-    stats = None
-    if needs_grad and batches is not None:
-        stats = gradient_stats(model, batches, fisher=imp.needs_fisher, only=[fam.layers[i] for i in layers])
+    scores, gradient_bytes = None, None
+    if is_width and imp.needs_grad and batches is not None:
+        # Taylor scores block by block, each block's gradients freed at once (lean Taylor, issue 17)
+        grads = layer_gradients(model, batches, layers, fisher=imp.needs_fisher,
+                                reduce=lambda i, stats: {kind: unit_scores(fam, i, kind, imp, stats)
+                                                         for kind in ("attn", "mlp")})
+        scores, gradient_bytes = grads.results, grads.peak_gradient_bytes
     base_layers = list(range(fam.n_layers))
     if is_width:
-        result = width.prune_width(fam, config.ratio, layers, imp, stats)
+        result = width.prune_width(fam, config.ratio, layers, imp, scores)
         removed: list[int] = []
     else:
-        result = depth.prune_depth(fam, config.method, config.ratio, layers, batches, stats)
+        result = depth.prune_depth(fam, config.method, config.ratio, layers, batches)
         removed = result["removed_layers"]
-    del stats
+        gradient_bytes = result.get("peak_gradient_bytes")
     for i in range(fam.n_layers):
         fam.set_head_counts(i)
     wall = time.perf_counter() - t0
@@ -164,7 +168,7 @@ def prune_model(model, tokenizer, config: PruneConfig, texts=None, identity: dic
         "params_after": params_after,
         "achieved_ratio": 1 - params_after / params_before,
         "calibration": {"sequences": config.calibration, "seq_len": config.seq_len, "used": batches is not None,
-                        "source": calibration_source},
+                        "source": calibration_source, "peak_gradient_bytes": gradient_bytes},
         "seed": config.seed,
         "pruning_wall_time_s": wall,
         "config_used": asdict(config),

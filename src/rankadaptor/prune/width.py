@@ -71,15 +71,19 @@ def plan_width(fam: ModelFamily, ratio: float, layers: range) -> dict:
     return {"layer_ratio": layer_ratio, "drop_groups": drop_groups, "drop_channels": drop_channels}
 
 
-def choose_units(fam: ModelFamily, plan: dict, imp: Importance, stats) -> dict[int, dict]:
-    """Per layer: sorted indices of the KV groups and channels to keep (highest importance)."""
+def choose_units(fam: ModelFamily, plan: dict, imp: Importance, scores=None) -> dict[int, dict]:
+    """Per layer: sorted indices of the KV groups and channels to keep (highest importance).
+
+    ``scores`` ({layer: {"attn": ..., "mlp": ...}}) are the gradient-based scores computed while the
+    gradients existed (``importance.layer_gradients``); other importances are scored here.
+    """
     keep: dict[int, dict] = {}
     for i in plan["drop_groups"]:
         if plan["drop_groups"][i] == 0 and plan["drop_channels"][i] == 0:  # nothing to choose (ratio 0)
             keep[i] = {"kv_groups": list(range(fam.num_kv_heads(i))), "channels": list(range(fam.intermediate_size(i)))}
             continue
-        attn = unit_scores(fam, i, "attn", imp, stats)
-        mlp = unit_scores(fam, i, "mlp", imp, stats)
+        attn = scores[i]["attn"] if scores is not None else unit_scores(fam, i, "attn", imp)
+        mlp = scores[i]["mlp"] if scores is not None else unit_scores(fam, i, "mlp", imp)
         keep[i] = {
             "kv_groups": _top(attn, len(attn) - plan["drop_groups"][i]),
             "channels": _top(mlp, len(mlp) - plan["drop_channels"][i]),
@@ -136,10 +140,10 @@ def slice_layer(fam: ModelFamily, i: int, kv_groups: list[int], channels: list[i
         mlp.intermediate_size = len(channels)
 
 
-def prune_width(fam: ModelFamily, ratio: float, layers: range, imp: Importance, stats) -> dict:
+def prune_width(fam: ModelFamily, ratio: float, layers: range, imp: Importance, scores=None) -> dict:
     """Slice every layer in range in place; return the plan and the kept indices per layer."""
     plan = plan_width(fam, ratio, layers)
-    keep = choose_units(fam, plan, imp, stats)
+    keep = choose_units(fam, plan, imp, scores)
     for i, k in keep.items():
         slice_layer(fam, i, k["kv_groups"], k["channels"])
     log.info("width pruning: per-layer ratio %.4f in layers %d:%d", plan["layer_ratio"], layers.start, layers.stop)

@@ -9,6 +9,7 @@ from typing import Any
 from rankadaptor.fileio import write_json_atomic
 from rankadaptor.report.search_plots import _plt, plot_allocation
 from rankadaptor.report.tables import compare_to, markdown_table, run_scores, summarise
+from rankadaptor.stats import verdict_of
 
 ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* (4/6/10/12)", "rankadaptor": "RankAdaptor",
              "para": "PARA (high rank → r=8 budget)", "prunedlora": "PrunedLoRA (high rank → r=8 budget)",
@@ -45,9 +46,8 @@ def comparison_markdown(summary: dict, vs_uniform: dict) -> str:
              "Average accuracy vs uniform r=8, paired by seed:", ""]
     for method in [m for m in order if m in vs_uniform and m not in UNRECOVERED]:
         d = vs_uniform[method]
-        verdict = "significant" if d["significant"] else "NOT significant (within noise)"
-        if d["n"] < 2:
-            verdict = "one seed: no interval, no claim"
+        verdict = {"significant": "significant", "not significant": "NOT significant (within noise)",
+                   "no test": "no test (fewer than 3 seeds or the same difference on each)"}[verdict_of(d)]
         lines.append(f"* {ROW_LABEL.get(method, method)}: {d['mean'] * 100:+.2f} points "
                      f"(95 % CI {d['ci_low'] * 100:+.2f} .. {d['ci_high'] * 100:+.2f}) — {verdict}")
     return "\n".join(lines)

@@ -22,8 +22,9 @@ def run_scores(results: Mapping) -> dict[str, float]:
     scores = {t: task_score(tasks[t], t) for t in TASK_ORDER if t in tasks}
     if scores:
         scores["avg"] = sum(scores.values()) / len(scores)
-    if results.get("perplexity") is not None:
-        scores["ppl"] = float(results["perplexity"])
+    ppl = results.get("perplexity")
+    if ppl is not None:  # heldout_perplexity's dict, or a bare number in older results files
+        scores["ppl"] = float(ppl["perplexity"] if isinstance(ppl, dict) else ppl)
     return scores
 
 

@@ -1,16 +1,20 @@
 """Study lifecycle (RankAdaptor §3.3: Initialization, Iteration, Convergence) in Optuna storage.
 
-``open_study`` creates or resumes a study and refuses one made for another model, space, objective
-or strategy. ``run_search`` evaluates trials until the budget or convergence (the model's error on
-newly evaluated trials under a tolerance AND no improvement for ``patience`` trials); several
-processes, on one machine or many, may run it on one storage at once (``storage.py``: heartbeats,
-crashed trials retried). Each trial claims its plan and a place in the budget before evaluating,
-so that no plan is evaluated twice and the study stops at exactly ``n_trials`` completed trials;
-a worker whose remaining budget is held by other workers' running trials waits, and takes over
-the plan of one whose worker crashed. ``finalize`` re-evaluates the finalists and the
-uniform baseline with several seeds at full fidelity and reports the paired difference with a 95 %
-interval, plus the cross-validated Spearman of the performance model, saying plainly when either
-is no better than chance.
+``open_study`` creates or resumes a study (queueing the uniform plan and any seed plans first) and
+refuses one made for another model, space, objective or strategy. ``run_search`` evaluates trials
+until the budget or convergence; several processes, on one machine or many, may run it on one
+storage at once (``storage.py``: heartbeats, crashed trials retried). Each trial claims its plan and
+a place in the budget before evaluating, so that no plan is evaluated twice and the study stops
+at exactly ``n_trials`` completed trials.
+
+Every trial runs on the study's seed (common random numbers: the same batches, dropout masks and,
+through ``RecoveryConfig.paired_init``, the same LoRA start for a module of the same rank), so two
+plans differ by their ranks and not by their luck; every ``noise_every`` trials the uniform plan
+and the incumbent are re-measured on a fresh seed (``noise.py``) so the search knows how large the
+remaining noise is. A proposal outside the budget (TPE, GP) is never evaluated: the trial that
+carried it ends FAILED, which samplers ignore, and the repaired plan is queued as a trial of its
+own, so a sampler learns only from plans that were evaluated. ``finalize`` (``final.py``)
+re-evaluates the pick against uniform on fresh seeds.
 """
 
 from __future__ import annotations
@@ -20,23 +24,22 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
-from scipy import stats as st
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.search.perf_model import Ensemble, MLPConfig, PerformanceModel
+from rankadaptor.search import noise
 from rankadaptor.search.sampler import completed_data
 from rankadaptor.search.space import SearchSpace, plan_hash
 from rankadaptor.search.storage import ATTEMPT_FLAGS
-from rankadaptor.stats import mean_ci, paired_difference
 
 log = logging.getLogger(__name__)
 
 Objective = Callable[..., float]  # objective(ranks, seed=..., fidelity=...) -> float
+LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 @dataclass
@@ -47,8 +50,10 @@ class SearchConfig:
     final_seeds: int = 3
     finalists: int = 1
     multi_fidelity: bool = False
-    seed: int = 0
+    seed: int = 0  # the study's seed: every screening trial runs on it
     poll_interval: float = 5.0  # seconds between looks at the study while other workers hold the budget
+    noise_every: int = 8  # re-measure uniform + incumbent on a fresh seed every N completed trials (0 = never)
+    surrogate: str = "ridge"  # the surrogate whose cross-validated predictions the final report states
 
     def __post_init__(self) -> None:
         if self.n_trials < 1 or self.patience < 1 or self.final_seeds < 0 or self.finalists < 1:
@@ -59,19 +64,29 @@ class SearchConfig:
             raise RankAdaptorError(f"convergence tolerance {self.tolerance} must be > 0")
         if self.poll_interval <= 0:
             raise RankAdaptorError(f"poll interval {self.poll_interval} must be > 0 seconds")
+        if self.noise_every < 0:
+            raise RankAdaptorError(f"--noise-every {self.noise_every} must be >= 0 (0 = never re-measure)")
+
+    @property
+    def fidelity(self) -> str:
+        return "screen" if self.multi_fidelity else "full"
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, space: SearchSpace,
                identity: dict[str, Any], strategy: str, direction: str,
-               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """Create or resume; a study made for a different model/space/objective/strategy is refused.
+               sampler: optuna.samplers.BaseSampler,
+               seeds: Sequence[tuple[str, Sequence[int]]] = (), study_seed: int = 0) -> optuna.Study:
+    """Create or resume; a study made for a different model/space/objective/strategy/seed is refused.
 
     ``storage`` is an opened Optuna storage (``storage.open_storage(url)``: the one door for URLs).
+    A new study queues the uniform plan, then ``seeds`` ((label, vector of this space) pairs, e.g.
+    allocators' plans), as its first trials, whatever the strategy. ``study_seed`` is the seed every
+    screening trial runs on: a worker with another one would break the pairing, so it is refused.
     """
     if isinstance(storage, (str, Path)):
         raise TypeError("open_study takes an opened storage; open a URL with rankadaptor.search.storage.open_storage")
     expected = {"rankadaptor_space": space.to_dict(), "rankadaptor_model": identity,
-                "rankadaptor_strategy": strategy}
+                "rankadaptor_strategy": strategy, "rankadaptor_seed": int(study_seed)}
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     except KeyError:
@@ -85,8 +100,14 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, space: SearchSpa
         for key, value in expected.items():
             study.set_user_attr(key, value)
         study.set_user_attr("rankadaptor_direction", direction)
-        if strategy == "tpe":  # every strategy measures the uniform baseline first
-            study.enqueue_trial(space.to_params(space.uniform()))
+        queued = {plan_hash(space.uniform())}
+        study.enqueue_trial(space.to_params(space.uniform()),
+                            user_attrs={"seeded_from": "uniform", "ranks": space.uniform().tolist()})
+        for label, vec in seeds:
+            vec = space.validate(vec)
+            if plan_hash(vec) not in queued:
+                queued.add(plan_hash(vec))
+                study.enqueue_trial(space.to_params(vec), user_attrs={"seeded_from": str(label), "ranks": vec.tolist()})
         return study
     for key, value in expected.items():
         if _canon(attrs.get(key)) != _canon(value):
@@ -106,9 +127,23 @@ def _canon(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _wrap(space: SearchSpace, objective: Objective, fidelity: str, seed: int,
-          n_trials: int) -> Callable[[optuna.Trial], float]:
-    rng = np.random.default_rng(seed)
+class _Yield(Exception):
+    """A trial that gives way without an evaluation (duplicate plan, full budget, out-of-budget proposal).
+
+    It ends FAILED, not PRUNED: TPE learns from pruned trials' parameters, and these were never evaluated.
+    """
+
+
+class _QuietYields(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_Yield(" not in record.getMessage()
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_QuietYields())  # a yield is logged by us, once
+
+
+def _wrap(space: SearchSpace, objective: Objective, config: SearchConfig) -> Callable[[optuna.Trial], float]:
+    rng = np.random.default_rng(config.seed)
 
     def run_trial(trial: optuna.Trial) -> float:
         retry_of = trial.user_attrs.get("retry_of")
@@ -125,21 +160,19 @@ def _wrap(space: SearchSpace, objective: Objective, fidelity: str, seed: int,
         holder = next((t for t in live if t.user_attrs.get("plan_hash") == h), None)
         if holder is not None:
             trial.set_user_attr("duplicate", True)
-            raise optuna.TrialPruned(f"plan {h} already held by trial {holder.number}")
+            raise _Yield(f"plan {h} already held by trial {holder.number}")
         # claim a place in the budget: trials ahead of this one (lower numbers) that may still complete.
         # Counting only those makes the claims race-free: of two racing trials the later one yields.
         ahead = sum(t.number < trial.number for t in live)
-        if ahead >= n_trials:
+        if ahead >= config.n_trials:
             trial.set_user_attr("budget_full", True)
-            raise optuna.TrialPruned(f"{ahead} trials ahead already fill the budget of {n_trials}")
+            raise _Yield(f"{ahead} trials ahead already fill the budget of {config.n_trials}")
         if retry_of is not None:
             log.info("trial %d retries the plan of trial %d, whose worker died", trial.number, retry_of)
-        return float(objective(ranks, seed=trial.number, fidelity=fidelity))
+        trial.set_user_attr("seed", int(config.seed))
+        return float(objective(ranks, seed=config.seed, fidelity=config.fidelity))
 
     return run_trial
-
-
-LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 def _flagged(trial: optuna.trial.FrozenTrial) -> bool:
@@ -148,16 +181,25 @@ def _flagged(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def _proposed_ranks(trial: optuna.Trial, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
-    params = {n: trial.suggest_categorical(n, list(space.candidates)) for n in space.param_names()}
+    dist = space.distribution()
+    params = {}
+    for name in space.param_names():
+        if isinstance(dist, optuna.distributions.IntDistribution):
+            params[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step)
+        else:
+            params[name] = trial.suggest_categorical(name, dist.choices)
     ranks = space.from_params(params)
-    if not space.is_valid(ranks)[0]:  # TPE/random per-layer proposals may break the budget
-        repaired = space.repair(ranks[None], rng)
-        if not len(repaired):
-            trial.set_user_attr("invalid", True)
-            raise optuna.TrialPruned("proposal violates the budget and could not be repaired")
-        ranks = repaired[0]
-        trial.set_user_attr("repaired", True)
-    return ranks
+    if space.is_valid(ranks)[0]:
+        return ranks
+    # TPE/GP per-unit proposals may break the budget: this trial yields and the repaired plan is queued
+    trial.set_user_attr("invalid", True)
+    repaired = space.repair(ranks[None], rng)
+    if len(repaired):
+        trial.study.enqueue_trial(space.to_params(repaired[0]),
+                                  user_attrs={"repaired_from": trial.number, "ranks": repaired[0].tolist()})
+        trial.set_user_attr("repaired_plan", plan_hash(repaired[0]))
+        raise _Yield("proposal outside the budget; its repaired plan is queued as the next trial")
+    raise _Yield("proposal outside the budget could not be repaired")
 
 
 def n_complete(study: optuna.Study) -> int:
@@ -165,26 +207,32 @@ def n_complete(study: optuna.Study) -> int:
 
 
 def convergence(space: SearchSpace, study: optuna.Study, config: SearchConfig) -> dict[str, Any]:
-    """Model error on newly evaluated trials and rounds since the best improved (larger is better)."""
+    """Converged when the model predicts new trials about as well as the noise allows AND no trial has
+    beaten the best by more than the noise for ``patience`` trials (values oriented larger-is-better)."""
     X, y, trials = completed_data(space, study)
     out: dict[str, Any] = {"n_complete": len(y), "converged": False}
     if len(y) == 0:
         return out
-    best_at = int(np.argmax(y))
+    noise_sd = noise.estimate(study)["noise_sd"] or 0.0
+    best, best_at = -np.inf, 0
+    for i, v in enumerate(y):  # an improvement counts only when it exceeds the measured noise
+        if v > best + noise_sd:
+            best, best_at = v, i
     out["trials_since_best"] = len(y) - 1 - best_at
-    errs = [abs((1 if study.direction.name == "MAXIMIZE" else -1) * t.value - t.user_attrs["predicted"])
+    out["noise_sd"] = noise_sd or None
+    sign = 1 if study.direction.name == "MAXIMIZE" else -1
+    errs = [abs(sign * t.value - t.user_attrs["predicted"])
             for t in trials[-config.patience:] if "predicted" in t.user_attrs]
-    scale = float(np.std(y)) or 1.0
-    out["recent_model_error"] = float(np.mean(errs) / scale) if errs else None
-    out["converged"] = bool(len(errs) >= config.patience and out["recent_model_error"] < config.tolerance
+    scale = max(config.tolerance * (float(np.std(y)) or 1.0), 2 * noise_sd)
+    out["recent_model_error"] = float(np.mean(errs)) if errs else None
+    out["converged"] = bool(len(errs) >= config.patience and out["recent_model_error"] <= scale
                             and out["trials_since_best"] >= config.patience)
     return out
 
 
 def run_search(study: optuna.Study, space: SearchSpace, objective: Objective, config: SearchConfig) -> dict:
     """Evaluate trials one at a time until the shared budget is reached or the search converged."""
-    fidelity = "screen" if config.multi_fidelity else "full"
-    run_trial = _wrap(space, objective, fidelity, config.seed, config.n_trials)
+    run_trial = _wrap(space, objective, config)
     mine: list[optuna.trial.FrozenTrial] = []  # this worker's trials (study.trials[-1] may be another's)
     state: dict[str, Any] = {}
     failed = idle = 0
@@ -195,10 +243,10 @@ def run_search(study: optuna.Study, space: SearchSpace, objective: Objective, co
             time.sleep(config.poll_interval)
             continue
         before = n_complete(study)
-        study.optimize(run_trial, n_trials=1, catch=(RuntimeError,), gc_after_trial=False,
+        study.optimize(run_trial, n_trials=1, catch=(RuntimeError, _Yield), gc_after_trial=False,
                        callbacks=[lambda _study, frozen: mine.append(frozen)])
         last = mine[-1] if mine else None
-        failed = failed + 1 if last is not None and last.state == TrialState.FAIL else 0
+        failed = failed + 1 if last is not None and last.state == TrialState.FAIL and not _flagged(last) else 0
         if last is not None and last.user_attrs.get("budget_full"):
             continue  # lost a race for the last places; the next round waits for them
         idle = 0 if n_complete(study) > before else idle + 1
@@ -208,6 +256,8 @@ def run_search(study: optuna.Study, space: SearchSpace, objective: Objective, co
         if idle >= 50:  # e.g. TPE proposing only plans that are already held: stop instead of spinning
             log.warning("50 proposals in a row were duplicates or invalid; stopping the search early")
             return {**convergence(space, study, config), "stopped": "no new plans proposed"}
+        if n_complete(study) > before:
+            noise.measure_due(study, space, objective, config.noise_every, config.seed, config.fidelity)
         state = convergence(space, study, config)
         if state["converged"]:
             study.set_user_attr("converged", True)
@@ -236,90 +286,6 @@ def retries(study: optuna.Study) -> dict[int, int]:
             if t.user_attrs.get("retry_of") is not None}
 
 
-def oof_spearman(space: SearchSpace, study: optuna.Study, mlp: MLPConfig | None = None, folds: int = 5,
-                 init_state: dict | None = None) -> dict[str, Any]:
-    """Out-of-fold Spearman of the performance model on all completed trials, with its p-value."""
-    X, y, _ = completed_data(space, study)
-    if len(y) < max(folds, 6) or np.std(y) == 0:
-        return {"spearman": None, "p_value": None, "n": int(len(y)), "better_than_chance": False}
-    feats = space.features(X)
-    order = np.random.default_rng(0).permutation(len(y))
-    pred = np.empty(len(y))
-    for k in range(folds):
-        test = order[k::folds]
-        train = np.setdiff1d(order, test)
-        pred[test] = PerformanceModel(feats.shape[1], mlp, k, init_state).fit(feats[train], y[train]).predict(feats[test])
-    res = st.spearmanr(pred, y)
-    rho, p = float(res.statistic), float(res.pvalue)
-    rho = 0.0 if np.isnan(rho) else rho
-    return {"spearman": rho, "p_value": p, "n": int(len(y)), "better_than_chance": bool(rho > 0 and p < 0.05),
-            "pred_oof": pred.tolist(), "measured": y.tolist()}
-
-
-def finalize(study: optuna.Study, space: SearchSpace, objective: Objective, config: SearchConfig,
-             mlp: MLPConfig | None = None, init_state: dict | None = None) -> dict[str, Any]:
-    """Re-evaluate finalists and the uniform baseline with seeds at full fidelity; say what it means."""
-    X, y, trials = completed_data(space, study)
-    if len(y) == 0:
-        raise RankAdaptorError("the study has no completed trials to finalise; run more --trials")
-    sign = 1.0 if study.direction.name == "MAXIMIZE" else -1.0
-    order = np.argsort(-y)
-    finalists = [X[i] for i in order[:config.finalists]]
-    cv = oof_spearman(space, study, mlp, init_state=init_state)
-    if cv["better_than_chance"] and len(y) >= 6:  # the model's own argmax joins the finalists
-        ens = Ensemble(space.n_free, 3, mlp, config.seed, init_state).fit(space.features(X), y)
-        pool = np.concatenate([space.sample(10_000, config.seed)] + [space.mutate(X[i], 500, config.seed)
-                                                                      for i in order[:5]])
-        mean, _ = ens.predict(space.features(pool))
-        finalists.append(pool[int(np.argmax(mean))])
-    uniq = {plan_hash(f): f for f in finalists}
-    seeds = [10_000 + s for s in range(config.final_seeds)]
-    uniform = space.uniform()
-    base_scores = [objective(uniform, seed=s, fidelity="full") for s in seeds]
-    evaluated = []
-    for h, ranks in uniq.items():
-        scores = [objective(ranks, seed=s, fidelity="full") for s in seeds]
-        evaluated.append({"ranks": [int(r) for r in ranks], "plan_hash": h, "scores": scores,
-                          "mean": float(np.mean(scores)) if scores else None})
-    if seeds:
-        best = max(evaluated, key=lambda e: sign * e["mean"])
-    else:
-        best = evaluated[0]
-    report: dict[str, Any] = {
-        "best": best, "finalists": evaluated,
-        "uniform": {"ranks": uniform.tolist(), "scores": base_scores},
-        "direction": study.direction.name.lower(), "seeds": seeds,
-        "model_cv": {k: v for k, v in cv.items() if k not in ("pred_oof", "measured")},
-        "search_best_value": float(sign * y[order[0]]), "search_best_trial": trials[order[0]].number,
-        "retries": {str(k): v for k, v in retries(study).items()},
-    }
-    messages = []
-    if len(seeds) >= 2:
-        diff = paired_difference([sign * s for s in best["scores"]], [sign * s for s in base_scores])
-        report["difference_vs_uniform"] = {**diff, "note": "best minus uniform, oriented so that > 0 is better"}
-        if not diff["significant"]:
-            messages.append(f"NOT significant: best vs uniform differs by {diff['mean']:+.4f} "
-                            f"(95% CI {diff['ci_low']:+.4f} .. {diff['ci_high']:+.4f}, {len(seeds)} seeds)")
-        else:
-            word = "better" if diff["mean"] > 0 else "WORSE"
-            messages.append(f"best is {word} than uniform by {diff['mean']:+.4f} "
-                            f"(95% CI {diff['ci_low']:+.4f} .. {diff['ci_high']:+.4f}, {len(seeds)} seeds)")
-        report["uniform_ci"] = mean_ci(base_scores).to_dict()
-        report["best_ci"] = mean_ci(best["scores"]).to_dict()
-    else:
-        messages.append("fewer than 2 re-evaluation seeds: no interval, the difference to uniform is unknown")
-    if len(seeds) > 0 and len(uniq) > 1:
-        messages.append(f"the best of {len(uniq)} finalists was picked on the same seeds: the difference "
-                        "is optimistic (winner's curse)")
-    if not cv["better_than_chance"]:
-        messages.append(f"the performance model predicts held-out trials NO better than chance "
-                        f"(CV Spearman {cv['spearman']}, p={cv['p_value']}, n={cv['n']}); the pick rests on "
-                        "measured values, not on the model")
-    report["messages"] = messages
-    report["_cv_points"] = {"pred": cv.get("pred_oof"), "measured": cv.get("measured")}
-    return report
-
-
 def history(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
     """One row per trial in order, for plots and the summary."""
     rows = []
@@ -328,6 +294,15 @@ def history(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
                      "ranks": t.user_attrs.get("ranks"), "predicted": t.user_attrs.get("predicted"),
                      "predicted_std": t.user_attrs.get("predicted_std"),
                      "cv_spearman": t.user_attrs.get("cv_spearman"), "proposal": t.user_attrs.get("proposal"),
-                     "duplicate": bool(t.user_attrs.get("duplicate")), "retry_of": t.user_attrs.get("retry_of"),
+                     "seeded_from": t.user_attrs.get("seeded_from"), "repaired_from": t.user_attrs.get("repaired_from"),
+                     "duplicate": bool(t.user_attrs.get("duplicate")), "invalid": bool(t.user_attrs.get("invalid")),
+                     "retry_of": t.user_attrs.get("retry_of"),
                      "is_uniform": t.user_attrs.get("ranks") == space.uniform().tolist()})
     return rows
+
+
+def finalize(*args, **kwargs):
+    """``final.finalize`` (kept here so ``engine.finalize`` keeps working)."""
+    from rankadaptor.search.final import finalize as _finalize
+
+    return _finalize(*args, **kwargs)

@@ -17,9 +17,9 @@ from rankadaptor.search.space import SearchSpace, to_rank_plan
 log = logging.getLogger(__name__)
 
 
-def write_plan(path: str | Path, ranks: list[int], model: dict | None = None) -> Path:
-    """The plan in the recover engineer's RankPlan format, so ``recover --ranks FILE`` takes it as is."""
-    to_rank_plan(ranks, model).to_json(path)
+def write_plan(path: str | Path, ranks: list[int], model: dict | None = None, space: SearchSpace | None = None) -> Path:
+    """The plan in RankPlan format (per-module ranks as overrides), so ``recover --ranks FILE`` takes it as is."""
+    (space.to_rank_plan(ranks, model) if space is not None else to_rank_plan(ranks, model)).to_json(path)
     return Path(path)
 
 
@@ -41,5 +41,5 @@ def write_outputs(study: optuna.Study, space: SearchSpace, report: dict[str, Any
         plot_predicted_vs_measured(cv_points.get("pred"), cv_points.get("measured"), tmp / "predicted_vs_measured.png",
                                    report["model_cv"]["spearman"])
         plot_allocation(report["best"]["ranks"], tmp / "allocation.png", report["uniform"]["ranks"])
-    plan = write_plan(out, report["best"]["ranks"], identity)
+    plan = write_plan(out, report["best"]["ranks"], identity, space)
     return {"plan": plan, "report": report_dir}

@@ -1,51 +1,57 @@
-"""Optuna samplers over a ``SearchSpace``: RankAdaptor (performance model + acquisition) and baselines.
+"""Optuna samplers over a ``SearchSpace``: RankAdaptor (surrogate + acquisition) and the baselines.
 
-Each free layer is one categorical parameter ``rNNN``. ``RankAdaptorSampler`` proposes whole
-vectors through ``sample_relative``: an initial design (the uniform baseline first, then a
-stratified valid design), then every round it refits the ensemble incrementally on the study's
-completed trials, scores a pool (``pool_size`` fresh valid vectors plus mutations of the best
-measured ones) and takes the acquisition maximiser. Plans already held by a trial of the study
-(complete, running or waiting; all processes share the storage) are never proposed; the engine
-additionally claims each plan by a ``plan_hash`` user attr so that a race between processes cannot
-evaluate one plan twice.
+Each free unit (a layer, or a module) is one Optuna parameter. ``RankAdaptorSampler`` proposes
+whole vectors through ``sample_relative``: first the initial design, i.e. the plans queued when
+the study was made (the uniform plan, then any allocator's plan offered as a seed) and the rows
+of ONE Latin hypercube drawn from the study's seed, taken in order; then every round it fits the
+surrogate (``surrogates.py``) on the completed trials with the measured noise, scores a pool of
+valid plans (``pool_size`` fresh ones plus mutations of the best measured ones), climbs from the
+best of them by budget-keeping rank trades, and proposes the acquisition's maximiser. Plans held
+by a trial of the study (any process) are never proposed. ``random`` proposes valid plans
+uniformly over the budget band; ``tpe`` and ``gp`` are Optuna's samplers, whose proposals the
+engine repairs into the budget (they learn only from the repaired, evaluated plan).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.search.perf_model import Ensemble, MLPConfig, cv_spearman
 from rankadaptor.search.space import SearchSpace, plan_hash
 from rankadaptor.search.storage import ATTEMPT_FLAGS
+from rankadaptor.search.surrogates import DEFAULT_SURROGATE, make_surrogate
 
 log = logging.getLogger(__name__)
 
 HELD = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+STRATEGIES = ("rankadaptor", "random", "tpe", "gp")
 
 
-def ucb(mean: np.ndarray, std: np.ndarray, best: float, kappa: float) -> np.ndarray:
+def ucb(mean: np.ndarray, std: np.ndarray, best: float, kappa: float, noise: float = 0.0) -> np.ndarray:
     return mean + kappa * std
 
 
-def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, kappa: float) -> np.ndarray:
+def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, kappa: float,
+                         noise: float = 0.0) -> np.ndarray:
+    """EI over the incumbent's predicted value plus a minimum improvement of one noise sd."""
     sd = np.maximum(std, 1e-12)
-    z = (mean - best) / sd
-    return (mean - best) * stats.norm.cdf(z) + sd * stats.norm.pdf(z)
+    gain = mean - best - noise
+    z = gain / sd
+    return gain * stats.norm.cdf(z) + sd * stats.norm.pdf(z)
 
 
 ACQUISITIONS: dict[str, Callable[..., np.ndarray]] = {"ucb": ucb, "ei": expected_improvement}
 
 
 def trial_ranks(space: SearchSpace, t: FrozenTrial) -> np.ndarray | None:
-    """The vector a trial evaluated (the engine stores it; params can differ after a budget repair)."""
+    """The vector a trial evaluated (the engine stores it as the ``ranks`` user attr)."""
     if "ranks" in t.user_attrs:
         return np.asarray(t.user_attrs["ranks"], dtype=np.int64)
     if all(n in t.params for n in space.param_names()):
@@ -58,6 +64,8 @@ def held_hashes(study: optuna.Study) -> set[str]:
     out = set()
     for t in study.get_trials(deepcopy=False, states=HELD):
         h = t.user_attrs.get("plan_hash")
+        if h is None and t.state == TrialState.WAITING and "ranks" in t.user_attrs:
+            h = plan_hash(t.user_attrs["ranks"])
         if h and not any(t.user_attrs.get(flag) for flag in ATTEMPT_FLAGS):
             out.add(h)
     return out
@@ -75,41 +83,44 @@ def completed_data(space: SearchSpace, study: optuna.Study) -> tuple[np.ndarray,
         ys.append(sign * t.value)
         trials.append(t)
     if not rows:
-        return np.zeros((0, space.n_layers), np.int64), np.zeros(0), []
+        return np.zeros((0, space.n_units), np.int64), np.zeros(0), []
     return np.stack(rows), np.asarray(ys), trials
 
 
 class RankAdaptorSampler(optuna.samplers.BaseSampler):
-    """Performance-model-guided proposals (``guided=True``) or uniform valid proposals (random search)."""
+    """Surrogate-guided proposals (``guided=True``) or uniform valid proposals (random search)."""
 
-    def __init__(self, space: SearchSpace, guided: bool = True, n_initial: int = 8, pool_size: int = 10_000,
-                 n_mutations: int = 2_000, acquisition: str = "ucb", kappa: float = 1.0,
-                 ensemble_size: int = 5, mlp: MLPConfig | None = None, init_state: dict | None = None,
-                 cv_every: int = 1, seed: int | None = None):
+    def __init__(self, space: SearchSpace, guided: bool = True, surrogate: str = DEFAULT_SURROGATE,
+                 surrogate_options: dict | None = None, n_initial: int = 8, pool_size: int = 10_000,
+                 n_mutations: int = 2_000, acquisition: str = "ucb", kappa: float = 1.0, cv_every: int = 1,
+                 climb_starts: int = 3, seed: int | None = None, design_seed: int | None = None):
         if acquisition not in ACQUISITIONS:
             raise RankAdaptorError(f"acquisition {acquisition!r} unknown; choose from {sorted(ACQUISITIONS)}")
-        if n_initial < 1 or pool_size < 1 or n_mutations < 0 or ensemble_size < 1:
-            raise RankAdaptorError(f"n_initial={n_initial}, pool_size={pool_size}, ensemble_size={ensemble_size} "
-                                   f"must be >= 1 and n_mutations={n_mutations} >= 0")
+        if n_initial < 1 or pool_size < 1 or n_mutations < 0:
+            raise RankAdaptorError(f"n_initial={n_initial}, pool_size={pool_size} must be >= 1 and "
+                                   f"n_mutations={n_mutations} >= 0")
         self.space, self.guided = space, guided
         self.n_initial, self.pool_size, self.n_mutations = n_initial, pool_size, n_mutations
-        self.acquisition, self.kappa = acquisition, kappa
-        self.ensemble_size, self.mlp, self.init_state = ensemble_size, mlp or MLPConfig(), init_state
+        self.acquisition, self.kappa, self.climb_starts = acquisition, kappa, climb_starts
         self.cv_every = max(1, cv_every)
         self.rng = np.random.default_rng(seed)
         self.seed = 0 if seed is None else int(seed)
-        self.ensemble: Ensemble | None = None
+        self.surrogate_name, self.surrogate_options = surrogate, dict(surrogate_options or {})
+        self.model = make_surrogate(surrogate, space, self.seed, **self.surrogate_options) if guided else None
+        # ONE design per study (from the study's seed, the same in every worker), taken row by row
+        self._design_seed = self.seed if design_seed is None else int(design_seed)
+        self._design: np.ndarray | None = None
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self.last_info: dict[str, Any] = {}
 
     # ---- Optuna interface
-    def infer_relative_search_space(self, study, trial) -> dict[str, CategoricalDistribution]:
-        dist = CategoricalDistribution(list(self.space.candidates))
+    def infer_relative_search_space(self, study, trial) -> dict[str, Any]:
+        dist = self.space.distribution()
         return {name: dist for name in self.space.param_names()}
 
     def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
-        if not search_space:
-            return {}
+        if not search_space or trial.system_attrs.get("fixed_params"):
+            return {}  # a queued plan (uniform, an allocator's seed, a repaired proposal) is taken as it is
         ranks, info = self.propose(study)
         for key, value in info.items():
             study._storage.set_trial_user_attr(trial._trial_id, key, value)
@@ -123,61 +134,101 @@ class RankAdaptorSampler(optuna.samplers.BaseSampler):
     def propose(self, study: optuna.Study) -> tuple[np.ndarray, dict[str, Any]]:
         held = held_hashes(study)
         X, y, _ = completed_data(self.space, study)
-        n_held = len(held)
-        if n_held < self.n_initial or not self.guided or len(y) < 2:
-            return self._initial(held, n_held), {"proposal": "initial" if self.guided else "random"}
-        return self._guided(X, y, held)
+        if not self.guided:
+            return self._fresh(held, self.space.sample(1024, self.rng)), {"proposal": "random"}
+        if len(held) < self.n_initial or len(y) < 2:
+            return self._fresh(held, self.design()), {"proposal": "initial"}
+        from rankadaptor.search.noise import estimate
 
-    def _initial(self, held: set[str], n_held: int) -> np.ndarray:
-        base = self.space.uniform()
-        if plan_hash(base) not in held and self.space.is_valid(base)[0]:
-            return base
-        design = self.space.latin_hypercube(max(4 * self.n_initial, 32), self.rng) if self.guided \
-            else self.space.sample(256, self.rng)
-        for cand in list(design) + list(self.space.sample(1024, self.rng)):
+        return self._guided(X, y, held, estimate(study)["noise_sd"])
+
+    def design(self) -> np.ndarray:
+        """The study's Latin hypercube (the uniform plan and queued seeds come before it)."""
+        if self._design is None:
+            self._design = self.space.latin_hypercube(max(self.n_initial, 2) + 16, self._design_seed)
+        return self._design
+
+    def _fresh(self, held: set[str], rows: np.ndarray) -> np.ndarray:
+        for cand in list(rows) + list(self.space.sample(1024, self.rng)):
             if plan_hash(cand) not in held:
                 return cand
         raise RankAdaptorError("could not find a rank vector not already evaluated; the space is exhausted")
 
-    def _guided(self, X: np.ndarray, y: np.ndarray, held: set[str]) -> tuple[np.ndarray, dict[str, Any]]:
-        feats = self.space.features(X)
-        if self.ensemble is None:
-            self.ensemble = Ensemble(feats.shape[1], self.ensemble_size, self.mlp, self.seed, self.init_state)
-            self.ensemble.fit(feats, y)
-        else:
-            self.ensemble.partial_fit(feats, y)
+    def _guided(self, X: np.ndarray, y: np.ndarray, held: set[str],
+                noise_sd: float | None) -> tuple[np.ndarray, dict[str, Any]]:
+        t0 = time.perf_counter()
+        self.model.fit(X, y, noise_sd)
+        t_fit = time.perf_counter() - t0
+        acq = ACQUISITIONS[self.acquisition]
+        best = float(np.max(self.model.predict(X)[0]))  # the incumbent as the model sees it (noise-free)
+        noise = float(noise_sd or 0.0)
+
+        def score(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            mean, std = self.model.predict(rows)
+            return acq(mean, std, best, self.kappa, noise), mean, std
+
         pool = [self.space.sample(self.pool_size, self.rng)]
-        top = X[np.argsort(-y)[:5]]
-        for best in top:
-            pool.append(self.space.mutate(best, max(1, self.n_mutations // len(top)), self.rng))
+        for top in X[np.argsort(-y)[:5]]:
+            pool.append(self.space.mutate(top, max(1, self.n_mutations // 5), self.rng))
         pool = np.unique(np.concatenate(pool), axis=0)
-        hashes = np.array([plan_hash(r) for r in pool])
-        pool = pool[~np.isin(hashes, list(held))]
-        if len(pool) == 0:
-            raise RankAdaptorError("every pooled candidate was already evaluated; raise --pool or stop the study")
-        mean, std = self.ensemble.predict(self.space.features(pool))
-        score = ACQUISITIONS[self.acquisition](mean, std, float(y.max()), self.kappa)
-        i = int(np.argmax(score))
-        info: dict[str, Any] = {"proposal": "model", "predicted": float(mean[i]), "predicted_std": float(std[i]),
-                                "pool_size": int(len(pool))}
+        s, mean, std = score(pool)
+        # climb from the best pooled plans and the best measured one by budget-keeping trades
+        starts = list(pool[np.argsort(-s)[:self.climb_starts]]) + [X[int(np.argmax(y))]]
+        climbed = [self._climb(start, score) for start in starts]
+        cands = np.concatenate([pool, np.stack(climbed)])
+        s, mean, std = score(cands)
+        order = np.argsort(-s)
+        pick = next((i for i in order if plan_hash(cands[i]) not in held), None)
+        if pick is None:
+            raise RankAdaptorError("every scored candidate was already evaluated; raise --pool or stop the study")
+        info: dict[str, Any] = {"proposal": "model", "surrogate": self.surrogate_name,
+                                "predicted": float(mean[pick]), "predicted_std": float(std[pick]),
+                                "pool_size": int(len(cands)), "fit_seconds": t_fit,
+                                "propose_seconds": time.perf_counter() - t0}
         if len(y) % self.cv_every == 0:
-            cv = cv_spearman(feats, y, config=self.mlp, seed=self.seed, init_state=self.init_state)
-            info["cv_spearman"] = None if np.isnan(cv) else cv
+            info["cv_spearman"] = self._cv(X, y, noise_sd)
         log.info("proposal from %d candidates: predicted %.4f ± %.4f (best measured %.4f)",
-                 len(pool), mean[i], std[i], y.max())
-        return pool[i], info
+                 len(cands), mean[pick], std[pick], y.max())
+        return cands[pick], info
+
+    def _climb(self, start: np.ndarray, score, max_steps: int = 30) -> np.ndarray:
+        cur = start
+        cur_s = score(cur[None])[0][0]
+        for _ in range(max_steps):
+            nb = self.space.swaps(cur, max_pairs=4000, rng=self.rng)
+            if not len(nb):
+                break
+            s = score(nb)[0]
+            i = int(np.argmax(s))
+            if s[i] <= cur_s + 1e-12:
+                break
+            cur, cur_s = nb[i], s[i]
+        return cur
+
+    def _cv(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None) -> float | None:
+        from rankadaptor.search.surrogates import oof_predictions
+
+        if len(y) < 6 or np.std(y) == 0:
+            return None
+        pred = oof_predictions(self.surrogate_name, self.space, X, y, seed=self.seed, noise_sd=noise_sd,
+                               **self.surrogate_options)
+        rho = stats.spearmanr(pred, y).statistic if np.std(pred) > 0 else 0.0
+        return None if np.isnan(rho) else float(rho)
 
 
 def make_sampler(strategy: str, space: SearchSpace, seed: int | None = None, **kwargs) -> optuna.samplers.BaseSampler:
-    """Strategy registry: the same engine runs RankAdaptor, random search and TPE."""
+    """Strategy registry: the same engine runs RankAdaptor, random search, TPE and a Gaussian process."""
+    n_startup = kwargs.get("n_initial", 8)
     if strategy == "rankadaptor":
         return RankAdaptorSampler(space, guided=True, seed=seed, **kwargs)
     if strategy == "random":
         return RankAdaptorSampler(space, guided=False, seed=seed)
     if strategy == "tpe":
-        n_startup = kwargs.get("n_initial", 8)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True)
+    if strategy == "gp":
+        import warnings
+
+        with warnings.catch_warnings():  # GPSampler is "experimental" in Optuna 5; we test it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup, warn_independent_sampling=False)
     raise RankAdaptorError(f"strategy {strategy!r} unknown; choose from {list(STRATEGIES)}")
-
-
-STRATEGIES = ("rankadaptor", "random", "tpe")

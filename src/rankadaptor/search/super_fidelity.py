@@ -8,25 +8,29 @@ corpus (the last blocks of its token stream, never trained on by ``recover``). T
 to share no 32-token window with the Brown held-out text that every final comparison
 (``experiments.measure``) uses, so a pick cannot win by fitting the test text.
 
-``SuperFidelity(ranks, seed, fidelity)`` is the search's objective contract (``direction`` =
-"minimize"). ``fidelity="screen"`` is the cheap score, deterministic and cached per plan;
-``"full"`` is the optional high fidelity: the cut fine-tuned ``finetune_steps`` steps from the
-search seed, then scored on the same split (with ``finetune_steps = 0`` it equals the cheap score).
+``SuperFidelity(ranks, seed, fidelity)`` follows the search's objective contract
+(``search/objective.py``; ``direction`` = "minimize", ``space.to_rank_plan`` turns a vector of a
+per-layer or per-module space into the plan). ``"screen"`` is the cheap score, deterministic and
+cached per plan; ``"full"`` the optional high fidelity: the cut fine-tuned ``finetune_steps`` steps
+on the given seed, scored on the same split (without fine-tuning it equals the cheap score);
+``"final"``, the re-evaluation of the pick against uniform, scores the cut (fine-tuned if ``"full"``
+fine-tunes) on THE held-out text (``eval.heldout_perplexity``, as log perplexity), never scored on.
 
 Also here: the allocators' plans for the initial design (PARA's global threshold, uniform truncation,
-PEFT's energy rule, all cut from the same adapter and projected onto the search space), data-free
-source tasks for the performance model's meta-learning (the discarded singular-value energy of a
-plan, three normalisations), and the validity statistic (Spearman with a bootstrap interval).
+PEFT's energy rule, all cut from the same adapter), data-free source tasks for the MLP surrogate's
+meta-learning (the discarded singular-value energy of a plan, three normalisations), and the
+validity statistic (Spearman with a bootstrap interval).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -70,12 +74,12 @@ def search_split(tokenizer, n_blocks: int = 4, seq_len: int = 128, data=None, ch
 def check_disjoint(blocks: list[list[int]], tokenizer, heldout: list[str] | None = None,
                    window: int = DISJOINT_WINDOW) -> None:
     """Refuse a search split that shares any ``window``-token run with the held-out evaluation text."""
-    from rankadaptor.eval.perplexity import token_stream
+    from rankadaptor.eval.perplexity import paragraphs, token_stream
 
-    if heldout is None:
-        from rankadaptor.experiments import heldout_texts
+    if heldout is None:  # THE held-out text (eval.heldout_perplexity's)
+        from rankadaptor.assets import text_corpus_path
 
-        heldout = heldout_texts()
+        heldout = paragraphs(text_corpus_path("heldout"))
     stream = token_stream(tokenizer, heldout)
     seen = {hash(tuple(stream[i:i + window])) for i in range(max(0, len(stream) - window + 1))}
     for b, block in enumerate(blocks):
@@ -86,24 +90,16 @@ def check_disjoint(blocks: list[list[int]], tokenizer, heldout: list[str] | None
                                        "(--data), not from the held-out text")
 
 
-def plan_of(space) -> Callable:
-    """ranks -> RankPlan: the space's own ``to_rank_plan`` (per-module spaces), else a per-layer plan."""
-    if hasattr(space, "to_rank_plan"):
-        return space.to_rank_plan
-    from rankadaptor.search.space import to_rank_plan
-
-    return to_rank_plan
-
-
 # ---- the objective ----------------------------------------------------------------------------------
 class SuperFidelity:
-    """``objective(ranks, seed, fidelity) -> search-split loss`` of the super-adapter cut to ``plan_of(ranks)``."""
+    """``objective(ranks, seed, fidelity) -> loss`` of the super-adapter cut to ``space.to_rank_plan(ranks)``."""
 
     direction = "minimize"
     target = "loss"
 
-    def __init__(self, model, tokenizer, adapter_dir, plan_of: Callable, split: SearchSplit, how: str = "svd",
-                 finetune_steps: int = 0, finetune: dict | None = None, identity: dict | None = None):
+    def __init__(self, model, tokenizer, adapter_dir, space, split: SearchSplit, how: str = "svd",
+                 finetune_steps: int = 0, finetune: dict | None = None, identity: dict | None = None,
+                 final_tokens: int = 4096):
         from rankadaptor.compress.adapter_io import read_adapter
         from rankadaptor.compress.cut import InMemoryCut
 
@@ -111,41 +107,51 @@ class SuperFidelity:
             raise RankAdaptorError(f"finetune steps {finetune_steps!r} must be an integer >= 0")
         self.adapter_dir = Path(adapter_dir)
         self.adapter = read_adapter(adapter_dir)
-        self.model, self.tokenizer, self.plan_of, self.split = model, tokenizer, plan_of, split
+        self.model, self.tokenizer, self.space, self.split = model, tokenizer, space, split
         self.how, self.finetune_steps, self.finetune = how, finetune_steps, dict(finetune or {})
+        self.final_tokens = final_tokens
         self.cut = InMemoryCut(model, self.adapter, how, adapter_dir=adapter_dir, identity=identity)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.cache: dict[tuple, float] = {}
-        self.stats = {"evaluations": 0, "cache_hits": 0, "seconds": 0.0, "finetunes": 0, "finetune_seconds": 0.0}
+        self.stats = {"evaluations": 0, "cache_hits": 0, "seconds": 0.0, "final_scores": 0, "finetunes": 0,
+                      "finetune_seconds": 0.0}
 
     def identity(self) -> dict[str, Any]:
         from rankadaptor.provenance import sha256_file
 
         return {"objective": "loss", "fidelity": "super", "cut": self.how, "finetune_steps": self.finetune_steps,
-                "finetune": self.finetune, "search_split": self.split.identity,
+                "finetune": self.finetune, "search_split": self.split.identity, "final_tokens": self.final_tokens,
                 "super_adapter": {"path": str(self.adapter_dir.resolve()), "params": self.adapter.params,
                                   "sha256": sha256_file(self.adapter_dir / "adapter_model.safetensors")}}
+
+    def plan_of(self, ranks):
+        return self.space.to_rank_plan(ranks)
 
     def module_ranks(self, ranks) -> dict[str, int]:
         return self.plan_of(ranks).module_ranks(self.model)
 
     def __call__(self, ranks, seed: int = 0, fidelity: str = "screen") -> float:
-        if fidelity not in ("screen", "full"):
-            raise RankAdaptorError(f"fidelity {fidelity!r} unknown; choose from ['screen', 'full']")
+        if fidelity not in ("screen", "full", "final"):
+            raise RankAdaptorError(f"fidelity {fidelity!r} unknown; choose from ['screen', 'full', 'final']")
         module_ranks = self.module_ranks(ranks)
-        if fidelity == "full" and self.finetune_steps:
-            return self.finetuned(module_ranks, seed)
-        key = tuple(sorted(module_ranks.items()))
+        if fidelity != "screen" and self.finetune_steps:
+            return self.finetuned(module_ranks, seed, heldout=fidelity == "final")
+        key = (fidelity == "final", tuple(sorted(module_ranks.items())))  # deterministic: cached
         if key in self.cache:
             self.stats["cache_hits"] += 1
             return self.cache[key]
         t0 = time.perf_counter()
         self.cut.set_ranks(module_ranks)
-        loss = self._split_loss(self.model)
-        self.stats["evaluations"] += 1
+        loss = self._heldout_loss(self.model) if fidelity == "final" else self._split_loss(self.model)
+        self.stats["evaluations" if fidelity != "final" else "final_scores"] += 1
         self.stats["seconds"] += time.perf_counter() - t0
         self.cache[key] = loss
         return loss
+
+    def _heldout_loss(self, model) -> float:
+        from rankadaptor.eval import heldout_perplexity
+
+        return math.log(heldout_perplexity(model.eval(), self.tokenizer, n_tokens=self.final_tokens).ppl)
 
     def _split_loss(self, model) -> float:
         from rankadaptor.lora.recover import RecoveryConfig, validation_loss
@@ -153,8 +159,8 @@ class SuperFidelity:
         n = len(self.split.blocks)
         return validation_loss(model, self.split.blocks, self.pad_id, RecoveryConfig(batch_size=n, micro_batch_size=n))
 
-    def finetuned(self, module_ranks: dict[str, int], seed: int) -> float:
-        """High fidelity: the cut fine-tuned a few steps (seeded), scored on the search split."""
+    def finetuned(self, module_ranks: dict[str, int], seed: int, heldout: bool = False) -> float:
+        """High fidelity: the cut fine-tuned a few steps (seeded), scored on the search split (or held-out text)."""
         from rankadaptor.compress.cut import cut
         from rankadaptor.data import RecoveryData
         from rankadaptor.lora.recover import RecoveryConfig, recover
@@ -171,49 +177,32 @@ class SuperFidelity:
         config = RecoveryConfig(**{"batch_size": 4, "seq_len": len(self.split.blocks[0]), "lr": 2e-4,
                                    **self.finetune, "max_steps": self.finetune_steps, "seed": int(seed)})
         res = recover(base, self.tokenizer, method=StartFromAdapter(sub), config=config, data=data)
+        loss = self._heldout_loss(res.model) if heldout else float(res.record["val_loss"])  # val set = search split
         self.stats["finetunes"] += 1
         self.stats["finetune_seconds"] += time.perf_counter() - t0
-        return float(res.record["val_loss"])  # recover's validation set is the search split here
+        return loss
 
 
 # ---- initial design: the allocators' plans ----------------------------------------------------------
-def allocator_plans(space, adapter, model, budget: int | None = None) -> dict[str, np.ndarray]:
-    """PARA's global threshold, uniform truncation and PEFT's energy rule at the space's budget, projected.
+def allocator_plans(adapter, model, budget: int) -> list[tuple[str, Any]]:
+    """(label, RankPlan) of PARA's global threshold, uniform truncation and PEFT's energy rule at ``budget``.
 
-    ``space.from_module_ranks`` is used when the space has one (a per-module space); a per-layer space
-    gets each layer's parameter-weighted mean rank, snapped to a candidate and repaired to the budget.
-    """
+    Per-module plans; ``search.study.seed_vectors`` brings them into a search space (exactly per
+    module; per layer, each layer's parameter-weighted mean rank, snapped and repaired)."""
     from rankadaptor.compress.cut import rule_ranks
     from rankadaptor.compress.para import decompose_adapter
+    from rankadaptor.lora.ranks import module_costs
+    from rankadaptor.search.space import SearchSpace
 
-    budget = int(budget if budget is not None else space.budget)
     spectra, _ = decompose_adapter(adapter)
-    out = {}
+    every_module = SearchSpace.for_model(module_costs(model), "module", fixed_first=0, fixed_last=0,
+                                         candidates=tuple(range(0, max(m.r for m in adapter.modules.values()) + 1)))
+    out = []
     for rule in ("para", "uniform", "energy"):
-        ranks = rule_ranks(rule, adapter, budget, spectra)
-        vec = project(space, ranks, adapter, model)
-        if vec is not None:
-            out[rule] = vec
-        else:
-            log.warning("the %s plan has no valid projection onto the search space; left out of the design", rule)
+        ranks = rule_ranks(rule, adapter, int(budget), spectra)
+        full = {n: int(ranks.get(n, 0)) for layer in every_module.module_names for n in layer}
+        out.append((rule, every_module.to_rank_plan(every_module.from_module_ranks(full))))
     return out
-
-
-def project(space, module_ranks: dict[str, int], adapter, model) -> np.ndarray | None:
-    if hasattr(space, "from_module_ranks"):
-        return space.from_module_ranks(module_ranks)
-    from rankadaptor.lora.ranks import decoder_layer_names
-
-    cands = np.asarray(space.candidates)
-    vec = space.uniform().astype(np.int64)
-    for i, prefix in enumerate(decoder_layer_names(model)):
-        if i not in set(space.free_layers.tolist()):
-            continue
-        mods = [(m.d_in + m.d_out, module_ranks.get(n, 0)) for n, m in adapter.modules.items() if n.startswith(prefix + ".")]
-        mean = sum(c * r for c, r in mods) / max(1, sum(c for c, _ in mods))
-        vec[i] = cands[int(np.argmin(np.abs(cands - mean)))]
-    repaired = space.repair(vec[None], np.random.default_rng(0))
-    return repaired[0] if len(repaired) else None
 
 
 # ---- data-free source tasks for meta-learning -------------------------------------------------------

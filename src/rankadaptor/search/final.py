@@ -1,0 +1,121 @@
+"""The end of a search (RankAdaptor §3.3, Convergence): pick, re-evaluate against uniform, say what it means.
+
+The finalists (the best measured plans and, when the surrogate predicts held-out trials better than
+chance, its own argmax) and the uniform plan are re-evaluated at fidelity ``"final"`` on fresh
+seeds the search never used, each seed shared by all of them (paired). The report states the
+paired difference of the pick to uniform with its 95 % interval and verdict, how well the
+surrogate predicted held-out trials (out-of-fold Spearman), and in one line whether the plans the
+search measured differed by more than its measured noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import optuna
+from scipy import stats as st
+
+from rankadaptor.errors import RankAdaptorError
+from rankadaptor.search import noise
+from rankadaptor.search.sampler import completed_data
+from rankadaptor.search.space import SearchSpace, plan_hash
+from rankadaptor.search.surrogates import make_surrogate, oof_predictions
+from rankadaptor.stats import mean_ci, paired_difference
+
+log = logging.getLogger(__name__)
+
+FINAL_SEED_BASE = 10_000  # final re-evaluation seeds: 10000, 10001, ... (screening uses the study's seed)
+
+
+def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = "ridge", folds: int = 5,
+                 noise_sd: float | None = None, **options) -> dict[str, Any]:
+    """Out-of-fold Spearman of the surrogate on all completed trials, with its p-value."""
+    X, y, _ = completed_data(space, study)
+    if len(y) < max(folds, 6) or np.std(y) == 0:
+        return {"spearman": None, "p_value": None, "n": int(len(y)), "better_than_chance": False,
+                "surrogate": surrogate}
+    pred = oof_predictions(surrogate, space, X, y, folds=folds, noise_sd=noise_sd, **options)
+    res = st.spearmanr(pred, y) if np.std(pred) > 0 else None
+    rho = 0.0 if res is None or np.isnan(res.statistic) else float(res.statistic)
+    p = 1.0 if res is None else float(res.pvalue)
+    return {"spearman": rho, "p_value": p, "n": int(len(y)), "better_than_chance": bool(rho > 0 and p < 0.05),
+            "surrogate": surrogate, "pred_oof": pred.tolist(), "measured": y.tolist()}
+
+
+def verdict_of(diff: dict) -> str:
+    """"significant" / "not significant" / "no test" of a ``stats.paired_difference`` result."""
+    if "verdict" in diff:
+        return diff["verdict"]
+    if diff["n"] < 3:
+        return "no test"
+    return "significant" if diff["significant"] else "not significant"
+
+
+def finalize(study: optuna.Study, space: SearchSpace, objective, config, surrogate_options: dict | None = None,
+             **_ignored) -> dict[str, Any]:
+    """Re-evaluate finalists and the uniform plan on fresh seeds at fidelity "final"; say what it means."""
+    X, y, trials = completed_data(space, study)
+    if len(y) == 0:
+        raise RankAdaptorError("the study has no completed trials to finalise; run more --trials")
+    options = dict(surrogate_options or {})
+    sign = 1.0 if study.direction.name == "MAXIMIZE" else -1.0
+    order = np.argsort(-y)
+    finalists = [("measured", X[i]) for i in order[:config.finalists]]
+    measured_noise = noise.estimate(study)
+    cv = oof_spearman(space, study, config.surrogate, noise_sd=measured_noise["noise_sd"], **options)
+    if cv["better_than_chance"]:  # the surrogate's own argmax joins the finalists
+        model = make_surrogate(config.surrogate, space, config.seed, **options).fit(X, y, measured_noise["noise_sd"])
+        pool = np.concatenate([space.sample(10_000, config.seed)] + [space.mutate(X[i], 500, config.seed)
+                                                                      for i in order[:5]])
+        finalists.append(("model", pool[int(np.argmax(model.predict(pool)[0]))]))
+    uniq: dict[str, tuple[str, np.ndarray]] = {}
+    for source, ranks in finalists:
+        uniq.setdefault(plan_hash(ranks), (source, ranks))
+    seeds = [FINAL_SEED_BASE + s for s in range(config.final_seeds)]
+    uniform = space.uniform()
+    base_scores = [float(objective(uniform, seed=s, fidelity="final")) for s in seeds]
+    evaluated = []
+    for h, (source, ranks) in uniq.items():
+        scores = [float(objective(ranks, seed=s, fidelity="final")) for s in seeds]
+        evaluated.append({"ranks": [int(r) for r in ranks], "plan_hash": h, "source": source, "scores": scores,
+                          "mean": float(np.mean(scores)) if scores else None})
+    best = max(evaluated, key=lambda e: sign * e["mean"]) if seeds else evaluated[0]
+    spread = noise.verdict(y, measured_noise)
+    report: dict[str, Any] = {
+        "best": best, "finalists": evaluated,
+        "uniform": {"ranks": uniform.tolist(), "scores": base_scores},
+        "direction": study.direction.name.lower(), "seeds": seeds, "fidelity": "final",
+        "noise": {**measured_noise, **spread},
+        "model_cv": {k: v for k, v in cv.items() if k not in ("pred_oof", "measured")},
+        "search_best_value": float(sign * y[order[0]]), "search_best_trial": trials[order[0]].number,
+        "objective_calls": {"trials": int(len(y)), "noise_repeats": int(measured_noise["n_repeats"]),
+                            "final": len(seeds) * (1 + len(evaluated))},
+    }
+    messages = [spread["line"]]
+    if len(seeds) >= 2:
+        diff = paired_difference([sign * s for s in best["scores"]], [sign * s for s in base_scores])
+        verdict = verdict_of(diff)
+        report["difference_vs_uniform"] = {**diff, "verdict": verdict, "significant": verdict == "significant",
+                                           "note": "pick minus uniform, oriented so that > 0 is better"}
+        ci = f"95% CI {diff['ci_low']:+.4f} .. {diff['ci_high']:+.4f}, {len(seeds)} fresh seeds"
+        if verdict == "significant":
+            word = "better" if diff["mean"] > 0 else "WORSE"
+            messages.append(f"the pick is {word} than uniform by {diff['mean']:+.4f} ({ci})")
+        else:
+            messages.append(f"{verdict.upper()}: the pick vs uniform differs by {diff['mean']:+.4f} ({ci})")
+        report["uniform_ci"] = mean_ci(base_scores).to_dict()
+        report["best_ci"] = mean_ci(best["scores"]).to_dict()
+    else:
+        messages.append("fewer than 2 re-evaluation seeds: no interval, the difference to uniform is unknown")
+    if len(seeds) > 0 and len(uniq) > 1:
+        messages.append(f"the best of {len(uniq)} finalists was picked on the same seeds: the difference "
+                        "is optimistic (winner's curse)")
+    if not cv["better_than_chance"]:
+        messages.append(f"the {cv['surrogate']} surrogate predicts held-out trials NO better than chance "
+                        f"(CV Spearman {cv['spearman']}, p={cv['p_value']}, n={cv['n']}); the pick rests on "
+                        "measured values, not on the model")
+    report["messages"] = messages
+    report["_cv_points"] = {"pred": cv.get("pred_oof"), "measured": cv.get("measured")}
+    return report
