@@ -47,7 +47,6 @@ def one_run(objective_name: str, noise: float, label: str, seed: int, trials: in
     import optuna
 
     from rankadaptor.search import synthetic
-    from rankadaptor.search.space import SearchSpace
     from rankadaptor.search.study import SearchSettings, make_space, run_study
 
     costs = [1.0] * 30

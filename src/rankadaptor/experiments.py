@@ -217,6 +217,9 @@ def train_method(name: str, pruned: ModelCache, recipe: Recipe, seed: int, out: 
     budget = uniform_budget(pruned.model, recipe.uniform_r)
     run = METHODS[name](pruned, recipe, seed, budget, out=out, plan=plan, data=data, **overrides)
     run.budget = budget_check(final_params(name, run.record, pruned.model), budget, largest_component(pruned.model))
+    if name == "super-search" and not (run.budget["within_1pct"] and run.budget["gap"] >= 0):
+        raise RankAdaptorError(f"method {name!r} ended at {run.budget['params']:,} LoRA parameters, not within 1 % "
+                               f"below the budget {budget:,}; its result is not reported")
     if run.targets_budget and not (run.budget["at_budget"] or (run.static and run.budget["within_1pct"])):
         raise RankAdaptorError(f"method {name!r} ended at {run.budget['params']:,} LoRA parameters, not at the "
                                f"budget {budget:,} it claims (gap {run.budget['gap']:,}); its result is not reported")
@@ -288,6 +291,73 @@ def _para(pruned, recipe, seed, budget, out=None, plan=None, data=None, **overri
     record = {**res.record, "plan": None, "para": {"totals": report["totals"], "settings": report["settings"]},
               "final_params": report["totals"]["params_after"]}
     return MethodRun("para", model, record, True, adapter=str(folder))
+
+
+# ---- wide-then-cut: one super-adapter per seed, cut to the budget four ways (issue 15) -------------------
+def super_adapter(pruned: ModelCache, recipe: Recipe, seed: int, data=None, nested: bool = True,
+                  work: Path | None = None, **overrides) -> Path:
+    """The seed's wide adapter (rank ``recipe.high_rank``, nested-rank training unless ``nested=False``),
+    trained on first use and shared by every cut of it, so the cut rules differ only in the cut."""
+    import hashlib
+    import json
+
+    from rankadaptor.lora.recover import recover
+    from rankadaptor.lora.super_adapter import SuperAdapterMethod
+
+    source = data.identity if hasattr(data, "identity") else str(data)
+    key = json.dumps([pruned.spec, asdict(recipe), nested, overrides, source], sort_keys=True, default=str)
+    out = Path(work or WORK / "super-adapters") / f"{'nested' if nested else 'plain'}-r{recipe.high_rank}-seed{seed}-" \
+                       f"{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    if not out.exists():
+        loaded = pruned.fresh()
+        recover(loaded.model, loaded.tokenizer, method=SuperAdapterMethod(rank=recipe.high_rank, nested=nested),
+                config=recipe.recovery_config(seed, **overrides), data=data, out=out, identity=loaded.identity)
+    return out
+
+
+def _super_cut(rule: str):
+    """Cut the seed's super-adapter to the budget by ``rule``: an allocation rule, or "search" (RankAdaptor
+    on the super-adapter's cheap fidelity, ``search_trials`` scores). Compute = the wide training + the cut."""
+    def run(pruned, recipe, seed, budget, out=None, plan=None, data=None, how="svd", search_trials=100, work=None,
+            **overrides):
+        import shutil
+        import tempfile
+        import time
+
+        from peft import PeftModel
+
+        from rankadaptor.compress.adapter_io import read_adapter
+        from rankadaptor.compress.cut import cut_to_plan, rule_ranks
+        from rankadaptor.fileio import read_json
+
+        wide = super_adapter(pruned, recipe, seed, data, work=work, **overrides)
+        record = read_json(wide / "recovery.json", what="super-adapter record")
+        folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="rankadaptor-super-")) / "cut"
+        loaded = pruned.fresh()
+        t0 = time.perf_counter()
+        if rule == "search":
+            from rankadaptor.search.super_search import search_budget
+
+            work = folder.with_name(folder.name + "-search")
+            for old in (folder, work):  # a method run starts afresh, as every row of the table does
+                shutil.rmtree(old, ignore_errors=True)
+            cut = search_budget(loaded, wide, budget, work, trials=search_trials, how=how, seq_len=recipe.seq_len,
+                                seed=seed, data=data, adapter_path=folder)
+            cut = {k: cut[k] for k in ("plan", "seconds", "evaluations", "split_tokens", "report")}
+        else:
+            report = cut_to_plan(wide, loaded.model, rule_ranks(rule, read_adapter(wide), budget), folder, how=how,
+                                 overwrite=True)
+            cut = {"ranks": {r["module"]: r["new_rank"] for r in report["modules"]}, "seconds": time.perf_counter() - t0}
+        model = PeftModel.from_pretrained(loaded.model, str(folder)).eval()
+        steps, batch, seq = record["total_steps"], record["config"]["batch_size"], record["config"]["seq_len"]
+        compute = {"train_seconds": record["train_seconds"], "train_steps": steps, "train_tokens": steps * batch * seq,
+                   "cut_seconds": time.perf_counter() - t0,
+                   "search_forward_tokens": cut.get("evaluations", 0) * cut.get("split_tokens", 0)}
+        record = {**record, "plan": None, "final_params": read_adapter(folder).params, "wide_adapter": str(wide),
+                  "cut": {"rule": rule, "how": how, **cut}, "compute": compute}
+        # the search's plan lies within 1 % below the budget (its space's window); a rule fills it from below
+        return MethodRun(f"super-{rule}", model, record, rule != "search", adapter=str(folder))
+    return run
 
 
 def _given_plan(pruned, recipe, seed, budget, out=None, plan=None, data=None, **overrides):
@@ -363,6 +433,10 @@ METHODS: dict[str, Callable[..., MethodRun]] = {
     "static-eva": _static("eva"),  # EVA's allocation, plain LoRA init
     "static-para": _static("para"),  # PARA's allocation from a short high-rank run, trained from scratch
     "static-prunedlora": _static("prunedlora"),  # PrunedLoRA's final allocation, trained from scratch
+    "super-search": _super_cut("search"),  # RankAdaptor over cuts of one super-adapter (cheap fidelity)
+    "super-para": _super_cut("para"),  # the same super-adapter, PARA's global threshold
+    "super-uniform": _super_cut("uniform"),  # the same super-adapter, uniform truncation
+    "super-energy": _super_cut("energy"),  # the same super-adapter, PEFT's per-layer energy rule
 }
 
 

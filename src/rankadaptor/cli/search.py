@@ -9,6 +9,10 @@ the baselines through the same engine; ``--granularity module`` gives every modu
 ``--objective package.module:function`` searches against your own evaluation (contract in
 ``rankadaptor.search.objective``); ``--objective synthetic`` is a test-only objective (a known
 function of the ranks plus noise, no model) used by the tests.
+
+``--fidelity super --super ADAPTER`` searches cuts of a trained super-adapter (``recover --method
+super``) instead: each trial scores a cut in memory on a search split of the recovery data (seconds,
+not minutes), hundreds of them; the best plan is written with the adapter cut to it beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from rankadaptor.cli import SEED, at_least
 from rankadaptor.metrics import TASKS
@@ -91,9 +96,13 @@ def add_parser(sub) -> None:
     p.add_argument("--budget-tolerance", type=at_least(0, float), default=0.01, help="relative budget tolerance (default 0.01)")
     p.add_argument("--candidates", type=_ints, default=None,
                    help="rank candidates (default 2,4,6,8,10,12 per layer; 0..32 per module)")
-    p.add_argument("--fixed-first", type=int, default=4, help="first layers kept at --fixed-rank (default 4)")
-    p.add_argument("--fixed-last", type=int, default=2, help="last layers kept at --fixed-rank (default 2)")
-    p.add_argument("--fixed-rank", type=int, default=8)
+    p.add_argument("--fixed-first", type=int, default=None,
+                   help="first layers kept at --fixed-rank (default 4; 0 with --fidelity super)")
+    p.add_argument("--fixed-last", type=int, default=None,
+                   help="last layers kept at --fixed-rank (default 2; 0 with --fidelity super)")
+    p.add_argument("--fixed-rank", type=int, default=None,
+                   help="rank of the fixed layers and of the uniform plan (default 8; R of --budget uniform:R with "
+                        "--fidelity super)")
     p.add_argument("--seed-plan", action="append", default=[], metavar="LABEL=FILE",
                    help="a rank-plan JSON (e.g. another allocator's) offered to the initial design (repeatable)")
     p.add_argument("--steps", type=at_least(1), default=20, help="recovery steps per trial (full fidelity)")
@@ -105,7 +114,23 @@ def add_parser(sub) -> None:
                    help="screen trials with --screen-steps/--screen-limit (one is required); finalists get the full budget")
     p.add_argument("--screen-steps", type=at_least(1), default=None)
     p.add_argument("--screen-limit", type=at_least(1), default=None)
-    p.add_argument("--n-initial", type=at_least(1), default=8, help="initial design size incl. the uniform and seed plans")
+    p.add_argument("--fidelity", choices=("recover", "super"), default="recover",
+                   help="recover: each trial recovers the model at the plan (minutes); super: each trial cuts the "
+                        "super-adapter --super to the plan in memory and scores it on a search split (seconds)")
+    p.add_argument("--super", default=None, metavar="ADAPTER",
+                   help="super-adapter directory (written by recover --method super) for --fidelity super")
+    p.add_argument("--cut", choices=("svd", "prefix"), default="svd",
+                   help="--fidelity super: exact SVD truncation, or the first components as trained (default svd)")
+    p.add_argument("--search-blocks", type=at_least(1), default=4,
+                   help="--fidelity super: validation blocks of the recovery data each plan is scored on (default 4)")
+    p.add_argument("--finetune-steps", type=at_least(0), default=0,
+                   help="--fidelity super: the high fidelity (final re-evaluation, --validate) fine-tunes the cut "
+                        "this many steps (default 0: the cut as it is)")
+    p.add_argument("--batch", type=at_least(1), default=8, help="--fidelity super: plans scored per surrogate refit")
+    p.add_argument("--validate", type=at_least(0), default=0,
+                   help="--fidelity super: plans also measured fine-tuned, for the cheap score's Spearman")
+    p.add_argument("--n-initial", type=at_least(1), default=None,
+                   help="initial design size incl. the uniform and seed plans (default 8; 16 with --fidelity super)")
     p.add_argument("--noise-every", type=at_least(0), default=8,
                    help="re-measure the uniform plan and the incumbent on a fresh seed every N trials (0 = never)")
     p.add_argument("--pool", type=at_least(1), default=10_000, help="random valid candidates scored per round")
@@ -115,7 +140,8 @@ def add_parser(sub) -> None:
     p.add_argument("--kappa", type=at_least(0, float), default=2.0, help="UCB exploration weight (default 2)")
     p.add_argument("--ensemble", type=at_least(1), default=5, help="MLP surrogate: ensemble size")
     p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP surrogate: hidden sizes (default 32,32,32)")
-    p.add_argument("--patience", type=at_least(1), default=8, help="convergence: trials without improvement")
+    p.add_argument("--patience", type=at_least(1), default=None,
+                   help="convergence: trials without improvement (default 8; 48 with --fidelity super)")
     p.add_argument("--model-tolerance", type=at_least(0, float, above=True), default=0.5,
                    help="convergence: mean |pred-measured| / std(measured) over the last --patience trials")
     p.add_argument("--meta", default=None, metavar="FILE",
@@ -136,14 +162,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def settings_from_args(args, seeds=()):
-    """The parsed flags as the library's validated ``SearchSettings``."""
+def settings_from_args(args, seeds=(), super_rank: int | None = None):
+    """The parsed flags as the library's validated ``SearchSettings`` (``super_rank``: the super-adapter's R,
+    for ``--fidelity super``, whose defaults differ: ``search.super_search.super_settings``)."""
     from rankadaptor.search.study import SearchSettings
     from rankadaptor.search.surrogates import DEFAULT_SURROGATE
 
-    return SearchSettings(
+    kwargs = dict(
         study=args.study, trials=args.trials, storage=args.storage, strategy=args.strategy,
-        surrogate=args.surrogate or ("mlp" if args.meta else DEFAULT_SURROGATE), granularity=args.granularity,
+        surrogate=args.surrogate, granularity=args.granularity,
         budget=args.budget,
         budget_tolerance=args.budget_tolerance, candidates=args.candidates, fixed_first=args.fixed_first,
         fixed_last=args.fixed_last, fixed_rank=args.fixed_rank, n_initial=args.n_initial, pool=args.pool,
@@ -154,6 +181,13 @@ def settings_from_args(args, seeds=()):
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, max_retry=args.max_retry,
         poll_interval=args.poll_interval, cv_every=args.cv_every, create_only=args.create_only, out=args.out,
         report=args.report)
+    if super_rank is not None:
+        from rankadaptor.search.super_search import super_settings
+
+        return super_settings(rank=super_rank, **kwargs)
+    defaults = {"surrogate": "mlp" if args.meta else DEFAULT_SURROGATE, "fixed_first": 4, "fixed_last": 2,
+                "fixed_rank": 8, "n_initial": 8, "patience": 8}
+    return SearchSettings(**{**kwargs, **{k: v for k, v in defaults.items() if kwargs[k] is None}})
 
 
 def _estimate(args) -> None:
@@ -203,6 +237,8 @@ def run(args) -> int:
     from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, open_storage
     from rankadaptor.search.study import make_space, run_study
 
+    if args.fidelity == "super":
+        return run_super(args)
     _check_fidelity_flags(args)
     if not args.out and not args.no_finalize and not args.create_only:
         raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
@@ -238,11 +274,19 @@ def run(args) -> int:
           f"converged={result.state.get('converged')}")
     for retry, first in engine.retries(study).items():
         print(f"trial {retry} retried the plan of trial {first} (its worker died before completing it)")
+    return _print_outcome(result)
+
+
+def _print_outcome(result) -> int:
+    """The finalised search's messages and the files it wrote (plan, cut adapter if any, report)."""
     if result.report is None:
         return 0
     for msg in result.report["messages"]:
         print(msg)
-    print(f"best plan: {result.paths['plan']}\nreport: {result.paths['report']}")
+    print(f"best plan: {result.paths['plan']}")
+    if "adapter" in result.paths:
+        print(f"cut adapter: {result.paths['adapter']}")
+    print(f"report: {result.paths['report']}")
     return 0
 
 
@@ -280,3 +324,53 @@ def _objective_for(args, settings, make_space):
     objective = RecoverEvalObjective(args.model, args.objective, args.steps, args.screen_steps, args.limit,
                                      args.screen_limit, data=args.data, space=space, final_steps=args.final_steps)
     return objective, costs, {**identity, **objective.identity()}
+
+
+def run_super(args) -> int:
+    """``--fidelity super``: RankAdaptor over cuts of a trained super-adapter (``search.super_search``)."""
+    import torch
+
+    from rankadaptor.compress.adapter_io import read_adapter
+    from rankadaptor.errors import RankAdaptorError
+    from rankadaptor.fileio import check_output, hold_claim
+    from rankadaptor.search.super_search import adapter_out, check_rank_bound, run_super_search
+
+    if args.super is None:
+        raise RankAdaptorError("--fidelity super needs --super ADAPTER (a super-adapter from recover --method super)")
+    if args.objective not in ("loss", "average") or args.multi_fidelity or args.strategy not in ("rankadaptor", "random"):
+        raise RankAdaptorError("--fidelity super scores the search-split loss with the rankadaptor or random strategy; "
+                               "drop --objective, --multi-fidelity and --strategy tpe/gp")
+    if not args.out and not args.no_finalize and not args.create_only:
+        raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
+                               "(--no-finalize)")
+    adapter = read_adapter(args.super)  # before the model loads: a bad adapter directory fails first
+    settings = settings_from_args(args, _seed_plans(args.seed_plan), super_rank=min(m.r for m in adapter.modules.values()))
+    check_rank_bound(settings.candidates, settings.fixed_rank, adapter)
+    if settings.finalize and not settings.create_only and settings.out:  # the settings checked out and report
+        hold_claim(settings.out)
+        hold_claim(settings.report_dir(), "--report")
+        check_output(adapter_out(settings.out), flag="--out's adapter", inputs=[args.model, args.super],
+                     size=sum(f.stat().st_size for f in Path(args.super).rglob("*") if f.is_file()))
+    if not getattr(args, "threads", None):
+        torch.set_num_threads(1)
+    from rankadaptor.lora.ranks import module_costs
+    from rankadaptor.models.loading import load_model
+    from rankadaptor.search.study import make_space
+    from rankadaptor.search.super_fidelity import SuperFidelity, search_split
+
+    loaded = load_model(args.model)
+    costs = module_costs(loaded.model)
+    space = make_space(settings, costs)  # an unreachable budget fails before the corpus is read
+    objective = SuperFidelity(loaded.model, loaded.tokenizer, args.super, space,
+                              search_split(loaded.tokenizer, args.search_blocks, data=args.data), args.cut,
+                              finetune_steps=args.finetune_steps, identity=loaded.identity)
+    identity = {"model": args.model, "model_identity": loaded.identity, **objective.identity()}
+    result = run_super_search(settings, objective, costs, identity, batch=args.batch, validate=args.validate)
+    state = result.state
+    if settings.create_only:
+        print(f"study {args.study} ready ({state['n_complete']} completed trials so far)")
+        return 0
+    print(f"study {args.study}: {state.get('n_complete')} cheap scores in {state['seconds']:.0f} s "
+          f"({state['evaluations_per_minute']:.1f}/min; storage {state['times']['storage']:.1f} s, surrogate "
+          f"{state['times']['model'] + state['times']['pool']:.1f} s), converged={state.get('converged')}")
+    return _print_outcome(result)

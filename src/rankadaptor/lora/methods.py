@@ -13,11 +13,13 @@ from rankadaptor.errors import RankAdaptorError
 from rankadaptor.lora.adalora import AdaLoraMethod
 from rankadaptor.lora.pruned_lora import PrunedLoRAMethod
 from rankadaptor.lora.ranks import PlanMethod
+from rankadaptor.lora.super_adapter import SuperAdapterMethod
 
 METHODS: dict[str, type] = {
     "plan": PlanMethod,  # plain LoRA with a rank plan: uniform, LoRA*, a searched or allocated plan
     "adalora": AdaLoraMethod,  # AdaLoRA (Zhang et al., 2023): SVD-form LoRA with importance-driven budget
     "prunedlora": PrunedLoRAMethod,  # PrunedLoRA: high rank pruned during training, OBS compensation
+    "super": SuperAdapterMethod,  # super-adapter: rank R with nested-rank (DyLoRA) training, cut to a budget later
 }
 
 
