@@ -53,7 +53,6 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "recover_baselines": script_table("recover_baselines", "markdown"),
     "para_quality": script_table("para_quality", "markdown"),
     "search_compare": script_table("search_compare", "markdown"),
-    "search_real": script_table("search_real", "markdown"),
     "search_real_data": script_table("search_real_data", "markdown"),
 }
 
