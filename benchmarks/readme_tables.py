@@ -25,9 +25,9 @@ README = HERE.parent / "README.md"
 
 
 def demo_table(results: dict) -> str:
-    from rankadaptor.report.demo_report import comparison_markdown
+    from rankadaptor.report.demo_report import headline_markdown
 
-    return comparison_markdown(results["summary"], results["vs_uniform"])
+    return headline_markdown(results["headline"]) + "\n\n" + results["verdict"]
 
 
 def script_table(script: str, function: str) -> Callable[[dict], str]:

@@ -323,6 +323,10 @@ def other_process_holds(tmp_path):
     proc.wait()
 
 
+CASES["compress-device-missing"] = (lambda b, tmp, mp: ["--device", "cuda:99", *_compress()(b, tmp, mp)],
+                                    "device 'cuda:99'")
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_class_exits_2_with_one_line_and_changes_nothing(case, inputs, tmp_path, capsys, monkeypatch,
                                                              request):
@@ -333,8 +337,6 @@ def test_each_class_exits_2_with_one_line_and_changes_nothing(case, inputs, tmp_
     argv = build(inputs, tmp_path, monkeypatch)
     assert_refused(argv, message, capsys, tmp_path, inputs)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
-CASES["compress-device-missing"] = (lambda b, tmp, mp: ["--device", "cuda:99", *_compress()(b, tmp, mp)],
-                                    "device 'cuda:99'")
 
 
 # ---- the same classes where the right outcome is not a refusal -----------------------------------

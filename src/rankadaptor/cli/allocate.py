@@ -1,7 +1,7 @@
 """``rankadaptor allocate MODEL --allocator NAME --out plan.json``: one-shot rank plan at a LoRA budget.
 
-The plan (per-module ranks within 1 % of the budget) trains with ``recover --ranks plan.json`` and
-seeds a search with ``search --seed-plan NAME=plan.json``; ``plan.allocation.json`` beside it records
+The plan (per-module ranks within 1 % of the budget) is a rank file for ``rankadaptor recover`` and
+a seed plan for ``rankadaptor search``; ``plan.allocation.json`` beside it records
 the ranks the method chose before they were fitted to the budget. Allocators: uniform, lora-star,
 eva (PEFT's EVA on the first training batches), para (PARA's cut of a short uniform high-rank run),
 prunedlora (the final ranks of a PrunedLoRA run at the budget).

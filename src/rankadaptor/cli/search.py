@@ -10,8 +10,8 @@ the baselines through the same engine; ``--granularity module`` gives every modu
 ``rankadaptor.search.objective``); ``--objective synthetic`` is a test-only objective (a known
 function of the ranks plus noise, no model) used by the tests.
 
-``--fidelity super --super ADAPTER`` searches cuts of a trained super-adapter (``recover --method
-super``) instead: each trial scores a cut in memory on a search split of the recovery data (seconds,
+``--fidelity super --super ADAPTER`` searches cuts of a trained super-adapter (``rankadaptor recover``
+with method super) instead: each trial scores a cut in memory on a search split of the recovery data (seconds,
 not minutes), hundreds of them; the best plan is written with the adapter cut to it beside it.
 """
 
@@ -118,7 +118,7 @@ def add_parser(sub) -> None:
                    help="recover: each trial recovers the model at the plan (minutes); super: each trial cuts the "
                         "super-adapter --super to the plan in memory and scores it on a search split (seconds)")
     p.add_argument("--super", default=None, metavar="ADAPTER",
-                   help="super-adapter directory (written by recover --method super) for --fidelity super")
+                   help="super-adapter directory for --fidelity super (a recovery with method super writes one)")
     p.add_argument("--cut", choices=("svd", "prefix"), default="svd",
                    help="--fidelity super: exact SVD truncation, or the first components as trained (default svd)")
     p.add_argument("--search-blocks", type=at_least(1), default=4,
@@ -147,8 +147,9 @@ def add_parser(sub) -> None:
     p.add_argument("--meta", default=None, metavar="FILE",
                    help="rank-measurements JSON for offline meta-learning of the MLP surrogate's prior")
     p.add_argument("--meta-method", choices=("reptile", "pooled"), default="reptile")
-    p.add_argument("--final-seeds", type=at_least(3), default=3,
-                   help="fresh seeds re-evaluating the pick and uniform (>= 3: a paired 95 %% interval needs them)")
+    p.add_argument("--final-seeds", type=_final_seeds, default=3,
+                   help="fresh seeds re-evaluating the pick and uniform (>= 3: a paired 95 %% interval needs them; "
+                        "0: no re-evaluation, e.g. a deterministic --fidelity super)")
     p.add_argument("--finalists", type=at_least(1), default=1, help="top measured plans re-evaluated at full budget")
     p.add_argument("--no-finalize", action="store_true", help="only search (extra worker processes)")
     p.add_argument("--out", default=None, help="best plan JSON (RankPlan format for `rankadaptor recover --ranks`)")
@@ -205,6 +206,13 @@ def _estimate(args) -> None:
         print_estimate(estimate_recover(model, cfg.batch_size, cfg.seq_len, lora), args)
 
 
+def _final_seeds(text: str) -> int:
+    n = at_least(0)(text)
+    if 0 < n < 3:
+        raise argparse.ArgumentTypeError(f"must be 0 (no re-evaluation) or >= 3 (a paired interval), got {n}")
+    return n
+
+
 def _seed_plans(specs: list[str]):
     from rankadaptor.errors import RankAdaptorError
     from rankadaptor.lora.ranks import RankPlan
@@ -240,10 +248,10 @@ def run(args) -> int:
     if args.fidelity == "super":
         return run_super(args)
     _check_fidelity_flags(args)
+    settings = settings_from_args(args, _seed_plans(args.seed_plan))  # checks the outputs can be written
     if not args.out and not args.no_finalize and not args.create_only:
         raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
                                "(--no-finalize)")
-    settings = settings_from_args(args, _seed_plans(args.seed_plan))  # checks the outputs can be written
     if settings.finalize and not settings.create_only and settings.out:
         hold_claim(settings.out)  # no other run writes them while this one searches
         hold_claim(settings.report_dir(), "--report")
@@ -336,7 +344,7 @@ def run_super(args) -> int:
     from rankadaptor.search.super_search import adapter_out, check_rank_bound, run_super_search
 
     if args.super is None:
-        raise RankAdaptorError("--fidelity super needs --super ADAPTER (a super-adapter from recover --method super)")
+        raise RankAdaptorError("--fidelity super needs --super ADAPTER (a super-adapter written by rankadaptor recover with method super)")
     if args.objective not in ("loss", "average") or args.multi_fidelity or args.strategy not in ("rankadaptor", "random"):
         raise RankAdaptorError("--fidelity super scores the search-split loss with the rankadaptor or random strategy; "
                                "drop --objective, --multi-fidelity and --strategy tpe/gp")

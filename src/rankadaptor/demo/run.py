@@ -1,10 +1,12 @@
 """The main job, end to end on the offline default model (issue "make demo").
 
 dense evaluation -> prune 20 % (llm-pruner, element1) -> evaluation without recovery
--> uniform r=8 and LoRA* recovery -> RankAdaptor search (held-out loss, short trials)
+-> uniform r=8, LoRA* and EVA recovery -> RankAdaptor search (held-out loss, short trials)
 -> recovery with the found plan -> PARA (a high-rank adapter compressed to uniform r=8's budget)
--> PrunedLoRA (high rank pruned to the same budget, when available) -> AdaLoRA at that budget
--> a Table 2-style report (mean ± 95 % CI over seeds) and plots.
+-> the super-adapter (nested ranks, cut to the budget by RankAdaptor's cheap-fidelity search)
+-> PrunedLoRA (high rank pruned to the same budget) -> AdaLoRA at that budget
+-> a report headed by the held-out perplexity table with paired intervals against uniform r=8,
+   the accuracy table, pictures and generations (``rankadaptor.report.demo_report``).
 
 Every unit of work writes its result under ``RUN/units/`` atomically, so an interrupted run picks
 up where it stopped; a unit whose settings changed is refused rather than silently mixed. Units
@@ -14,7 +16,7 @@ libraries log goes to ``RUN/demo.log``; the console shows one progress bar and a
 
 This module holds the presets, the run folder, the unit graph with its cost model, and ``run_demo``;
 what each unit computes (pruning, each recovery method, the search, evaluation) is in
-``rankadaptor.demo_units``.
+``rankadaptor.demo.units``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Callable
 
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.fileio import claim, read_json, sweep_stale, write_json_atomic
-from rankadaptor.demo.presets import EVAL_TOKENS_PER_DOC, FULL_SPLIT_DOCS, SECONDS_PER_TOKEN, VAL_EXAMPLES, Preset, preset
+from rankadaptor.demo.presets import (EVAL_TOKENS_PER_DOC, FULL_SPLIT_DOCS, SECONDS_PER_CUT_SCORE, SECONDS_PER_TOKEN,
+                                      VAL_EXAMPLES, Preset, preset)
 from rankadaptor.demo.scheduler import Progress, Unit, run_units
 from rankadaptor.demo.units import UnitWork
 from rankadaptor.demo.workers import LOG_NAME, default_workers, execute_in_worker, init_worker, log_to_file
@@ -101,7 +104,9 @@ class Demo(UnitWork):
                  Unit("search", c.search_trials * trial, ("prune",))]
         for s in c.seeds:
             units += [Unit(f"uniform-s{s}", train + ev, ("prune",)), Unit(f"lora-star-s{s}", train + ev, ("prune",)),
-                      Unit(f"rankadaptor-s{s}", train + ev, ("search",)), Unit(f"para-s{s}", 1.2 * train + ev, ("prune",))]
+                      Unit(f"eva-s{s}", 1.1 * train + ev, ("prune",)),
+                      Unit(f"rankadaptor-s{s}", train + ev, ("search",)), Unit(f"para-s{s}", 1.2 * train + ev, ("prune",)),
+                      Unit(f"super-s{s}", 1.3 * train + c.super_trials * SECONDS_PER_CUT_SCORE + ev, ("prune",))]
         # both cost about twice a LoRA step here: AdaLoRA's SVD-form layers, PrunedLoRA's pruning events
         units += [Unit(f"{name}-s{s}", 2 * train + ev, ("prune",)) for name in ("prunedlora", "adalora") for s in c.seeds]
         return units
@@ -118,7 +123,9 @@ class Demo(UnitWork):
         seed = int(s)
         if method == "rankadaptor":
             return lambda: self.train_and_eval(key, "plan", seed, plan=RankPlan(ranks=self._search_result()["ranks"]))
-        if method in ("uniform", "lora-star", "para", "prunedlora", "adalora"):
+        if method == "super":
+            return lambda: self.super_search(key, seed)
+        if method in ("uniform", "lora-star", "eva", "para", "prunedlora", "adalora"):
             return lambda: self.train_and_eval(key, method, seed)
         raise RankAdaptorError(f"unknown demo unit {key!r}")
 
@@ -152,8 +159,11 @@ class Demo(UnitWork):
 
         def on_done(unit: Unit, result: dict) -> None:
             count["done"] += 1
-            log.info("[%d/%d] %s done in %s%s", count["done"], len(units), unit.key,
-                     _duration(result.get("wall_s")), _headline(result))
+            # the bar's own estimate, logged so that its accuracy can be checked against the real end
+            elapsed, share = time.perf_counter() - t0, (bar.n - bar.initial) / max(bar.total - bar.initial, 1e-9)
+            eta = elapsed * (1 - share) / share if share > 0 else float("nan")
+            log.info("[%d/%d] %s done in %s%s (elapsed %.0f s, estimated %.0f s left)", count["done"], len(units),
+                     unit.key, _duration(result.get("wall_s")), _headline(result), elapsed, eta)
 
         # the workers build their own Demo from this factory (a picklable partial), once per process
         execute = partial(execute_in_worker, partial(Demo, self.cfg, self.out, self.model_spec), device, dtype)
@@ -173,7 +183,7 @@ class Demo(UnitWork):
         from rankadaptor.provenance import provenance
         from rankadaptor.report.demo_report import write_report
 
-        return write_report(self.out, self.cfg, done, provenance(None), session)
+        return write_report(self.out, self.cfg, done, provenance(None), session, model=self.model_spec)
 
 
 
@@ -187,6 +197,8 @@ def _headline(result: dict) -> str:
     """The unit's main numbers for its progress line."""
     from rankadaptor.report.tables import run_scores
 
+    if result.get("refused"):
+        return f": NOT REPORTED ({result['refused']})"
     if "results" in result:
         scores = run_scores(result["results"])
         return f": avg acc {scores['avg'] * 100:.1f} %, ppl {scores['ppl']:.1f}" if "ppl" in scores else ""

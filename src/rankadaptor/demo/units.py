@@ -32,7 +32,8 @@ class UnitWork:
         self.pruned = ModelCache(self.pruned_dir)  # loaded (and hashed) once per worker; units get copies
         self.recipe = Recipe(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
                              uniform_r=8, high_rank=cfg.high_rank, ppl_tokens=cfg.ppl_tokens,
-                             eval_limit=cfg.eval_limit, eval_batch_size=cfg.eval_batch_size, threads=None)
+                             eval_limit=cfg.eval_limit, eval_batch_size=cfg.eval_batch_size, threads=None,
+                             gradient_checkpointing=cfg.gradient_checkpointing)
         self._data: Any = None  # the tokenised recovery corpus, once per worker
 
     # ---- shared pieces ------------------------------------------------------------------------
@@ -63,7 +64,8 @@ class UnitWork:
         from rankadaptor.models.loading import load_model
 
         loaded = load_model(self.model_spec)
-        return {"identity": loaded.identity, "results": self.evaluate(loaded.model, loaded.tokenizer, 0)}
+        return {"identity": loaded.identity, "results": self.evaluate(loaded.model, loaded.tokenizer, 0),
+                "generations": self.generations(loaded.model, loaded.tokenizer)}
 
     def prune(self) -> dict:
         from rankadaptor.experiments import prune_to
@@ -78,18 +80,43 @@ class UnitWork:
 
     def no_recovery(self) -> dict:
         loaded = self.pruned.fresh()
-        return {"results": self.evaluate(loaded.model, loaded.tokenizer, 0)}
+        return {"results": self.evaluate(loaded.model, loaded.tokenizer, 0),
+                "generations": self.generations(loaded.model, loaded.tokenizer)}
 
-    def train_and_eval(self, key: str, method: str, seed: int, plan=None) -> dict:
-        """Train ``method`` from the kit's table at uniform r=8's budget, then measure it."""
-        from rankadaptor.experiments import train_method
+    def super_search(self, key: str, seed: int) -> dict:
+        """One wide nested-rank adapter (the super-adapter), cut to the budget by RankAdaptor's search on
+        its cheap fidelity (held-out loss of cuts, no training), then measured like every row."""
+        result = self.train_and_eval(key, "super-search", seed, search_trials=self.cfg.super_trials,
+                                     work=self.adapters / f"super-wide-s{seed}")
+        return result
+
+    def train_and_eval(self, key: str, method: str, seed: int, plan=None, **overrides) -> dict:
+        """Train ``method`` from the kit's table at uniform r=8's budget, then measure it.
+
+        A method that ends off the budget it claims is not measured: the unit records why, and the
+        report lists it as refused instead of putting it in a table labelled with that budget."""
+        from rankadaptor.experiments import OffBudget, train_method
 
         tokenizer = self.pruned.fresh().tokenizer
-        run = train_method(method, self.pruned, self.recipe, seed, out=self.adapters / key, plan=plan,
-                           data=self.recovery_data(tokenizer))
+        try:
+            run = train_method(method, self.pruned, self.recipe, seed, out=self.adapters / key, plan=plan,
+                               data=self.recovery_data(tokenizer), **overrides)
+        except OffBudget as exc:
+            return {"method": method, "refused": str(exc)}
         summary = run.summary()
-        return {**summary, "trainable_params": run.budget["params"], "ranks": summary["final_ranks"],
-                "results": self.evaluate(run.model, tokenizer, seed)}
+        curve = [(c["step"], c["loss"]) for c in run.record.get("loss_curve", [])]
+        val = [(c["step"], c["val_loss"]) for c in run.record.get("val_curve", [])]
+        module_ranks = _module_ranks(run.model)
+        cut_search = (run.record.get("cut") or {}).get("report")  # the super-adapter search's report folder
+        return {**summary, "search_history": _search_history(Path(cut_search)) if cut_search else None, "trainable_params": run.budget["params"], "ranks": summary["final_ranks"],
+                "module_ranks": module_ranks, "loss_curve": curve, "val_curve": val,
+                "results": self.evaluate(run.model, tokenizer, seed),
+                "generations": self.generations(run.model, tokenizer) if seed == self.cfg.seeds[0] else None}
+
+    def generations(self, model, tokenizer) -> dict[str, str]:
+        from rankadaptor.eval.generations import greedy_completions
+
+        return greedy_completions(model, tokenizer, max_new_tokens=self.cfg.generate_tokens)
 
     def search(self) -> dict:
         """RankAdaptor search on held-out loss with short trials; returns the best ranks found."""
@@ -113,7 +140,23 @@ class UnitWork:
         result = run_study(settings, objective, costs, identity)
         report = result.report
         return {"ranks": report["best"]["ranks"], "plan": str(plan_path), "state": _jsonable(result.state),
+                "history": _search_history(self.out / "search" / "report"),
                 "messages": report["messages"], "model_cv": report["model_cv"]}
+
+
+def _module_ranks(model) -> dict[str, int]:
+    """{module name: rank actually trained at the end} of a PEFT model (AdaLoRA/PrunedLoRA: live ranks)."""
+    from rankadaptor.lora.ranks import live_module_ranks
+
+    return live_module_ranks(model)
+
+
+def _search_history(report_dir: Path) -> list[dict]:
+    """The trials of a finished search (value, state, duration), from its report's summary.json."""
+    from rankadaptor.fileio import read_json
+
+    rows = read_json(report_dir / "summary.json", "search summary")["history"]
+    return [{k: row.get(k) for k in ("number", "state", "value", "duration_s")} for row in rows]
 
 
 def _jsonable(obj: Any) -> Any:

@@ -388,3 +388,26 @@ class PlanMethod:
     def prepare(self, model, config, total_steps: int):
         info = {"plan": self.plan.to_dict(), "planned_params": count_lora_params(model, self.plan)}
         return apply_plan(model, self.plan), [], info
+
+
+def live_module_ranks(peft_model, adapter: str = "default") -> dict[str, int]:
+    """{module name: components that still act} of a trained PEFT LoRA/AdaLoRA model.
+
+    A component i acts when row i of A, column i of B and (AdaLoRA) its singular value E[i] are all
+    non-zero; PrunedLoRA zeroes pruned components and AdaLoRA masks E, so this is the rank each
+    method really ended with, whatever the adapter's allocated shape.
+    """
+    ranks = {}
+    for name, mod in peft_model.named_modules():
+        lora_a = getattr(mod, "lora_A", None)
+        if lora_a is None or adapter not in lora_a:
+            continue
+        a = lora_a[adapter]
+        a = a.weight if hasattr(a, "weight") else a  # LoRA: an nn.Linear; AdaLoRA: a Parameter
+        b = mod.lora_B[adapter]
+        b = b.weight if hasattr(b, "weight") else b
+        live = (a.detach().abs().sum(1) > 0) & (b.detach().abs().sum(0) > 0)
+        if hasattr(mod, "lora_E") and adapter in mod.lora_E:
+            live &= mod.lora_E[adapter].detach().flatten() != 0
+        ranks[name.removeprefix("base_model.model.")] = int(live.sum())
+    return ranks

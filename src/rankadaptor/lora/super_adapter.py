@@ -198,7 +198,7 @@ class SuperAdapterMethod:
                  target_params: int | None = None):
         if target_params is not None:
             raise RankAdaptorError("--method super trains the whole rank-R adapter; the budget is applied when it "
-                                   "is cut (rankadaptor search --fidelity super, or rankadaptor.compress.cut); "
+                                   "is cut (rankadaptor search with the super fidelity, or rankadaptor.compress.cut); "
                                    "drop --target-params")
         self.config = NestedConfig(rank, nested, granularity, distribution, full_rank_prob)
         self.plan_kwargs = {"alpha_rule": alpha_rule, "alpha": alpha, "dropout": dropout}

@@ -130,10 +130,9 @@ def skeleton(spec: str | os.PathLike, dtype=None):
     dtype = dev.resolve_dtype(dtype, resolve_device(None)) if not isinstance(dtype, torch.dtype) else dtype
     path = Path(spec_str).expanduser()
     if source == "pruned":
-        from rankadaptor.fileio import read_json
-        from rankadaptor.models.artefact import MANIFEST, build_skeleton
+        from rankadaptor.models.artefact import build_skeleton, read_manifest
 
-        return build_skeleton(read_json(path / MANIFEST, what="pruning manifest"), dtype)[0]
+        return build_skeleton(read_manifest(path), dtype)[0]  # the manifest checked, as load_pruned does
     if source == "gguf":
         return None
     if source == "alias":

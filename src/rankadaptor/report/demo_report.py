@@ -1,4 +1,14 @@
-"""The demo's report: Table 2-style markdown + JSON, and plots, from the finished units."""
+"""The demo's report: which way of spending the LoRA budget recovered the pruned model best.
+
+It opens with what the run can resolve: one table of every method at uniform r=8's budget, ordered by
+THE held-out perplexity (``eval.perplexity``), each with its paired difference to uniform r=8 and a
+95 % interval (``eval.compare.compare_results``: bootstrap over perplexity windows × seeds, and over
+documents × seeds for accuracy, with the difference the documents can detect), its training compute,
+and a paragraph written from those numbers. Then the Table 2-style accuracy table, refused rows
+(a method that ended off its budget is never reported under it), pictures (``report.figures``) and
+greedy generations (RankAdaptor's appendix). Everything is computed from the units' JSON, so the
+README's copy is rebuilt from ``report.json`` by the same code (``headline_markdown``).
+"""
 
 from __future__ import annotations
 
@@ -6,111 +16,240 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rankadaptor.fileio import write_json_atomic
-from rankadaptor.report.search_plots import _plt, plot_allocation
-from rankadaptor.report.tables import compare_to, markdown_table, run_scores, summarise
-from rankadaptor.stats import verdict_of
+from rankadaptor.fileio import write_json_atomic, write_text_atomic
+from rankadaptor.report import figures
+from rankadaptor.report.tables import markdown_table, run_scores, summarise
 
-ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* (4/6/10/12)", "rankadaptor": "RankAdaptor",
-             "para": "PARA (high rank → r=8 budget)", "prunedlora": "PrunedLoRA (high rank → r=8 budget)",
-             "adalora": "AdaLoRA (r=8 budget)", "dense": "dense (unpruned)", "pruned-no-recovery": "pruned, no recovery"}
+ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* (4/6/10/12)", "eva": "EVA (data-driven ranks + init)",
+             "rankadaptor": "RankAdaptor (searched plan, trained)",
+             "super": "super-adapter r=32, RankAdaptor cut", "para": "PARA (r=32 → budget)",
+             "prunedlora": "PrunedLoRA (r=32 → budget)", "adalora": "AdaLoRA (r=8 budget)",
+             "dense": "dense (unpruned)", "pruned-no-recovery": "pruned, no recovery"}
 UNRECOVERED = ("dense", "pruned-no-recovery")
-METHOD_ROWS = ("uniform", "lora-star", "rankadaptor", "para", "prunedlora", "adalora")
+METHOD_ROWS = ("uniform", "lora-star", "eva", "rankadaptor", "super", "para", "prunedlora", "adalora")
+BASELINE = "uniform"
+
+
+def _split(key: str) -> tuple[str, int]:
+    """Unit key -> (method, seed); units without a seed (dense, prune, search) are seed 0."""
+    method, _, s = key.rpartition("-s")
+    return (method, int(s)) if method and s.isdigit() else (key, 0)
 
 
 def collect_runs(done: dict[str, dict]) -> list[dict]:
-    """Units named ``<method>-s<seed>`` become runs; the dense and unrecovered models are seed 0."""
+    """Units named ``<method>-s<seed>`` with results become runs; the dense and unrecovered models are seed 0."""
     runs = []
     for key, unit in done.items():
         if "results" not in unit:
             continue
-        if key in ("dense", "pruned-no-recovery"):
-            method, seed = key, 0
-        else:
-            method, _, s = key.rpartition("-s")
-            seed = int(s)
+        method, seed = _split(key)
         runs.append({"method": method, "seed": seed, "results": unit["results"],
-                     "trainable_params": unit.get("trainable_params")})
+                     "trainable_params": unit.get("trainable_params"), "budget": unit.get("budget"),
+                     "steps": unit.get("steps"), "wall_s": unit.get("wall_s"), "cpu_s": unit.get("cpu_s")})
     return runs
 
 
-def comparison_markdown(summary: dict, vs_uniform: dict) -> str:
-    """The Table 2-style table and every method's paired verdict against uniform r=8.
+def refused_units(done: dict[str, dict]) -> dict[str, str]:
+    return {key: unit["refused"] for key, unit in done.items() if unit.get("refused")}
 
-    Takes ``summary`` and ``vs_uniform`` as ``report.json`` stores them, so the README's copy of the
-    table (``benchmarks/readme_tables.py``) is rebuilt from the results file by the same code.
-    """
-    order = [m for m in ("dense", "pruned-no-recovery", *METHOD_ROWS) if m in summary]
-    order += sorted(m for m in summary if m not in order)
-    lines = [markdown_table({ROW_LABEL.get(m, m): summary[m] for m in order}), "",
-             "Average accuracy vs uniform r=8, paired by seed:", ""]
-    for method in [m for m in order if m in vs_uniform and m not in UNRECOVERED]:
-        d = vs_uniform[method]
-        verdict = {"significant": "significant", "not significant": "NOT significant (within noise)",
-                   "no test": "no test (fewer than 3 seeds or the same difference on each)"}[verdict_of(d)]
-        lines.append(f"* {ROW_LABEL.get(method, method)}: {d['mean'] * 100:+.2f} points "
-                     f"(95 % CI {d['ci_low'] * 100:+.2f} .. {d['ci_high'] * 100:+.2f}) — {verdict}")
+
+def headline(runs: list[dict]) -> list[dict]:
+    """One row per method: mean perplexity, params, paired differences to uniform r=8, compute."""
+    from rankadaptor.eval.compare import compare_results
+
+    by_method: dict[str, list[dict]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        by_method.setdefault(r["method"], []).append(r)
+    base = [r["results"] for r in by_method.get(BASELINE, [])]
+    rows = []
+    for method, mruns in by_method.items():
+        ppls = [run_scores(r["results"]).get("ppl") for r in mruns]
+        row: dict[str, Any] = {"method": method, "seeds": len(mruns),
+                               "ppl": sum(ppls) / len(ppls) if None not in ppls else None,
+                               "params": mruns[0]["trainable_params"],
+                               "budget": mruns[0]["budget"]["budget"] if mruns[0].get("budget") else None,
+                               "steps": mruns[0].get("steps"),
+                               "unit_minutes": sum(r["wall_s"] or 0 for r in mruns) / len(mruns) / 60}
+        if base and method != BASELINE:
+            cmp = compare_results([r["results"] for r in mruns], base, names_a=[f"{method}-s{r['seed']}" for r in mruns],
+                                  names_b=[f"{BASELINE}-s{s}" for s in range(len(base))])
+            row["vs_uniform_ppl"], row["vs_uniform_avg"] = cmp["perplexity"], cmp["average"]
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["ppl"] is None, r["ppl"] or 0.0))
+
+
+def _interval(d: dict | None, scale: float = 1.0, digits: int = 1) -> str:
+    if not d:
+        return "—"
+    text = f"{d['diff'] * scale:+.{digits}f} [{d['ci_low'] * scale:+.{digits}f}, {d['ci_high'] * scale:+.{digits}f}]"
+    return f"{text} {d['verdict']}" if d["verdict"] != "no test" else f"{text} no test"
+
+
+def headline_markdown(rows: list[dict]) -> str:
+    """The headline table, as ``report.json``'s ``headline`` stores it (the README rebuilds it from there)."""
+    lines = ["| method | LoRA params (share of budget) | held-out ppl | Δ ppl vs uniform r=8 [95 % CI] | "
+             "Δ avg acc vs uniform, points [95 % CI] | detectable acc Δ (80 % power) | steps | min / run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        params = "—" if r["params"] is None else (f"{r['params']:,}" + (f" ({r['params'] / r['budget']:.3f})"
+                                                                          if r.get("budget") else ""))
+        avg = r.get("vs_uniform_avg")
+        mde = f"±{avg['mde'] * 100:.0f} pts" if avg and avg.get("mde") else "—"
+        ppl = "—" if r["ppl"] is None else f"{r['ppl']:.1f}"
+        lines.append(f"| {ROW_LABEL.get(r['method'], r['method'])} | {params} | {ppl} | "
+                     f"{_interval(r.get('vs_uniform_ppl'))} | {_interval(avg, 100)} | {mde} | "
+                     f"{r['steps'] if r.get('steps') is not None else '—'} | {r['unit_minutes']:.1f} |")
     return "\n".join(lines)
 
 
+def verdict_paragraph(rows: list[dict]) -> str:
+    """Which method is best at this budget and by how much, and what the run does not resolve."""
+    recovered = [r for r in rows if r["method"] not in UNRECOVERED and r["ppl"] is not None]
+    if not recovered:
+        return "No recovered model was measured."
+    best = recovered[0]
+    base = next((r for r in recovered if r["method"] == BASELINE), None)
+    name = ROW_LABEL.get(best["method"], best["method"])
+    if base is None:
+        return f"Lowest held-out perplexity: {name} ({best['ppl']:.1f}); uniform r=8 was not measured, so nothing is compared."
+    better = [r for r in recovered if (r.get("vs_uniform_ppl") or {}).get("verdict") == "significant"
+              and r["vs_uniform_ppl"]["diff"] < 0]
+    worse = [r for r in recovered if (r.get("vs_uniform_ppl") or {}).get("verdict") == "significant"
+             and r["vs_uniform_ppl"]["diff"] > 0]
+    unresolved = [r for r in recovered if r["method"] != BASELINE and r not in better and r not in worse]
+    label = lambda rs: ", ".join(ROW_LABEL.get(r["method"], r["method"]) for r in rs)  # noqa: E731
+    parts = []
+    if best["method"] == BASELINE:
+        parts.append(f"At this budget no method recovered the model better than uniform r=8 (held-out perplexity "
+                     f"{base['ppl']:.1f}).")
+    else:
+        d = best["vs_uniform_ppl"]
+        parts.append(f"At uniform r=8's budget, {name} recovered the pruned model best: held-out perplexity "
+                     f"{best['ppl']:.1f} against uniform r=8's {base['ppl']:.1f} ({d['diff']:+.1f}, 95 % CI "
+                     f"{d['ci_low']:+.1f} to {d['ci_high']:+.1f}, {d['verdict']}).")
+    if better:
+        parts.append(f"Lower perplexity than uniform, beyond noise: {label(better)}.")
+    if worse:
+        parts.append(f"Higher than uniform, beyond noise: {label(worse)}.")
+    if unresolved:
+        parts.append(f"Not told apart from uniform by this run: {label(unresolved)}.")
+    mdes = [r["vs_uniform_avg"]["mde"] for r in recovered if (r.get("vs_uniform_avg") or {}).get("mde")]
+    if mdes:
+        parts.append(f"Accuracy differences are not resolved at this size: its documents detect only differences of "
+                     f"about ±{min(mdes) * 100:.0f} points or more in the seven-task average.")
+    return " ".join(parts)
+
+
 def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, Any],
-                 session: dict[str, Any] | None = None) -> dict:
-    """report.md / report.json / plots in ``out``; ``session`` describes the run that finished it
+                 session: dict[str, Any] | None = None, model: str = "smollm2-135m") -> dict:
+    """report.md / report.json / figures in ``out``; ``session`` describes the run that finished it
     (workers, threads, wall seconds, units resumed from an earlier run)."""
     runs = collect_runs(done)
+    rows = headline(runs)
+    refused = refused_units(done)
     summary = summarise(runs)
-    diffs = compare_to(runs, "uniform")
     lines = [f"# rankadaptor demo ({cfg.name} preset)", "",
-             f"SmolLM2-135M pruned {cfg.prune_ratio:.0%} by llm-pruner (element1), recovered for {cfg.steps} steps "
-             f"of {cfg.batch_size}×{cfg.seq_len} tokens; {cfg.eval_limit or 'all'} documents per task; seeds "
-             f"{list(cfg.seeds)}. Accuracy in %, mean ± half-width of the 95 % t-interval over seeds; PPL on "
-             f"{cfg.ppl_tokens} held-out tokens.", "", comparison_markdown(summary, diffs)]
+             f"{model} pruned {cfg.prune_ratio:.0%} by LLM-Pruner (element1), recovered for {cfg.steps} steps of "
+             f"{cfg.batch_size}×{cfg.seq_len} tokens, every method at uniform r=8's LoRA parameter count (checked: "
+             f"at it, a static plan within 1 %); seeds {list(cfg.seeds)}. Held-out perplexity on the first "
+             f"{cfg.ppl_tokens} tokens of Brown's held-out text; accuracy on {cfg.eval_limit or 'all'} documents per "
+             "task. Differences are A − uniform r=8, paired bootstrap over perplexity windows (accuracy: documents) "
+             "× seeds.", "", headline_markdown(rows), "", verdict_paragraph(rows)]
+    if refused:
+        lines += ["", "Not reported (off the budget they claim):", ""]
+        lines += [f"* {key}: {why}" for key, why in sorted(refused.items())]
+    order = [m for m in ("dense", "pruned-no-recovery", *METHOD_ROWS) if m in summary]
+    lines += ["", "## Accuracy per task", "", "Accuracy in %, mean ± half-width of the 95 % t-interval over seeds.", "",
+              markdown_table({ROW_LABEL.get(m, m): summary[m] for m in order + sorted(set(summary) - set(order))})]
     search = done.get("search", {})
     if search:
-        lines += ["", "## Search", "", f"Best plan (per-layer ranks): `{search.get('ranks')}`", ""]
+        lines += ["", "## Search", "", f"RankAdaptor's searched plan (per-layer ranks): `{search.get('ranks')}`", ""]
         lines += [f"* {m}" for m in search.get("messages", [])]
+    plots = _figures(out, done, rows)
+    lines += ["", "## Pictures", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    lines += ["", "## Generations (greedy)", "", _generations(done)]
     timings = {k: {"wall_s": u.get("wall_s"), "cpu_s": u.get("cpu_s")} for k, u in done.items()}
     lines += ["", "## Time", "", _time_line(session, timings)]
     lines += ["", f"Date {provenance['date']}, commit {provenance['git_commit']}, "
               f"{provenance['hardware']['processor']} ({provenance['hardware']['cpu_count']} CPUs), "
               f"torch {provenance['versions']['torch']}, transformers {provenance['versions']['transformers']}."]
-    plots = _plots(out, runs, search)
     md = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(md)
-    result = {"preset": asdict(cfg), "summary": summary, "vs_uniform": diffs, "search": search,
-              "runs": runs, "plots": plots, "timings": timings, "session": session, "provenance": provenance}
+    write_text_atomic(out / "report.md", md)
+    result = {"preset": asdict(cfg), "model": model, "headline": rows, "verdict": verdict_paragraph(rows), "refused": refused,
+              "summary": summary, "search": search, "runs": runs, "plots": plots, "timings": timings,
+              "session": session, "provenance": provenance}
     write_json_atomic(out / "report.json", result)
     return {"markdown": md, "report": str(out / "report.md"), **result}
 
 
-def _plots(out: Path, runs: list[dict], search: dict) -> list[str]:
+def _figures(out: Path, done: dict[str, dict], rows: list[dict]) -> list[str]:
+    """Rank heatmaps, loss curves, parameters vs perplexity, search history: what the units hold."""
+    first = {}  # method -> its first seed's unit
+    curves: dict[str, list] = {}
+    for key, unit in sorted(done.items()):
+        if key in UNRECOVERED or "-s" not in key or unit.get("refused"):
+            continue
+        method, _ = _split(key)
+        first.setdefault(method, unit)
+        if unit.get("val_curve") or unit.get("loss_curve"):
+            curves.setdefault(ROW_LABEL.get(method, method), []).append(unit.get("loss_curve") or [])
     paths = []
-    if search.get("ranks"):
-        p = out / "rank_allocation.png"
-        plot_allocation(search["ranks"], p, [8] * len(search["ranks"]))
-        paths.append(str(p))
-    pts = [(r["trainable_params"], run_scores(r["results"]).get("avg"), r["method"]) for r in runs
-           if r.get("trainable_params") and run_scores(r["results"]).get("avg") is not None]
-    if pts:
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for i, method in enumerate(sorted({m for _, _, m in pts})):
-            xs = [x for x, _, m in pts if m == method]
-            ys = [y * 100 for _, y, m in pts if m == method]
-            ax.scatter(xs, ys, label=ROW_LABEL.get(method, method), color=f"C{i}")
-        ax.set_xlabel("LoRA parameters")
-        ax.set_ylabel("seven-task average accuracy (%)")
-        ax.legend(fontsize=7)
-        ax.set_title("parameters vs accuracy (one point per seed)")
-        fig.tight_layout()
-        p = out / "params_vs_accuracy.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        paths.append(str(p))
-    history = out / "search" / "report" / "history.png"
-    if history.exists():
-        paths.append(str(history))
-    return paths
+    allocations = {ROW_LABEL.get(m, m): u["module_ranks"] for m, u in first.items() if u.get("module_ranks")}
+    if allocations:
+        n_layers = 1 + max(int(name.split("layers.")[1].split(".")[0]) for ranks in allocations.values()
+                           for name in ranks if "layers." in name)
+        paths.append(figures.rank_heatmaps(allocations, n_layers, out / "rank_heatmaps.png"))
+    if curves:
+        paths.append(figures.loss_curves(curves, out / "loss_curves.png", ylabel="training loss (recovery corpus)"))
+    points = {}
+    for r in rows:
+        d = r.get("vs_uniform_ppl")
+        if r["params"] and r["ppl"] is not None:
+            points[ROW_LABEL.get(r["method"], r["method"])] = {
+                "params": r["params"], "ppl": r["ppl"],
+                **({"ppl_low": r["ppl"] - d["diff"] + d["ci_low"], "ppl_high": r["ppl"] - d["diff"] + d["ci_high"]}
+                   if d else {})}
+    if points:
+        budget = next((r["budget"] for r in rows if r.get("budget")), None)
+        paths.append(figures.params_vs_perplexity(points, out / "params_vs_perplexity.png", budget))
+    series = {}
+    search = done.get("search", {})
+    if search.get("history"):
+        series["real trials (recovery)"] = _on_compute_axis(search["history"])
+    for key, unit in sorted(done.items()):
+        if key.startswith("super-") and unit.get("search_history"):
+            series[f"super-adapter cuts ({key})"] = _on_compute_axis(unit["search_history"])
+    if series:
+        paths.append(figures.search_history(series, out / "search_history.png", ylabel="search-split loss"))
+    return [str(p) for p in paths]
+
+
+def _on_compute_axis(history: list[dict]) -> list[tuple[float, float]]:
+    """(seconds spent by the search when the trial finished, its value) for every completed trial."""
+    points, spent = [], 0.0
+    for h in history:
+        spent += h.get("duration_s") or 0.0
+        if h.get("state") == "COMPLETE" and h.get("value") is not None:
+            points.append((spent, h["value"]))
+    return points
+
+
+def _generations(done: dict[str, dict]) -> str:
+    blocks = []
+    models, seen = [], set()
+    for key, unit in sorted(done.items(), key=lambda kv: _split(kv[0])[1]):  # one seed per method: the first
+        if unit.get("generations") and _split(key)[0] not in seen:
+            seen.add(_split(key)[0])
+            models.append((key, unit["generations"]))
+    prompts = list(models[0][1]) if models else []
+    for prompt in prompts:
+        blocks += [f"**{prompt}** …", ""]
+        for key, gens in models:
+            method, _ = _split(key)
+            text = " ".join(gens.get(prompt, "").split())
+            blocks.append(f"* {ROW_LABEL.get(method, method)}: {text}")
+        blocks.append("")
+    return "\n".join(blocks) if blocks else "(none recorded)"
 
 
 def _time_line(session: dict[str, Any] | None, timings: dict[str, dict]) -> str:
@@ -123,4 +262,3 @@ def _time_line(session: dict[str, Any] | None, timings: dict[str, dict]) -> str:
     return (f"This session: {session['wall_s'] / 60:.1f} min wall on {session['workers']} worker(s) × "
             f"{session['threads']} thread(s)" + (f", {resumed} unit(s) resumed from an earlier run" if resumed else "")
             + f". {head}")
-
