@@ -101,3 +101,15 @@ def test_cli_super_search_and_its_bad_inputs(tmp_path, trained, capsys):
                  "--storage", f"sqlite:///{tmp_path / 'g.db'}", "--out", str(tmp_path / "x.json")]) == 2
     assert "needs --super ADAPTER" in capsys.readouterr().err
     assert not any((tmp_path / f"{s}.db").exists() for s in "defg")
+
+
+def test_uniform_plan_of_a_budget_window_is_the_uniform_rank_it_was_made_from():
+    """The search's window [0.99 B, B] for B = uniform:8's count keeps uniform r=8 as its baseline (float
+    rounding at the window's top once gave 7, a rank outside the per-layer candidates)."""
+    from rankadaptor.search.super_search import below_budget
+
+    costs = [{"q": 2 * 576.0, "up": 576.0 + 1536.0} for _ in range(30)]
+    budget = 8 * sum(sum(layer.values()) for layer in costs)
+    centre, tolerance = below_budget(budget)
+    settings = super_settings(rank=16, costs=costs, study="s", trials=4, budget=centre, budget_tolerance=tolerance)
+    assert settings.fixed_rank == 8 and settings.fixed_rank in settings.candidates

@@ -152,15 +152,19 @@ class Demo(UnitWork):
         finished = {u.key: r for u in units if (r := self.run.done(u.key)) is not None}
         if finished:
             log.info("resuming %s: %d of %d units already done", self.out, len(finished), len(units))
-        bar = tqdm(total=sum(u.cost for u in units), initial=sum(u.cost for u in units if u.key in finished),
+        total, initial = sum(u.cost for u in units), sum(u.cost for u in units if u.key in finished)
+        bar = tqdm(total=total, initial=initial,
                    disable=not progress, smoothing=0, dynamic_ncols=True,
                    bar_format="demo {percentage:3.0f}%|{bar}| {elapsed} elapsed, ~{remaining} left; running: {desc}")
         count = {"done": len(finished)}
+        progress_state = Progress(units, finished, bar)
 
         def on_done(unit: Unit, result: dict) -> None:
             count["done"] += 1
             # the bar's own estimate, logged so that its accuracy can be checked against the real end
-            elapsed, share = time.perf_counter() - t0, (bar.n - bar.initial) / max(bar.total - bar.initial, 1e-9)
+            left_at_start = total - initial
+            share = (progress_state.credited() - initial) / left_at_start if left_at_start > 0 else 1.0
+            elapsed = time.perf_counter() - t0
             eta = elapsed * (1 - share) / share if share > 0 else float("nan")
             log.info("[%d/%d] %s done in %s%s (elapsed %.0f s, estimated %.0f s left)", count["done"], len(units),
                      unit.key, _duration(result.get("wall_s")), _headline(result), elapsed, eta)
@@ -171,7 +175,7 @@ class Demo(UnitWork):
         t0 = time.perf_counter()
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
                                  initargs=(threads, str(self.out / LOG_NAME))) as pool, logging_redirect_tqdm():
-            done = run_units(units, execute, pool, workers, finished, Progress(units, finished, bar), on_done)
+            done = run_units(units, execute, pool, workers, finished, progress_state, on_done)
         bar.n = bar.total  # exactly, not a float sum that may fall short of it
         bar.set_description_str("done")
         bar.close()

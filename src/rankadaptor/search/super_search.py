@@ -60,11 +60,12 @@ def super_settings(rank: int = 32, costs: Sequence[Mapping[str, float]] | None =
     uniform = int(tail) if tail.isdigit() else 8
     if not tail and costs is not None and budget not in (None, "none"):
         per_rank = sum(sum(layer.values()) for layer in costs)
-        uniform = int(float(budget) * (1 + given.get("budget_tolerance", SUPER_DEFAULTS["budget_tolerance"]))
-                      // per_rank)
+        top = float(budget) * (1 + given.get("budget_tolerance", SUPER_DEFAULTS["budget_tolerance"]))
+        uniform = int(top / per_rank + 1e-9)  # a window's top at exactly uniform:R's count must give R, not R - 1
     cands = tuple(range(0, rank + 1)) if given.get("granularity") == "module" else \
         tuple(c for c in SUPER_CANDIDATES if c <= rank)
-    defaults = {**SUPER_DEFAULTS, "candidates": cands, "fixed_rank": max(1, min(uniform, rank))}
+    fixed = max([c for c in cands if 1 <= c <= min(uniform, rank)] or [1])  # the uniform plan is a candidate
+    defaults = {**SUPER_DEFAULTS, "candidates": cands, "fixed_rank": fixed}
     return SearchSettings(**{**defaults, **given})
 
 
