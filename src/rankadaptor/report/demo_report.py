@@ -20,7 +20,7 @@ from rankadaptor.fileio import write_json_atomic, write_text_atomic
 from rankadaptor.report import figures
 from rankadaptor.report.tables import markdown_table, run_scores, summarise
 
-ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* (4/6/10/12)", "eva": "EVA (data-driven ranks + init)",
+ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* shape (4/6/10/12, scaled to the budget)", "eva": "EVA (data-driven ranks + init)",
              "rankadaptor": "RankAdaptor (searched plan, trained)",
              "super": "super-adapter r=32, RankAdaptor cut", "para": "PARA (r=32 → budget)",
              "prunedlora": "PrunedLoRA (r=32 → budget)", "adalora": "AdaLoRA (r=8 budget)",
