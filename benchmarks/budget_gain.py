@@ -52,6 +52,9 @@ METHODS: list[dict] = [
     {"key": "prunedlora", "label": "PrunedLoRA r=32 -> budget (dynamic)", "method": "prunedlora"},
     {"key": "para", "label": "r=32 trained, then PARA-compressed", "method": "para"},
     {"key": "adalora", "label": "AdaLoRA (lr tuned on a short grid)", "method": "adalora", "lr_grid": [1, 3, 10]},
+    {"key": "super-uniform", "label": "super-adapter r=32 (nested), uniform truncation", "method": "super-uniform"},
+    {"key": "super-search", "label": "super-adapter r=32 (nested), RankAdaptor's searched cut",
+     "method": "super-search"},
 ]
 LEVERS: list[tuple[str, str, str]] = [  # (what it isolates, A, B): A - B
     ("allocation: PARA's ranks from scratch vs uniform", "static-para", "uniform"),
@@ -61,6 +64,8 @@ LEVERS: list[tuple[str, str, str]] = [  # (what it isolates, A, B): A - B
     ("trajectory: r=32 then PARA vs PARA's ranks from scratch", "para", "static-para"),
     ("trajectory: PrunedLoRA vs its ranks from scratch", "prunedlora", "static-prunedlora"),
     ("initialisation: EVA's init vs EVA's ranks with plain init", "eva", "static-eva"),
+    ("trajectory: nested r=32 truncated uniformly vs uniform r=8 from scratch", "super-uniform", "uniform"),
+    ("allocation within the super-adapter: searched cut vs uniform truncation", "super-search", "super-uniform"),
 ]
 
 

@@ -1,6 +1,6 @@
 """Run the demo pipeline and keep its report as a benchmark result (the table the README shows).
 
-    python benchmarks/demo_table.py --preset quick        # -> benchmarks/results/demo_quick.{json,md}
+    python benchmarks/demo_table.py --preset quick        # -> benchmarks/results/demo_quick.{json,md} + demo_quick/*.png
 
 The run directory (models, adapters, per-unit results) lives under benchmarks/work/ and is
 resumable; pass --from-run DIR to keep the report of a run that already finished elsewhere.
@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from rankadaptor.demo import run_demo
-from rankadaptor.fileio import read_json
+from rankadaptor.fileio import read_json, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,8 +31,16 @@ def main() -> None:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     report = read_json(run / "report.json", "demo report")
-    shutil.copyfile(run / "report.md", results / f"demo_{args.preset}.md")
+    markdown = (run / "report.md").read_text()
+    for png in report["plots"]:  # the links follow the pictures into their folder
+        name = Path(png).name
+        markdown = markdown.replace(f"]({name})", f"](demo_{args.preset}/{name})")
+    write_text_atomic(results / f"demo_{args.preset}.md", markdown)
     shutil.copyfile(run / "report.json", results / f"demo_{args.preset}.json")
+    pictures = results / f"demo_{args.preset}"  # the report's PNGs, beside its markdown's relative links
+    pictures.mkdir(exist_ok=True)
+    for png in report["plots"]:
+        shutil.copyfile(run / Path(png).name, pictures / Path(png).name)
     print(f"wrote {results / f'demo_{args.preset}.md'} ({len(report['runs'])} evaluated runs); "
           "python benchmarks/readme_tables.py puts it in the README")
 
