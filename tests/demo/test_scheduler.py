@@ -96,3 +96,15 @@ def test_progress_credits_running_units_and_rescales_by_real_time():
     assert p.credited() == pytest.approx(15, abs=0.1)
     p.running["b"] -= 100  # overdue: held below full credit until it really finishes
     assert p.credited() == pytest.approx(19.5)
+
+
+def test_loading_units_do_not_rescale_the_estimate():
+    """A unit dominated by downloads (calibrates=False) took 3x its estimate: the bar's speed estimate
+    ignores it, and the next compute unit sets it."""
+    from rankadaptor.demo.scheduler import Progress, Unit
+
+    progress = Progress([Unit("dense", 10.0, calibrates=False), Unit("train", 10.0)], finished=())
+    progress.finish("dense", 30.0)
+    assert progress.slowness == 1.0
+    progress.finish("train", 20.0)
+    assert progress.slowness == 2.0

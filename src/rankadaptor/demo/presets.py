@@ -46,9 +46,10 @@ PRESETS: dict[str, Preset] = {
 
 # Cost model behind the progress bar and the scheduling order (seconds at one CPU thread); the
 # bar rescales by how long finished units really took, so these need only be roughly right.
-SECONDS_PER_TOKEN = 0.0025  # one forward token of the pruned SmolLM2-135M (2-3 ms CPU time measured here)
+SECONDS_PER_TOKEN = 0.0016  # one forward token of the pruned SmolLM2-135M at one thread (quick preset's units)
 EVAL_TOKENS_PER_DOC = 120  # forward tokens the scorer spends per document, across the seven tasks
 FULL_SPLIT_DOCS = 3000  # mean documents per task when a preset evaluates whole splits
+LOAD_SECONDS = 25.0  # fetching (first run) and loading the model in a unit
 SECONDS_PER_CUT_SCORE = 1.5  # one cheap evaluation of the super-adapter search (cut + search-split loss)
 VAL_EXAMPLES = 32  # RecoveryConfig.max_val: the held-out blocks every recovery scores at its end
 

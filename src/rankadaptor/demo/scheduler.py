@@ -28,6 +28,9 @@ class Unit:
     key: str
     cost: float  # expected seconds at one thread; orders the queue and scales the progress bar
     deps: tuple[str, ...] = ()
+    # False for units dominated by downloads and loading (their time says nothing about the machine's
+    # compute speed), so the bar does not rescale the rest of the run by them
+    calibrates: bool = True
 
     def __post_init__(self) -> None:
         if not self.cost > 0:
@@ -64,6 +67,7 @@ class Progress:
 
     def __init__(self, units: list[Unit], finished: Iterable[str], bar=None):
         self.cost = {u.key: u.cost for u in units}
+        self.calibrates = {u.key for u in units if u.calibrates}
         self.done = set(finished)
         self.bar = bar
         self.running: dict[str, float] = {}
@@ -82,7 +86,7 @@ class Progress:
         started = self.running.pop(key, None)
         if wall_s is None and started is not None:
             wall_s = time.monotonic() - started
-        if wall_s is not None:
+        if wall_s is not None and key in self.calibrates:
             self.spent += wall_s
             self.expected += self.cost[key]
         self.done.add(key)
