@@ -22,9 +22,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--from-run", default=None, help="an existing demo run directory (resumed, not restarted)")
+    ap.add_argument("--rerender", action="store_true",
+                    help="rebuild the finished run's report (tables, pictures) with this version's report code")
     args = ap.parse_args()
     run = Path(args.from_run or HERE / "work" / f"demo-{args.preset}")
-    if args.from_run is None or not (run / "report.json").exists():
+    if args.rerender:  # the report rebuilt from the finished units, keeping the session that computed them
+        from rankadaptor.demo import Demo, preset
+        from rankadaptor.report.demo_report import write_report
+
+        old = read_json(run / "report.json", "demo report")
+        demo = Demo(preset(args.preset), run, old.get("model", "smollm2-135m"))
+        done = {u.key: demo.run.done(u.key) for u in demo.plan()}
+        if None in done.values():
+            raise SystemExit(f"{run} is not a finished run; resume it without --rerender first")
+        write_report(run, demo.cfg, done, old["provenance"], old["session"], model=demo.model_spec)
+    elif args.from_run is None or not (run / "report.json").exists():
         # resumes: finished units are read back, not recomputed (a finished run keeps the report, and the
         # wall time, of the session that computed it)
         run_demo(args.preset, run, progress=True)

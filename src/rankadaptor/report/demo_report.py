@@ -25,6 +25,8 @@ ROW_LABEL = {"uniform": "LoRA r=8 (uniform)", "lora-star": "LoRA* shape (4/6/10/
              "super": "super-adapter r=32, RankAdaptor cut", "para": "PARA (r=32 → budget)",
              "prunedlora": "PrunedLoRA (r=32 → budget)", "adalora": "AdaLoRA (r=8 budget)",
              "dense": "dense (unpruned)", "pruned-no-recovery": "pruned, no recovery"}
+SHORT_LABEL = {"uniform": "uniform r=8", "lora-star": "LoRA*", "eva": "EVA", "rankadaptor": "RankAdaptor plan",
+               "super": "super-adapter cut", "para": "PARA", "prunedlora": "PrunedLoRA", "adalora": "AdaLoRA"}
 UNRECOVERED = ("dense", "pruned-no-recovery")
 METHOD_ROWS = ("uniform", "lora-star", "eva", "rankadaptor", "super", "para", "prunedlora", "adalora")
 BASELINE = "uniform"
@@ -186,15 +188,16 @@ def _figures(out: Path, done: dict[str, dict], rows: list[dict]) -> list[str]:
     """Rank heatmaps, loss curves, parameters vs perplexity, search history: what the units hold."""
     first = {}  # method -> its first seed's unit
     curves: dict[str, list] = {}
-    for key, unit in sorted(done.items()):
+    order = {m: i for i, m in enumerate(METHOD_ROWS)}
+    for key, unit in sorted(done.items(), key=lambda kv: (order.get(_split(kv[0])[0], 99), kv[0])):
         if key in UNRECOVERED or "-s" not in key or unit.get("refused"):
             continue
         method, _ = _split(key)
         first.setdefault(method, unit)
-        if unit.get("val_curve") or unit.get("loss_curve"):
-            curves.setdefault(ROW_LABEL.get(method, method), []).append(unit.get("loss_curve") or [])
+        if unit.get("loss_curve"):
+            curves.setdefault(SHORT_LABEL.get(method, method), []).append(unit["loss_curve"])
     paths = []
-    allocations = {ROW_LABEL.get(m, m): u["module_ranks"] for m, u in first.items() if u.get("module_ranks")}
+    allocations = {SHORT_LABEL.get(m, m): u["module_ranks"] for m, u in first.items() if u.get("module_ranks")}
     if allocations:
         n_layers = 1 + max(int(name.split("layers.")[1].split(".")[0]) for ranks in allocations.values()
                            for name in ranks if "layers." in name)
@@ -205,7 +208,7 @@ def _figures(out: Path, done: dict[str, dict], rows: list[dict]) -> list[str]:
     for r in rows:
         d = r.get("vs_uniform_ppl")
         if r["params"] and r["ppl"] is not None:
-            points[ROW_LABEL.get(r["method"], r["method"])] = {
+            points[SHORT_LABEL.get(r["method"], r["method"])] = {
                 "params": r["params"], "ppl": r["ppl"],
                 **({"ppl_low": r["ppl"] - d["diff"] + d["ci_low"], "ppl_high": r["ppl"] - d["diff"] + d["ci_high"]}
                    if d else {})}
@@ -217,16 +220,18 @@ def _figures(out: Path, done: dict[str, dict], rows: list[dict]) -> list[str]:
     if search.get("history"):
         series["real trials (recovery)"] = _on_compute_axis(search["history"])
     for key, unit in sorted(done.items()):
-        if key.startswith("super-") and unit.get("search_history"):
-            series[f"super-adapter cuts ({key})"] = _on_compute_axis(unit["search_history"])
+        if key.startswith("super-") and unit.get("search_history"):  # after the wide training it cuts from
+            series[f"super-adapter cuts ({key}, after its training)"] = _on_compute_axis(
+                unit["search_history"], start=unit.get("train_seconds") or 0.0)
     if series:
         paths.append(figures.search_history(series, out / "search_history.png", ylabel="search-split loss"))
     return [str(p) for p in paths]
 
 
-def _on_compute_axis(history: list[dict]) -> list[tuple[float, float]]:
-    """(seconds spent by the search when the trial finished, its value) for every completed trial."""
-    points, spent = [], 0.0
+def _on_compute_axis(history: list[dict], start: float = 0.0) -> list[tuple[float, float]]:
+    """(seconds spent when the trial finished, counting ``start`` spent before the search, its value)
+    for every completed trial."""
+    points, spent = [], float(start)
     for h in history:
         spent += h.get("duration_s") or 0.0
         if h.get("state") == "COMPLETE" and h.get("value") is not None:

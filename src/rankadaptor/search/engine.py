@@ -304,8 +304,9 @@ def history(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
     """One row per trial in order, for plots and the summary."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() \
-            if t.datetime_complete and t.datetime_start else None
+        duration = t.user_attrs.get("seconds")  # measured by a batched search; else the trial's own clock
+        if duration is None and t.datetime_complete and t.datetime_start:
+            duration = (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "duration_s": duration,
                      "ranks": t.user_attrs.get("ranks"), "predicted": t.user_attrs.get("predicted"),
                      "predicted_std": t.user_attrs.get("predicted_std"),

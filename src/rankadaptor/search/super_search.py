@@ -293,16 +293,19 @@ class BatchedSearch:
 
         if not todo:
             return
-        t = time.perf_counter()
-        values = [float(self.objective(vec, seed=self.settings.seed, fidelity="screen")) for vec, _ in todo]
-        self.times["evaluate"] += time.perf_counter() - t
+        values, seconds = [], []
+        for vec, _ in todo:  # each score timed on its own: a batch's trials are written at once
+            t = time.perf_counter()
+            values.append(float(self.objective(vec, seed=self.settings.seed, fidelity="screen")))
+            seconds.append(time.perf_counter() - t)
+        self.times["evaluate"] += sum(seconds)
         t = time.perf_counter()
         dist = {n: self.space.distribution() for n in self.space.param_names()}
         self.study.add_trials([optuna.trial.create_trial(
             params=self.space.to_params(vec), distributions=dist, value=v,
             user_attrs={"ranks": [int(r) for r in vec], "plan_hash": plan_hash(vec), "fidelity": "super",
-                        "seed": int(self.settings.seed), **attrs})
-            for (vec, attrs), v in zip(todo, values)])
+                        "seed": int(self.settings.seed), "seconds": sec, **attrs})
+            for (vec, attrs), v, sec in zip(todo, values, seconds)])
         self.times["storage"] += time.perf_counter() - t
         for (vec, _), v in zip(todo, values):
             self._remember(vec, v)
