@@ -53,8 +53,8 @@ def test_batched_search_records_resumes_and_cuts_the_best_plan(tmp_path, trained
     assert result.state["times"]["storage"] > 0 and result.state["meta_prior"]["tasks"][0] == "energy-none"
     from rankadaptor.search.engine import history
 
-    seconds = [row["duration_s"] for row in history(result.study, space) if row["state"] == "COMPLETE"]
-    assert sum(seconds) >= 0.9 * result.state["times"]["evaluate"]  # batched scores keep their own time
+    batched = [row["duration_s"] for row in history(result.study, space) if row["proposal"] == "model"]
+    assert batched and all(s > 0 for s in batched)  # scores written in a batch keep their own time
     best = min(trials, key=lambda t: t.value)
     assert result.report["best"]["ranks"] == best.user_attrs["ranks"]
     plan = RankPlan.from_json(tmp_path / "b.json")
