@@ -266,4 +266,4 @@ def _time_line(session: dict[str, Any] | None, timings: dict[str, dict]) -> str:
     resumed = len(session.get("resumed_units", []))
     return (f"This session: {session['wall_s'] / 60:.1f} min wall on {session['workers']} worker(s) × "
             f"{session['threads']} thread(s)" + (f", {resumed} unit(s) resumed from an earlier run" if resumed else "")
-            + f". {head}")
+            + f". {head}" + (f" {session['note']}" if session.get("note") else ""))
