@@ -258,7 +258,7 @@ CASES = {
                           "argument --workers: must be an integer >= 1, got 0"),
     "eval-seed-negative": (_eval("model", "--seed=-1"), "argument --seed: must be an integer >= 0, got -1"),
     "search-seed-negative": (_search("--seed=-1"), "argument --seed: must be an integer >= 0, got -1"),
-    "search-final-seeds-one": (_search("--final-seeds", "1"), "argument --final-seeds: must be an integer >= 3, got 1"),
+    "search-final-seeds-one": (_search("--final-seeds", "1"), r"argument --final-seeds: must be 0 \(no re-evaluation\) or >= 3 \(a paired interval\), got 1"),
     "search-kappa-nan": (_search("--kappa", "nan"), "argument --kappa: must be a number >= 0, got nan"),
     "recover-out-read-only": (_with(lambda b, tmp, mp: read_only(mp, tmp), _recover("--ranks", "uniform:2")),
                               "--out .*: cannot write in .*Read-only file system"),
