@@ -203,7 +203,8 @@ def _figures(out: Path, done: dict[str, dict], rows: list[dict]) -> list[str]:
                            for name in ranks if "layers." in name)
         paths.append(figures.rank_heatmaps(allocations, n_layers, out / "rank_heatmaps.png"))
     if curves:
-        paths.append(figures.loss_curves(curves, out / "loss_curves.png", ylabel="training loss (recovery corpus)"))
+        paths.append(figures.loss_curves(curves, out / "loss_curves.png",
+                                         ylabel="training loss (recovery corpus; AdaLoRA's includes its regulariser)"))
     points = {}
     for r in rows:
         d = r.get("vs_uniform_ppl")

@@ -72,7 +72,7 @@ def loss_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], pat
     ax.set_xlabel("recovery step")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
-    ax.set_title("held-out loss during recovery (mean over seeds)")
+    ax.set_title(f"{ylabel.split(' (')[0]} during recovery (mean over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
