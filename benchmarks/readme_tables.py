@@ -52,6 +52,7 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "prune_table9": script_table("prune_table9", "table"),
     "recover_baselines": script_table("recover_baselines", "markdown"),
     "para_quality": script_table("para_quality", "markdown"),
+    "prunedlora_ablation": script_table("prunedlora_ablation", "markdown"),
     "search_compare": script_table("search_compare", "markdown"),
     "search_real_data": script_table("search_real_data", "markdown"),
 }
