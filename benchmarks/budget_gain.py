@@ -56,6 +56,7 @@ METHODS: list[dict] = [
     {"key": "super-search", "label": "super-adapter r=32 (nested), RankAdaptor's searched cut",
      "method": "super-search"},
 ]
+CUT_METHODS = ("para", "super-search", "super-para", "super-uniform", "super-energy")
 LEVERS: list[tuple[str, str, str]] = [  # (what it isolates, A, B): A - B
     ("allocation: PARA's ranks from scratch vs uniform", "static-para", "uniform"),
     ("allocation: PrunedLoRA's ranks from scratch vs uniform", "static-prunedlora", "uniform"),
@@ -164,9 +165,16 @@ def compare(units: dict, a: str, b: str, seeds: list[int]) -> dict | None:
     ra = [units[(a, s)]["results"] for s in seeds]
     rb = [units[(b, s)]["results"] for s in seeds]
     cmp = compare_results(ra, rb, names_a=[f"{a}-s{s}" for s in seeds], names_b=[f"{b}-s{s}" for s in seeds])
-    val = paired_difference([units[(a, s)]["summary"]["val_loss"] for s in seeds],
-                            [units[(b, s)]["summary"]["val_loss"] for s in seeds])
+    val = None  # a cut adapter's record holds the wide adapter's validation loss, not its own: no comparison
+    if not (_cut_row(units, a, seeds) or _cut_row(units, b, seeds)):
+        val = paired_difference([units[(a, s)]["summary"]["val_loss"] for s in seeds],
+                                [units[(b, s)]["summary"]["val_loss"] for s in seeds])
     return {"average": cmp["average"], "perplexity": cmp["perplexity"], "val_loss": val}
+
+
+def _cut_row(units: dict, key: str, seeds: list[int]) -> bool:
+    """A wide adapter cut to the budget after training (PARA, the super-adapter's cuts)."""
+    return any(units[(key, s)]["summary"]["method"] in CUT_METHODS for s in seeds if (key, s) in units)
 
 
 def summarise(units: dict, rows: list[dict], seeds: list[int]) -> dict:
@@ -182,7 +190,8 @@ def summarise(units: dict, rows: list[dict], seeds: list[int]) -> dict:
         table[row["key"]] = {
             "label": row["label"], "seeds": [u["seed"] for u in mine],
             "params_relative": mine[0]["budget"]["relative"],
-            "val_loss": mean_ci([u["summary"]["val_loss"] for u in mine]).to_dict(),
+            "val_loss": None if _cut_row(units, row["key"], seeds)
+            else mean_ci([u["summary"]["val_loss"] for u in mine]).to_dict(),
             "ppl": mean_ci([u["results"]["perplexity"]["perplexity"] for u in mine]).to_dict(),
             "average": mean_ci([paper_average(u["results"]["tasks"]) for u in mine]).to_dict(),
             "train_seconds": mean_ci([u["summary"]["train_seconds"] for u in mine]).to_dict(),
@@ -207,7 +216,8 @@ def markdown(result: dict) -> str:
              f"× {s['batch_size']}×{s['seq_len']} tokens at lr {s['lr']} (screening length {s['screen_steps']}); seeds "
              f"{s['seeds']}; seven tasks on the first {s['eval_limit']} documents each, held-out perplexity on "
              f"{s['ppl_tokens']} Brown held-out tokens. Δ vs uniform: paired bootstrap over documents × seeds (average, "
-             "points) and windows × seeds (perplexity); validation loss of the recovery corpus paired by seed. "
+             "points) and windows × seeds (perplexity); validation loss of the recovery corpus paired by seed ('—' for "
+             "adapters cut after training: their record holds the wide adapter's loss, not the cut's). "
              "95 % intervals; 'no test' = fewer than 3 pairs or no spread.", "",
              "| method | params / budget | held-out ppl | Δ ppl vs uniform | 7-task avg (%) | Δ avg vs uniform (pts) | "
              "Δ val loss vs uniform | train s (+ allocation s) |", "|---|---|---|---|---|---|---|---|"]
