@@ -1,16 +1,11 @@
 """benchmarks/budget_gain.py's method list is data: every row names a method of the kit, every lever two rows."""
 
-import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("budget_gain", ROOT / "benchmarks" / "budget_gain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("budget_gain")
 
 
 def test_rows_name_kit_methods_and_levers_name_rows():

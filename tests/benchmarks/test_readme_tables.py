@@ -1,19 +1,14 @@
 """README tables are generated from benchmarks/results/: a hand-edited number fails here (and in CI)."""
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks import ROOT, load_benchmark
 
 
 def _runner():
-    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("readme_tables")
 
 
 def test_repo_readme_matches_results():

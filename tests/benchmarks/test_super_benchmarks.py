@@ -1,16 +1,6 @@
 """The super-adapter benchmarks' tables: paired differences by seed, 'no test' below three seeds."""
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load_benchmark as _load
 
 
 def _entry(seed, para, search):
