@@ -145,3 +145,14 @@ def test_smoke_demo_runs_on_two_workers_and_resumes(tmp_path):
     again = run_demo("smoke", tmp_path / "run", progress=False, workers=2, threads=1)
     assert again["session"]["resumed_units"] == sorted(first["timings"])  # nothing recomputed
     assert json.dumps(again["summary"]) == json.dumps(first["summary"])  # NaN intervals compare as text
+
+
+def test_a_model_of_an_unsupported_family_is_refused_before_anything_is_written(tmp_path):
+    from transformers import GPT2Config
+
+    from rankadaptor.demo import run_demo
+
+    GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(RankAdaptorError, match="unsupported architecture 'gpt2'"):
+        run_demo("smoke", tmp_path / "run", model=str(tmp_path / "gpt2"), progress=False)
+    assert not (tmp_path / "run").exists()

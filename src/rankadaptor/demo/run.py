@@ -230,7 +230,12 @@ def run_demo(preset_name: str = "quick", out: str | Path | None = None, model: s
     from rankadaptor.models.loading import model_source
 
     cfg = preset(preset_name)
-    model_source(model)  # a bad --model fails here, before the run directory or its log exist
+    if model_source(model) == "local":  # a bad --model fails here, before the run directory or its log exist
+        from transformers import AutoConfig
+
+        from rankadaptor.models.families import family_for_model_type
+
+        family_for_model_type(AutoConfig.from_pretrained(str(model)).model_type)  # one the demo can prune
     out = Path(out or f"runs/demo-{cfg.name}")
     where = str(resolve_device(device))  # resolved here: the worker processes do not see a `with` block
     dtype = dtype_name(resolve_dtype(None, resolve_device(device), training=True))  # the CLI's --dtype, likewise
