@@ -148,7 +148,7 @@ def one_unit(row: dict, seed: int, pruned, recipe, args, data, context: dict) ->
     t0 = time.perf_counter()
     run = train_method(row["method"], pruned, recipe, seed, data=data, **kw)
     seconds = time.perf_counter() - t0
-    tokenizer = pruned.fresh().tokenizer
+    tokenizer = pruned.tokenizer
     res = measure(run.model, tokenizer, recipe, seed)
     unit = {"key": row["key"], "seed": seed, "summary": run.summary(), "seconds_total": seconds,
             "results": res, "budget": run.budget}
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     recipe = Recipe(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                     eval_limit=args.eval_limit, ppl_tokens=args.ppl_tokens, threads=args.threads)
     pruned = ModelCache(pruned_artefact())
-    data = load_recovery_data(None, pruned.fresh().tokenizer, seq_len=recipe.seq_len)
+    data = load_recovery_data(None, pruned.tokenizer, seq_len=recipe.seq_len)
     context: dict = {}
     if any(r.get("plan") == "searched" for r in rows):
         context["searched"] = searched_plan(pruned, recipe, args, data)

@@ -169,7 +169,7 @@ def main(argv=None) -> None:
     artefact = pruned_artefact(args.model, 0.2)
     pruned = ModelCache(artefact)
     teacher = load_model(args.model)
-    data = load_recovery_data(None, pruned.fresh().tokenizer, seq_len=recipe.seq_len)
+    data = load_recovery_data(None, pruned.tokenizer, seq_len=recipe.seq_len)
     settings = {"model": args.model, "prune_ratio": 0.2, "artefact": str(artefact), "seeds": args.seeds,
                 "alpha": args.alpha, "temperature": args.temperature, "recipe": recipe_dict(recipe)}
     runs = []

@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     recipe = ex.Recipe(steps=args.steps, eval_limit=args.eval_limit, ppl_tokens=args.ppl_tokens, threads=args.threads)
     pruned = ex.ModelCache(ex.pruned_artefact())
-    tokenizer = pruned.fresh().tokenizer  # loads the model once; runs get deep copies
+    tokenizer = pruned.tokenizer  # loads the model once; runs get deep copies
     data = load_recovery_data(None, tokenizer, seq_len=recipe.seq_len, max_val=recipe.recovery_config(0).max_val)
     budget = ex.uniform_budget(pruned.model, recipe.uniform_r)
     setup = {**ex.recipe_dict(recipe), "seeds": args.seeds, "budget": budget, "model_state": "SmolLM2-135M pruned 20 % "

@@ -100,18 +100,25 @@ class ModelCache:
         self._loaded = None
 
     def fresh(self):
-        from rankadaptor.models.loading import LoadedModel, load_model
+        from rankadaptor.models.loading import LoadedModel
 
-        if self._loaded is None:
-            self._loaded = load_model(self.spec)
-        p = self._loaded
+        p = self._load()
         return LoadedModel(model=copy.deepcopy(p.model), tokenizer=p.tokenizer, identity=dict(p.identity))
 
     @property
     def model(self):  # read-only access (shapes, module names, budgets)
+        return self._load().model
+
+    @property
+    def tokenizer(self):  # shared, never modified: no copy of the model needed to read it
+        return self._load().tokenizer
+
+    def _load(self):
         if self._loaded is None:
-            self.fresh()
-        return self._loaded.model
+            from rankadaptor.models.loading import load_model
+
+            self._loaded = load_model(self.spec)
+        return self._loaded
 
 
 # ---- what every method is measured by ---------------------------------------------------------------

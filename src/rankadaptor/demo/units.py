@@ -97,7 +97,7 @@ class UnitWork:
         report lists it as refused instead of putting it in a table labelled with that budget."""
         from rankadaptor.experiments import OffBudget, train_method
 
-        tokenizer = self.pruned.fresh().tokenizer
+        tokenizer = self.pruned.tokenizer
         try:
             run = train_method(method, self.pruned, self.recipe, seed, out=self.adapters / key, plan=plan,
                                data=self.recovery_data(tokenizer), **overrides)
