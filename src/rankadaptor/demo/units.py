@@ -96,6 +96,7 @@ class UnitWork:
         A method that ends off the budget it claims is not measured: the unit records why, and the
         report lists it as refused instead of putting it in a table labelled with that budget."""
         from rankadaptor.experiments import OffBudget, train_method
+        from rankadaptor.lora.ranks import live_module_ranks
 
         tokenizer = self.pruned.tokenizer
         try:
@@ -106,10 +107,9 @@ class UnitWork:
         summary = run.summary()
         curve = [(c["step"], c["loss"]) for c in run.record.get("loss_curve", [])]
         val = [(c["step"], c["val_loss"]) for c in run.record.get("val_curve", [])]
-        module_ranks = _module_ranks(run.model)
         cut_search = (run.record.get("cut") or {}).get("report")  # the super-adapter search's report folder
         return {**summary, "search_history": _search_history(Path(cut_search)) if cut_search else None, "trainable_params": run.budget["params"], "ranks": summary["final_ranks"],
-                "module_ranks": module_ranks, "loss_curve": curve, "val_curve": val,
+                "module_ranks": live_module_ranks(run.model), "loss_curve": curve, "val_curve": val,
                 "results": self.evaluate(run.model, tokenizer, seed),
                 "generations": self.generations(run.model, tokenizer) if seed == self.cfg.seeds[0] else None}
 
@@ -142,13 +142,6 @@ class UnitWork:
         return {"ranks": report["best"]["ranks"], "plan": str(plan_path), "state": _jsonable(result.state),
                 "history": _search_history(self.out / "search" / "report"),
                 "messages": report["messages"], "model_cv": report["model_cv"]}
-
-
-def _module_ranks(model) -> dict[str, int]:
-    """{module name: rank actually trained at the end} of a PEFT model (AdaLoRA/PrunedLoRA: live ranks)."""
-    from rankadaptor.lora.ranks import live_module_ranks
-
-    return live_module_ranks(model)
 
 
 def _search_history(report_dir: Path) -> list[dict]:

@@ -148,6 +148,7 @@ def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, An
     (workers, threads, wall seconds, units resumed from an earlier run)."""
     runs = collect_runs(done)
     rows = headline(runs)
+    verdict = verdict_paragraph(rows)
     refused = refused_units(done)
     summary = summarise(runs)
     lines = [f"# rankadaptor demo ({cfg.name} preset)", "",
@@ -156,7 +157,7 @@ def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, An
              f"at it, a static plan within 1 %); seeds {list(cfg.seeds)}. Held-out perplexity on the first "
              f"{cfg.ppl_tokens} tokens of Brown's held-out text; accuracy on {cfg.eval_limit or 'all'} documents per "
              "task. Differences are A − uniform r=8, paired bootstrap over perplexity windows (accuracy: documents) "
-             "× seeds.", "", headline_markdown(rows), "", verdict_paragraph(rows)]
+             "× seeds.", "", headline_markdown(rows), "", verdict]
     if refused:
         lines += ["", "Not reported (off the budget they claim):", ""]
         lines += [f"* {key}: {why}" for key, why in sorted(refused.items())]
@@ -177,7 +178,7 @@ def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, An
               f"torch {provenance['versions']['torch']}, transformers {provenance['versions']['transformers']}."]
     md = "\n".join(lines) + "\n"
     write_text_atomic(out / "report.md", md)
-    result = {"preset": asdict(cfg), "model": model, "headline": rows, "verdict": verdict_paragraph(rows), "refused": refused,
+    result = {"preset": asdict(cfg), "model": model, "headline": rows, "verdict": verdict, "refused": refused,
               "summary": summary, "search": search, "runs": runs, "plots": plots, "timings": timings,
               "session": session, "provenance": provenance}
     write_json_atomic(out / "report.json", result)
@@ -199,9 +200,7 @@ def _figures(out: Path, done: dict[str, dict], rows: list[dict]) -> list[str]:
     paths = []
     allocations = {SHORT_LABEL.get(m, m): u["module_ranks"] for m, u in first.items() if u.get("module_ranks")}
     if allocations:
-        n_layers = 1 + max(int(name.split("layers.")[1].split(".")[0]) for ranks in allocations.values()
-                           for name in ranks if "layers." in name)
-        paths.append(figures.rank_heatmaps(allocations, n_layers, out / "rank_heatmaps.png"))
+        paths.append(figures.rank_heatmaps(allocations, None, out / "rank_heatmaps.png"))
     if curves:
         paths.append(figures.loss_curves(curves, out / "loss_curves.png",
                                          ylabel="training loss (recovery corpus; AdaLoRA's includes its regulariser)"))

@@ -35,11 +35,15 @@ def rank_grid(module_ranks: Mapping[str, int], n_layers: int,
     return grid
 
 
-def rank_heatmaps(allocations: Mapping[str, Mapping[str, int]], n_layers: int, path: Path,
+def rank_heatmaps(allocations: Mapping[str, Mapping[str, int]], n_layers: int | None, path: Path,
                   title: str = "LoRA rank per layer and module") -> Path:
-    """One panel per method (its {module: rank}), all on the colour scale of the largest rank."""
+    """One panel per method (its {module: rank}), all on the colour scale of the largest rank;
+    ``n_layers`` None: one past the highest layer any module name carries."""
     plt = _plt()
     names = list(allocations)
+    if n_layers is None:
+        n_layers = 1 + max((int(m.group(1)) for ranks in allocations.values() for name in ranks
+                            if (m := _LAYER.search(name))), default=0)
     grids = [rank_grid(allocations[n], n_layers) for n in names]
     vmax = max([g.max() for g in grids] + [1.0])
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(1.6 * max(1, len(names)) + 1.2, 0.16 * n_layers + 1.6),
@@ -71,12 +75,7 @@ def loss_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], pat
         ax.plot(steps, [float(np.mean(by_step[s])) for s in steps], marker="o", ms=3, label=method, color=f"C{i % 10}")
     ax.set_xlabel("recovery step")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    ax.set_title(f"{ylabel.split(' (')[0]} during recovery (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, ax, path, f"{ylabel.split(' (')[0]} during recovery (mean over seeds)")
 
 
 def params_vs_perplexity(points: Mapping[str, Mapping[str, float]], path: Path, budget: float | None = None) -> Path:
@@ -91,12 +90,7 @@ def params_vs_perplexity(points: Mapping[str, Mapping[str, float]], path: Path, 
         ax.axvline(budget, color="grey", ls="--", lw=1, label="budget")
     ax.set_xlabel("final LoRA parameters")
     ax.set_ylabel("held-out perplexity")
-    ax.legend(fontsize=7)
-    ax.set_title("what each method bought with its parameters (95 % intervals)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, ax, path, "what each method bought with its parameters (95 % intervals)")
 
 
 def search_history(series: Mapping[str, Sequence[tuple[float, float]]], path: Path, maximize: bool = False,
@@ -117,9 +111,14 @@ def search_history(series: Mapping[str, Sequence[tuple[float, float]]], path: Pa
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("compute spent by the search (seconds, one thread)")
     ax.set_ylabel(ylabel)
+    return _finish(fig, ax, path, "search history (points: evaluations, line: best so far)")
+
+
+def _finish(fig, ax, path: Path, title: str) -> Path:
+    """Legend, title, tight layout, written at one resolution, figure closed."""
     ax.legend(fontsize=7)
-    ax.set_title("search history (points: evaluations, line: best so far)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
     return Path(path)
