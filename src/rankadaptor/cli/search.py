@@ -206,6 +206,15 @@ def _estimate(args) -> None:
         print_estimate(estimate_recover(model, cfg.batch_size, cfg.seq_len, lora), args)
 
 
+def _require_out(args) -> None:
+    """The library searches without a plan file; the CLI finalises into one unless told not to."""
+    from rankadaptor.errors import RankAdaptorError
+
+    if not args.out and not args.no_finalize and not args.create_only:
+        raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
+                               "(--no-finalize)")
+
+
 def _final_seeds(text: str) -> int:
     n = at_least(0)(text)
     if 0 < n < 3:
@@ -240,7 +249,6 @@ def run(args) -> int:
     import torch
 
     from rankadaptor.data.recovery import check_data_source
-    from rankadaptor.errors import RankAdaptorError
     from rankadaptor.fileio import hold_claim
     from rankadaptor.search.storage import HeartbeatConfig, check_storage_url, open_storage
     from rankadaptor.search.study import make_space, run_study
@@ -249,9 +257,7 @@ def run(args) -> int:
         return run_super(args)
     _check_fidelity_flags(args)
     settings = settings_from_args(args, _seed_plans(args.seed_plan))  # checks the outputs can be written
-    if not args.out and not args.no_finalize and not args.create_only:
-        raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
-                               "(--no-finalize)")
+    _require_out(args)
     if settings.finalize and not settings.create_only and settings.out:
         hold_claim(settings.out)  # no other run writes them while this one searches
         hold_claim(settings.report_dir(), "--report")
@@ -348,9 +354,7 @@ def run_super(args) -> int:
     if args.objective not in ("loss", "average") or args.multi_fidelity or args.strategy not in ("rankadaptor", "random"):
         raise RankAdaptorError("--fidelity super scores the search-split loss with the rankadaptor or random strategy; "
                                "drop --objective, --multi-fidelity and --strategy tpe/gp")
-    if not args.out and not args.no_finalize and not args.create_only:
-        raise RankAdaptorError("an output plan file (--out) is required unless the worker only searches "
-                               "(--no-finalize)")
+    _require_out(args)
     adapter = read_adapter(args.super)  # before the model loads: a bad adapter directory fails first
     settings = settings_from_args(args, _seed_plans(args.seed_plan), super_rank=min(m.r for m in adapter.modules.values()))
     check_rank_bound(settings.candidates, settings.fixed_rank, adapter)
