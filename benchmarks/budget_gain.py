@@ -55,6 +55,9 @@ METHODS: list[dict] = [
     {"key": "super-uniform", "label": "super-adapter r=32 (nested), uniform truncation", "method": "super-uniform"},
     {"key": "super-search", "label": "super-adapter r=32 (nested), RankAdaptor's searched cut",
      "method": "super-search"},
+    {"key": "super-para", "label": "super-adapter r=32 (nested), PARA's global threshold", "method": "super-para"},
+    {"key": "super-energy", "label": "super-adapter r=32 (nested), PEFT's per-layer energy rule",
+     "method": "super-energy"},
 ]
 CUT_METHODS = ("para", "super-search", "super-para", "super-uniform", "super-energy")
 LEVERS: list[tuple[str, str, str]] = [  # (what it isolates, A, B): A - B
@@ -67,6 +70,9 @@ LEVERS: list[tuple[str, str, str]] = [  # (what it isolates, A, B): A - B
     ("initialisation: EVA's init vs EVA's ranks with plain init", "eva", "static-eva"),
     ("trajectory: nested r=32 truncated uniformly vs uniform r=8 from scratch", "super-uniform", "uniform"),
     ("allocation within the super-adapter: searched cut vs uniform truncation", "super-search", "super-uniform"),
+    ("allocation within the super-adapter: searched cut vs PARA's threshold", "super-search", "super-para"),
+    ("allocation within the super-adapter: searched cut vs the energy rule", "super-search", "super-energy"),
+    ("searched cut of the super-adapter vs r=32 then PARA (each its own wide run)", "super-search", "para"),
 ]
 
 
@@ -172,6 +178,14 @@ def compare(units: dict, a: str, b: str, seeds: list[int]) -> dict | None:
     return {"average": cmp["average"], "perplexity": cmp["perplexity"], "val_loss": val}
 
 
+def total_seconds(summary: dict) -> float:
+    """One run's compute on this machine: its training, the allocation run it needed, and for a cut row the
+    wide adapter's training (its record's ``train_seconds``) plus the cut or the cheap search."""
+    alloc = (summary.get("allocation") or {}).get("seconds") or 0.0
+    cut = (summary.get("compute") or {}).get("cut_seconds") or 0.0
+    return summary["train_seconds"] + alloc + cut
+
+
 def _cut_row(units: dict, key: str, seeds: list[int]) -> bool:
     """A wide adapter cut to the budget after training (PARA, the super-adapter's cuts)."""
     return any(units[(key, s)]["summary"]["method"] in CUT_METHODS for s in seeds if (key, s) in units)
@@ -196,6 +210,7 @@ def summarise(units: dict, rows: list[dict], seeds: list[int]) -> dict:
             "average": mean_ci([paper_average(u["results"]["tasks"]) for u in mine]).to_dict(),
             "train_seconds": mean_ci([u["summary"]["train_seconds"] for u in mine]).to_dict(),
             "allocation_seconds": alloc.get("seconds"), "allocation_note": alloc.get("note"),
+            "total_seconds": mean_ci([total_seconds(u["summary"]) for u in mine]).to_dict(),
             "vs_uniform": None if row["key"] == "uniform" else compare(units, row["key"], "uniform", seeds)}
     levers = [{"lever": name, "a": a, "b": b, **(compare(units, a, b, seeds) or {})} for name, a, b in LEVERS]
     return {"table": table, "levers": [lv for lv in levers if "val_loss" in lv]}
@@ -220,13 +235,13 @@ def markdown(result: dict) -> str:
              "adapters cut after training: their record holds the wide adapter's loss, not the cut's). "
              "95 % intervals; 'no test' = fewer than 3 pairs or no spread.", "",
              "| method | params / budget | held-out ppl | Δ ppl vs uniform | 7-task avg (%) | Δ avg vs uniform (pts) | "
-             "Δ val loss vs uniform | train s (+ allocation s) |", "|---|---|---|---|---|---|---|---|"]
+             "Δ val loss vs uniform | train s (+ allocation s) | total s |", "|---|---|---|---|---|---|---|---|---|"]
     for key, r in result["table"].items():
         v = r["vs_uniform"] or {}
         alloc = f" (+{r['allocation_seconds']:.0f})" if r.get("allocation_seconds") else ""
         lines.append(f"| {r['label']} | {r['params_relative']:.3f} | {r['ppl']['mean']:.2f} | {_ci(v.get('perplexity'), 1, 2)} | "
                      f"{100 * r['average']['mean']:.2f} | {_ci(v.get('average'), 100, 2)} | {_ci(v.get('val_loss'), 1, 4)} | "
-                     f"{r['train_seconds']['mean']:.0f}{alloc} |")
+                     f"{r['train_seconds']['mean']:.0f}{alloc} | {r['total_seconds']['mean']:.0f} |")
     lines += ["", "Levers (A − B, paired): held-out perplexity; 7-task average (pts); validation loss", ""]
     for lv in result["levers"]:
         lines.append(f"* {lv['lever']}: ppl {_ci(lv.get('perplexity'), 1, 2)}; avg {_ci(lv.get('average'), 100, 2)}; "

@@ -185,7 +185,8 @@ class MethodRun:
         return {"method": self.name, "adapter": self.adapter, "budget": self.budget, "val_loss": rec.get("val_loss"),
                 "train_seconds": rec.get("train_seconds"), "seconds_per_step": rec.get("seconds_per_step"),
                 "steps": rec.get("total_steps"), "trainable_params": rec.get("trainable_params"),
-                "final_ranks": _final_ranks(rec), "allocation": self.allocation}
+                "final_ranks": _final_ranks(rec), "allocation": self.allocation,
+                "compute": rec.get("compute")}  # a cut row's wide training + cut (+ search), see _super_cut
 
 
 def _final_ranks(record: dict) -> Any:
