@@ -16,11 +16,11 @@ Memory (bytes; b = bytes per element of the frozen weights' dtype, T = tokens pe
 * the loss over the full vocabulary V: 12·V per token (logits, float32 log-probabilities and their
   gradient; measured 11.6-11.8 for float32 and bfloat16 bases); distillation gathers the trained
   positions and runs the LM heads in chunks, so only ``chunk_tokens``·V·24 (student and teacher);
-* Taylor pruning (lean, block by block): the cached input of every replayed block for every
-  calibration sequence, one block's float32 statistics (sum; squares too for element2) and one
-  sequence's gradients, one block's activations for one sequence, and one sequence's loss. It
-  leaves out transients that do not grow with the model's depth (tens of MiB on a 50M-parameter
-  model: 15-35 % of its small total there; ``benchmarks/real_shapes.py`` compares at 7B width).
+* Taylor pruning (lean, block by block): weights + the cached input of every replayed block for
+  every calibration sequence + one block's float32 statistics (sum; squares too for element2) +
+  the largest transient: max(one sequence's gradients and one block's activations, the float32
+  products scoring the widest weight, one sequence's loss). Only the cached inputs grow with depth
+  beyond the weights (LLaMA-7B width, 1 to 3 layers: peak +0.385 GiB per layer; the weights and inputs 0.38).
 
 Time: the step's FLOPs (2 per multiply-add; a frozen base's backward pass costs one forward,
 a recomputation another) over the rate of a short matrix-product probe on this device and dtype,
@@ -182,10 +182,14 @@ def estimate_prune(model, calibration: int, seq_len: int, fisher: bool = False, 
     widest = max(max(h * inter, h * q) for q, _, _, inter in blocks)
     parts = {"weights": s.param_bytes,
              "cached inputs": tokens * h * b * (len(blocks) + 1),  # each replayed block's input + the upstream grads
-             # one block's statistics + one sequence's gradients, and the float32 products scoring its widest weight
-             "gradients": block_params * (4 * (2 if fisher else 1) + b) + widest * (14 if fisher else 8),
-             "activations": seq_len * replay,
-             "loss": seq_len * s.vocab * LOSS_BYTES_PER_LOGIT}
+             # one block's float32 statistics (sum, and squares for element2): alive while it is replayed and scored
+             "gradients": block_params * 4 * (2 if fisher else 1),
+             # on top of them the largest of what comes and goes (measured at LLaMA-7B width, issue 17): one
+             # sequence's gradients in the weights' dtype with one block's activations during a replay; the
+             # float32 products scoring the widest weight (a column slice's copy and the product); and, in the
+             # recording pass before any statistics exist, one sequence's loss
+             "working set": max(block_params * b + seq_len * replay, widest * (14 if fisher else 8),
+                                seq_len * s.vocab * LOSS_BYTES_PER_LOGIT)}
     # per sequence: a forward pass without autograd, then each replayed block forward and backward
     flops = calibration * (s.forward_flops(seq_len, seq_len) + 3 * _block_flops(blocks, h, seq_len))
     return _finish("prune", parts, flops, s, device, probe, available)
