@@ -224,6 +224,10 @@ def _ci(d: dict | None, scale: float = 1.0, digits: int = 3) -> str:
             f"{d['verdict']}")
 
 
+def _total(row: dict) -> str:
+    return f"{row['total_seconds']['mean']:.0f}" if "total_seconds" in row else "—"  # results made before it existed
+
+
 def markdown(result: dict) -> str:
     s = result["setting"]
     lines = ["# Where the gain comes from: allocation or trajectory (SmolLM2-135M pruned 20 %, uniform-r8 budget)", "",
@@ -241,7 +245,7 @@ def markdown(result: dict) -> str:
         alloc = f" (+{r['allocation_seconds']:.0f})" if r.get("allocation_seconds") else ""
         lines.append(f"| {r['label']} | {r['params_relative']:.3f} | {r['ppl']['mean']:.2f} | {_ci(v.get('perplexity'), 1, 2)} | "
                      f"{100 * r['average']['mean']:.2f} | {_ci(v.get('average'), 100, 2)} | {_ci(v.get('val_loss'), 1, 4)} | "
-                     f"{r['train_seconds']['mean']:.0f}{alloc} | {r['total_seconds']['mean']:.0f} |")
+                     f"{r['train_seconds']['mean']:.0f}{alloc} | {_total(r)} |")
     lines += ["", "Levers (A − B, paired): held-out perplexity; 7-task average (pts); validation loss", ""]
     for lv in result["levers"]:
         lines.append(f"* {lv['lever']}: ppl {_ci(lv.get('perplexity'), 1, 2)}; avg {_ci(lv.get('average'), 100, 2)}; "
