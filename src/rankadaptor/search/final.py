@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 FINAL_SEED_BASE = 10_000  # final re-evaluation seeds: 10000, 10001, ... (screening uses the study's seed)
 
 
-def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = "ridge", folds: int = 5,
+def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = "hierarchical", folds: int = 5,
                  noise_sd: float | None = None, **options) -> dict[str, Any]:
     """Out-of-fold Spearman of the surrogate on all completed trials, with its p-value."""
     X, y, _ = completed_data(space, study)
