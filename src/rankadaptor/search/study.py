@@ -254,7 +254,7 @@ def run_study(settings: SearchSettings, objective, costs: Sequence[float] | Sequ
         n_trials=settings.trials, patience=settings.patience, tolerance=settings.model_tolerance,
         final_seeds=settings.final_seeds, finalists=settings.finalists, multi_fidelity=settings.multi_fidelity,
         seed=settings.seed, poll_interval=settings.poll_interval, noise_every=settings.noise_every,
-        surrogate=settings.surrogate)
+        surrogate=settings.surrogate, model_finalist=settings.strategy == "rankadaptor")
     state = engine.run_search(study, space, objective, config)
     result = StudyResult(study, space, state)
     if not settings.finalize:
