@@ -59,7 +59,7 @@ def test_search_starts_with_uniform_never_repeats_and_respects_budget(tmp_path):
     assert len(set(hashes)) == len(hashes)
     assert space.is_valid(np.array([t.user_attrs["ranks"] for t in done])).all()
     guided = [t for t in done if t.user_attrs.get("proposal") == "model"]
-    assert guided and all("predicted" in t.user_attrs and t.user_attrs["surrogate"] == "ridge" for t in guided)
+    assert guided and all("predicted" in t.user_attrs and t.user_attrs["surrogate"] == "hierarchical" for t in guided)
     assert any("cv_spearman" in t.user_attrs for t in guided)
 
 

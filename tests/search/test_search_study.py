@@ -57,3 +57,20 @@ def test_run_study_queues_seed_plans_and_returns_a_report_without_writing():
     assert [t.user_attrs.get("seeded_from") for t in done[:2]] == ["uniform", "lora-star"]
     assert result.report["best"]["ranks"] and result.paths == {}
     assert np.isclose(space.cost(np.asarray(done[1].user_attrs["ranks"])) / space.budget, 1, atol=0.01)
+
+
+@pytest.mark.parametrize("strategy", ["rankadaptor", "random"])
+def test_only_rankadaptor_adds_its_surrogates_optimum_to_the_finalists(strategy):
+    # a baseline strategy is compared by what it proposed: its pick comes from the plans it measured
+    settings = SearchSettings(study="s", trials=8, fixed_first=1, fixed_last=1, n_initial=3, noise_every=0,
+                              strategy=strategy, final_seeds=2)
+    space = make_space(settings, COSTS)
+    obj = additive(space, noise=0.001, seed=1)
+    result = run_study(settings, obj, COSTS, obj.identity(), storage=optuna.storages.InMemoryStorage())
+    sources = {f["source"] for f in result.report["finalists"]}
+    measured = {tuple(t.user_attrs["ranks"]) for t in result.study.trials if t.state.name == "COMPLETE"}
+    if strategy == "random":
+        assert "model" not in sources
+        assert all(tuple(f["ranks"]) in measured for f in result.report["finalists"])
+    else:
+        assert "model" in sources

@@ -80,8 +80,10 @@ def add_parser(sub) -> None:
     p.add_argument("--strategy", default="rankadaptor",
                    help="rankadaptor (surrogate-guided, default), random, tpe (Optuna TPE), gp (Optuna GP)")
     p.add_argument("--surrogate", default=None,
-                   help="the rankadaptor strategy's model: ridge (default; additive Bayesian ridge on log-rank) or "
-                        "mlp (the paper's MLP ensemble; the default with --meta)")
+                   help="the rankadaptor strategy's model: hierarchical (default; Bayesian linear model on "
+                        "log-rank, per-layer weights shrunk toward a shared one, neighbour-layer interactions), "
+                        "ridge (additive Bayesian ridge on log-rank) or mlp (the paper's MLP ensemble; the default "
+                        "with --meta)")
     p.add_argument("--granularity", default="layer",
                    help="one rank per decoder layer (default, the paper's) or per module (q,k,v,o,gate,up,down)")
     p.add_argument("--objective", type=_objective, default="average", metavar="NAME",
@@ -134,9 +136,10 @@ def add_parser(sub) -> None:
     p.add_argument("--noise-every", type=at_least(0), default=8,
                    help="re-measure the uniform plan and the incumbent on a fresh seed every N trials (0 = never)")
     p.add_argument("--pool", type=at_least(1), default=10_000, help="random valid candidates scored per round")
-    p.add_argument("--acquisition", choices=("ucb", "ei", "thompson"), default="ucb",
+    p.add_argument("--acquisition", choices=("ucb", "ei", "thompson"), default=None,
                    help="how the next plan is chosen from the surrogate: ucb (mean + kappa sd), ei (expected "
-                        "improvement beyond the measured noise), thompson (best plan of one posterior draw)")
+                        "improvement beyond the measured noise), thompson (best plan of one posterior draw); "
+                        "default: the surrogate's own (thompson for hierarchical, ucb for ridge and mlp)")
     p.add_argument("--kappa", type=at_least(0, float), default=2.0, help="UCB exploration weight (default 2)")
     p.add_argument("--ensemble", type=at_least(1), default=5, help="MLP surrogate: ensemble size")
     p.add_argument("--hidden", type=_ints, default=(32, 32, 32), help="MLP surrogate: hidden sizes (default 32,32,32)")

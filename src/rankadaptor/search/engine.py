@@ -53,7 +53,10 @@ class SearchConfig:
     seed: int = 0  # the study's seed: every screening trial runs on it
     poll_interval: float = 5.0  # seconds between looks at the study while other workers hold the budget
     noise_every: int = 8  # re-measure uniform + incumbent on a fresh seed every N completed trials (0 = never)
-    surrogate: str = "ridge"  # the surrogate whose cross-validated predictions the final report states
+    surrogate: str = "hierarchical"  # the surrogate whose cross-validated predictions the final report states
+    # the surrogate's own optimum joins the finalists: RankAdaptor's strategy only; a baseline strategy (random,
+    # TPE, GP) picks among the plans it measured, so a comparison of strategies compares their proposals
+    model_finalist: bool = True
 
     def __post_init__(self) -> None:
         if self.n_trials < 1 or self.patience < 1 or self.final_seeds < 0 or self.finalists < 1:

@@ -1,6 +1,7 @@
 """The end of a search (RankAdaptor §3.3, Convergence): pick, re-evaluate against uniform, say what it means.
 
-The finalists (the best measured plans and the surrogate's own optimum) and the uniform plan are re-evaluated at fidelity ``"final"`` on fresh
+The finalists (the best measured plans and, for RankAdaptor's own strategy, the surrogate's optimum) and the
+uniform plan are re-evaluated at fidelity ``"final"`` on fresh
 seeds the search never used, each seed shared by all of them (paired). The report states the
 paired difference of the pick to uniform with its 95 % interval and verdict, how well the
 surrogate predicted held-out trials (out-of-fold Spearman), and in one line whether the plans the
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 FINAL_SEED_BASE = 10_000  # final re-evaluation seeds: 10000, 10001, ... (screening uses the study's seed)
 
 
-def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = "ridge", folds: int = 5,
+def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = "hierarchical", folds: int = 5,
                  noise_sd: float | None = None, **options) -> dict[str, Any]:
     """Out-of-fold Spearman of the surrogate on all completed trials, with its p-value."""
     X, y, _ = completed_data(space, study)
@@ -55,7 +56,7 @@ def finalize(study: optuna.Study, space: SearchSpace, objective, config, surroga
     finalists = [("measured", X[i]) for i in order[:config.finalists]]
     measured_noise = noise.estimate(study)
     cv = oof_spearman(space, study, config.surrogate, noise_sd=measured_noise["noise_sd"], **options)
-    if len(y) >= 3:  # the surrogate's own optimum joins the finalists; fresh seeds decide between them
+    if config.model_finalist and len(y) >= 3:  # the surrogate's optimum joins the finalists; fresh seeds decide
         model = make_surrogate(config.surrogate, space, config.seed, **options).fit(X, y, measured_noise["noise_sd"])
         cands, _, mean, _ = maximise(space, model, X, y, np.random.default_rng(config.seed), kappa=0.0)
         finalists.append(("model", cands[int(np.argmax(mean))]))

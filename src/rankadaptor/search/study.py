@@ -43,7 +43,7 @@ class SearchSettings:
     trials: int | None = 40  # completed trials of the whole study (all workers); None only with create_only
     storage: str | None = None  # database URL; None = sqlite:///<study>.db in the working directory
     strategy: str = "rankadaptor"  # rankadaptor (surrogate-guided), random, tpe, gp
-    surrogate: str = DEFAULT_SURROGATE  # the rankadaptor strategy's model: ridge (default), mlp
+    surrogate: str = DEFAULT_SURROGATE  # the rankadaptor strategy's model: hierarchical (default), ridge, mlp
     granularity: str = "layer"  # one rank per decoder layer (the paper's) or per module (q, k, v, o, gate, up, down)
     budget: str | float | None = "uniform:8"  # 'uniform:R' (uniform rank R's count), a count, or None
     budget_tolerance: float = 0.01
@@ -53,7 +53,7 @@ class SearchSettings:
     fixed_rank: int = 8
     n_initial: int = 8  # initial design incl. the uniform plan and the seed plans
     pool: int = 10_000
-    acquisition: str = "ucb"
+    acquisition: str | None = None  # ucb, ei, thompson; None: the surrogate's own (thompson for hierarchical)
     kappa: float = 2.0  # UCB exploration weight (benchmarks/results/search_compare.md)
     ensemble: int = 5
     hidden: tuple[int, ...] = (32, 32, 32)  # RankAdaptor §4.1's performance model 32-32-32-1
@@ -88,6 +88,8 @@ class SearchSettings:
             raise RankAdaptorError(f"strategy {self.strategy!r} unknown; choose from {list(STRATEGIES)}")
         if self.surrogate not in SURROGATES:
             raise RankAdaptorError(f"surrogate {self.surrogate!r} unknown; choose from {sorted(SURROGATES)}")
+        if self.acquisition is None:
+            self.acquisition = SURROGATES[self.surrogate].acquisition
         if self.granularity not in GRANULARITIES:
             raise RankAdaptorError(f"granularity {self.granularity!r} unknown; choose from {list(GRANULARITIES)}")
         if self.meta_method not in META_METHODS:
@@ -252,7 +254,7 @@ def run_study(settings: SearchSettings, objective, costs: Sequence[float] | Sequ
         n_trials=settings.trials, patience=settings.patience, tolerance=settings.model_tolerance,
         final_seeds=settings.final_seeds, finalists=settings.finalists, multi_fidelity=settings.multi_fidelity,
         seed=settings.seed, poll_interval=settings.poll_interval, noise_every=settings.noise_every,
-        surrogate=settings.surrogate)
+        surrogate=settings.surrogate, model_finalist=settings.strategy == "rankadaptor")
     state = engine.run_search(study, space, objective, config)
     result = StudyResult(study, space, state)
     if not settings.finalize:

@@ -1,15 +1,20 @@
 """Surrogates: what the search believes about plans it has not measured (RankAdaptor §3.2's "performance model").
 
-A surrogate is a small class with ``fit(X, y, noise_sd=None)`` and ``predict(X) -> (mean, std)``:
+A surrogate is a small class with ``fit(X, y, noise_sd=None)``, ``predict(X) -> (mean, std)``,
+``sample_function(rng)`` (one posterior draw, for Thompson sampling) and ``acquisition`` (the one a
+search uses with it unless told otherwise):
 ``X`` holds rank vectors of the space (one per row), ``y`` the measured values oriented so that
 larger is better, ``noise_sd`` the noise the search measured by repeating plans (``search/noise.py``),
 and ``std`` is the surrogate's own uncertainty about the mean (what the acquisition explores), not
 the noise of one more measurement. Register a new one in ``SURROGATES``.
 
-* ``ridge`` (default): Bayesian linear regression on log(1 + rank) per free unit, prior precision
+* ``hierarchical`` (default; Thompson sampling): Bayesian linear model on log(1 + rank) per free
+  unit whose weights shrink toward one shared weight (a concave per-unit effect that differs
+  between layers), plus interactions of neighbouring layers; its prior variances (and the noise,
+  until the search has measured it) by maximum marginal likelihood.
+* ``ridge``: Bayesian linear regression on log(1 + rank) per free unit, prior precision
   set by evidence maximisation and, once the search has measured its noise, that noise as the
-  observation noise. An additive model with one weight per layer: the shape the measured gains
-  have had (design §3), and learnable from as many trials as there are free layers.
+  observation noise. An additive model with one weight per layer, shrunk toward zero.
 * ``mlp``: the paper's MLP ensemble (32-32-32-1, online incremental refits, optional meta-learned
   prior from ``search/meta.py``); the ensemble's spread is its uncertainty.
 """
@@ -32,6 +37,7 @@ class RidgeSurrogate:
     """Additive Bayesian ridge on log-rank features (MacKay's evidence updates for the prior precision)."""
 
     name = "ridge"
+    acquisition = "ucb"  # the acquisition a search uses with this surrogate unless told otherwise
 
     def __init__(self, space: SearchSpace, seed: int = 0, min_noise: float = 0.03, iterations: int = 50):
         self.space, self.min_noise, self.iterations = space, float(min_noise), int(iterations)
@@ -87,10 +93,114 @@ class RidgeSurrogate:
                 "noise_sd_standardised": (1 / np.sqrt(self.beta)) if self._fitted else None}
 
 
+class HierarchicalSurrogate:
+    """Bayesian linear model on log-rank whose per-unit weights shrink toward a shared one, plus
+    interactions of neighbouring layers; hyper-parameters by type-II maximum likelihood.
+
+    Value ≈ Σ_u (μ + δ_u) z_u + Σ_j v_j (ℓ_j − ℓ̄_j)(ℓ_{j+1} − ℓ̄_{j+1}), with z_u the unit's scaled
+    log(1 + rank) and ℓ_j its layer's mean. Priors μ ~ N(0, s_μ²), δ_u ~ N(0, s_δ²), v_j ~ N(0, s_v²):
+    a hierarchical ("random effects") prior, the standard cure for one-weight-per-group models fitted on
+    about as many points as groups (Gelman et al., Bayesian Data Analysis, ch. 5). Shrinking toward the
+    shared weight, not toward zero, is what matters under a budget: a layer whose own weight is not yet
+    learned still loses value when rank is taken from it (log-rank is concave), so the model does not
+    strip unmeasured layers to feed measured ones. (s_μ, s_δ, s_v) and, until the search has measured
+    it, the noise are set by maximising the marginal likelihood with weak log-normal hyper-priors
+    (MacKay's evidence framework; Rasmussen & Williams §5.4), on n × n matrices (n = trials).
+    """
+
+    name = "hierarchical"
+    acquisition = "thompson"  # a posterior over weights is cheap to draw from; no exploration weight to tune
+
+    def __init__(self, space: SearchSpace, seed: int = 0, min_noise: float = 0.03, pairs: bool = True):
+        self.space, self.min_noise, self.pairs = space, float(min_noise), bool(pairs)
+        layers = space.layer_of[space.free_units]
+        self._layers = np.unique(layers)
+        self._members = [np.flatnonzero(layers == j) for j in self._layers]
+        # pairs of neighbouring free layers (a pair with a fixed layer is linear in the free one's rank)
+        self._pairs = [(a, a + 1) for a in range(len(self._layers) - 1)
+                       if self._layers[a + 1] == self._layers[a] + 1] if self.pairs else []
+        self._fitted = False
+
+    def _design(self, X: np.ndarray) -> np.ndarray:
+        z = self.space.log_features(X)
+        cols = [z, z.sum(1, keepdims=True)]  # per-unit deviations δ, then the shared weight μ
+        if self._pairs:
+            ell = np.stack([z[:, m].mean(1) for m in self._members], axis=1) - self._ell_mean
+            cols.append(np.stack([ell[:, a] * ell[:, b] for a, b in self._pairs], axis=1))
+        return np.concatenate(cols, axis=1)
+
+    def _groups(self) -> np.ndarray:
+        p = self.space.n_free
+        return np.concatenate([np.zeros(p, int), [1], np.full(len(self._pairs), 2, int)])
+
+    def fit(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None = None) -> "HierarchicalSurrogate":
+        from scipy import optimize
+
+        X, y = _check(X, y)
+        z = self.space.log_features(X)
+        self._ell_mean = np.stack([z[:, m].mean(1) for m in self._members], axis=1).mean(0)
+        phi = self._design(X)
+        self.x_mean, self.y_mean = phi.mean(0), float(y.mean())
+        self.y_sd = float(y.std()) or 1.0
+        Phi, t = phi - self.x_mean, (y - self.y_mean) / self.y_sd
+        groups = self._groups()
+        # scale each group so that a unit prior variance means "this group alone explains the spread of y"
+        scale = np.array([max(float(np.sum(Phi[:, groups == g].var(0))), 1e-9) if np.any(groups == g) else 1.0
+                          for g in range(3)])
+        known = None if noise_sd is None or not np.isfinite(noise_sd) else max(noise_sd / self.y_sd, self.min_noise)
+        n_groups = 3 if self._pairs else 2
+        # hyper-prior: log prior variances ~ N(log 0.5, 1.5²) per group (weakly "the groups share the
+        # spread"), log noise variance ~ N(log 0.25, 1.5²) (an eighth to a half of the spread is noise)
+        prior_mean = np.array([np.log(0.5)] * n_groups + [np.log(0.25)])
+
+        def neg_log_post(theta: np.ndarray) -> float:
+            var = np.exp(theta[:n_groups]) / scale[:n_groups]
+            noise_var = known ** 2 if known is not None else float(np.exp(theta[-1]))
+            K = (Phi * var[groups]) @ Phi.T + noise_var * np.eye(len(t))
+            try:
+                L = np.linalg.cholesky(K)
+            except np.linalg.LinAlgError:
+                return 1e10
+            a = np.linalg.solve(L, t)
+            nll = 0.5 * a @ a + float(np.log(np.diag(L)).sum())
+            return nll + 0.5 * float(np.sum((theta - prior_mean) ** 2)) / 1.5 ** 2
+
+        res = optimize.minimize(neg_log_post, prior_mean, method="L-BFGS-B",
+                                bounds=[(-12.0, 4.0)] * n_groups + [(2 * np.log(self.min_noise), 1.0)])
+        theta = res.x
+        self.prior_var = np.exp(theta[:n_groups]) / scale[:n_groups]
+        self.noise_var = known ** 2 if known is not None else float(np.exp(theta[-1]))
+        d = self.prior_var[groups]
+        # posterior of the weights: S = (D⁻¹ + ΦᵀΦ/σ²)⁻¹, m = S Φᵀ t / σ²
+        S = np.linalg.inv(np.diag(1.0 / d) + Phi.T @ Phi / self.noise_var)
+        self.S, self.m = (S + S.T) / 2, S @ Phi.T @ t / self.noise_var
+        self.hyper = {"shared_var": float(theta[1]), "unit_var": float(theta[0]),
+                      "pair_var": float(theta[2]) if self._pairs else None,
+                      "noise_sd_standardised": float(np.sqrt(self.noise_var))}
+        self._fitted = True
+        return self
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self._fitted:
+            raise RankAdaptorError("the hierarchical surrogate must be fitted before it predicts")
+        Phi = self._design(X) - self.x_mean
+        var = ((Phi @ self.S) * Phi).sum(1)
+        return Phi @ self.m * self.y_sd + self.y_mean, np.sqrt(np.clip(var, 0, None)) * self.y_sd
+
+    def sample_function(self, rng: np.random.Generator):
+        """One draw of the weights from the posterior, as a function of plans (Thompson sampling)."""
+        w = rng.multivariate_normal(self.m, self.S, method="eigh")
+        return lambda X: (self._design(X) - self.x_mean) @ w * self.y_sd + self.y_mean
+
+    def describe(self) -> dict[str, Any]:
+        return {"surrogate": self.name, **(self.hyper if self._fitted else {})}
+
+
 class MLPSurrogate:
     """The paper's MLP ensemble; refitted incrementally (``partial_fit``) after its first fit."""
 
     name = "mlp"
+    acquisition = "ucb"
 
     def __init__(self, space: SearchSpace, seed: int = 0, mlp: MLPConfig | None = None, ensemble_size: int = 5,
                  init_state: dict | None = None):
@@ -125,8 +235,8 @@ class MLPSurrogate:
                 "meta_prior": self.init_state is not None}
 
 
-SURROGATES: dict[str, type] = {"ridge": RidgeSurrogate, "mlp": MLPSurrogate}
-DEFAULT_SURROGATE = "ridge"  # benchmarks/results/search_compare.md: ahead of the MLP at 25 trials
+SURROGATES: dict[str, type] = {"hierarchical": HierarchicalSurrogate, "ridge": RidgeSurrogate, "mlp": MLPSurrogate}
+DEFAULT_SURROGATE = "hierarchical"  # benchmarks/results/search_compare.md
 
 
 def make_surrogate(name: str, space: SearchSpace, seed: int = 0, **options):
