@@ -54,7 +54,10 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "para_quality": script_table("para_quality", "markdown"),
     "prunedlora_ablation": script_table("prunedlora_ablation", "markdown"),
     "search_compare": script_table("search_compare", "markdown"),
+    "budget_gain": script_table("budget_gain", "markdown"),
     "budget_gain_validation": script_table("budget_gain", "markdown"),
+    "super_validity": script_table("super_validity", "markdown"),
+    "super_sweep": script_table("super_sweep", "markdown"),
     "search_real_data": script_table("search_real_data", "markdown"),
 }
 

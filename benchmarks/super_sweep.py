@@ -130,7 +130,7 @@ def run_sweep(kit: Kit, state: dict, save) -> None:
                     t0 = time.perf_counter()
                     info = {}
                     if rule == "search":
-                        ranks, info = _search(kit, objective, budget, f"{key}-{name}")
+                        ranks, info = _search(kit, objective, budget, study_name(kind, seed, method, red))
                     else:
                         ranks = rule_ranks(rule, objective.adapter, budget)
                     objective.cut.set_ranks(ranks)
@@ -146,6 +146,11 @@ def run_sweep(kit: Kit, state: dict, save) -> None:
                 save()
             if objective is not None:
                 objective.cut.remove()
+
+
+def study_name(kind: str, seed: int, method: str, reduction: float) -> str:
+    """The cut's study: a name storage accepts (letters, digits, '.', '_', '-'), unlike the table's row label."""
+    return f"{kind}-seed{seed}-{method}-{int(round(reduction * 100))}"
 
 
 def _search(kit: Kit, objective, budget: int, study: str) -> tuple[dict, dict]:

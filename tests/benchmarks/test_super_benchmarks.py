@@ -33,3 +33,12 @@ def test_validity_table_and_markdown():
                                       "finetune_steps": 5, "scratch_steps": 30},
                          "search_split": {"tokens": 512}, "plans": rows, "validity": table})
     assert "(b) trained from scratch | -1.00" in text
+
+
+def test_sweep_study_names_are_names_storage_accepts():
+    from rankadaptor.search.storage import check_study_name
+
+    sweep = _load("super_sweep")
+    for method in sweep.CUT_METHODS:
+        for red in sweep.REDUCTIONS:
+            check_study_name(sweep.study_name("nested", 0, method, red))  # raises on '/', ' ', '%'
