@@ -40,7 +40,10 @@ def script_table(script: str, function: str) -> Callable[[dict], str]:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         text = getattr(module, function)(results)
-        return "\n".join(line for line in text.splitlines() if not line.startswith("# ")).strip() + "\n"
+        # the script's title goes; its sections become bold lines (the README section is the heading)
+        lines = [f"**{line[3:]}**" if line.startswith("## ") else line
+                 for line in text.splitlines() if not line.startswith("# ")]
+        return "\n".join(lines).strip() + "\n"
 
     return make
 
