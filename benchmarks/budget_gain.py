@@ -211,6 +211,9 @@ def summarise(units: dict, rows: list[dict], seeds: list[int]) -> dict:
             "train_seconds": mean_ci([u["summary"]["train_seconds"] for u in mine]).to_dict(),
             "allocation_seconds": alloc.get("seconds"), "allocation_note": alloc.get("note"),
             "total_seconds": mean_ci([total_seconds(u["summary"]) for u in mine]).to_dict(),
+            "train_steps": mine[0]["summary"].get("steps"),  # every seed trains the same number of steps
+            "search_forward_tokens": max(((u["summary"].get("compute") or {}).get("search_forward_tokens") or 0)
+                                         for u in mine),
             "vs_uniform": None if row["key"] == "uniform" else compare(units, row["key"], "uniform", seeds)}
     levers = [{"lever": name, "a": a, "b": b, **(compare(units, a, b, seeds) or {})} for name, a, b in LEVERS]
     return {"table": table, "levers": [lv for lv in levers if "val_loss" in lv]}
@@ -239,14 +242,20 @@ def markdown(result: dict) -> str:
              "adapters cut after training: their record holds the wide adapter's loss, not the cut's). "
              "95 % intervals; 'no test' = fewer than 3 pairs or no spread.", "",
              "| method | params / budget | held-out ppl | Δ ppl vs uniform | 7-task avg (%) | Δ avg vs uniform (pts) | "
-             "Δ val loss vs uniform | train s (+ allocation s) | total s |", "|---|---|---|---|---|---|---|---|---|"]
+             "Δ val loss vs uniform | train s (+ allocation s) | total s | steps | search fwd tokens |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in result["table"].items():
         v = r["vs_uniform"] or {}
         alloc = f" (+{r['allocation_seconds']:.0f})" if r.get("allocation_seconds") else ""
         lines.append(f"| {r['label']} | {r['params_relative']:.3f} | {r['ppl']['mean']:.2f} | {_ci(v.get('perplexity'), 1, 2)} | "
                      f"{100 * r['average']['mean']:.2f} | {_ci(v.get('average'), 100, 2)} | {_ci(v.get('val_loss'), 1, 4)} | "
-                     f"{r['train_seconds']['mean']:.0f}{alloc} | {_total(r)} |")
-    lines += ["", "Levers (A − B, paired): held-out perplexity; 7-task average (pts); validation loss", ""]
+                     f"{r['train_seconds']['mean']:.0f}{alloc} | {_total(r)} | {r.get('train_steps') or '—'} | "
+                     f"{r.get('search_forward_tokens') or 0:,} |")
+    lines += ["", f"Compute: 'total s' = training + the allocation run it needed + a cut row's wide training and its cut "
+              f"or cheap search, on this machine; 'steps' = training steps of the final adapter (a cut row: of its wide "
+              f"adapter); the allocation runs add {s['screen_steps']} steps each (PARA's and PrunedLoRA's short runs; "
+              "EVA's is forward passes only); 'search fwd tokens' = tokens the super-adapter's cheap search scored.",
+              "", "Levers (A − B, paired): held-out perplexity; 7-task average (pts); validation loss", ""]
     for lv in result["levers"]:
         lines.append(f"* {lv['lever']}: ppl {_ci(lv.get('perplexity'), 1, 2)}; avg {_ci(lv.get('average'), 100, 2)}; "
                      f"val loss {_ci(lv.get('val_loss'), 1, 4)}")
