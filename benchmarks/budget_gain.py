@@ -191,7 +191,9 @@ def _cut_row(units: dict, key: str, seeds: list[int]) -> bool:
     return any(units[(key, s)]["summary"]["method"] in CUT_METHODS for s in seeds if (key, s) in units)
 
 
-def summarise(units: dict, rows: list[dict], seeds: list[int]) -> dict:
+def summarise(units: dict, rows: list[dict], seeds: list[int], search_seconds: float | None = None) -> dict:
+    """Per method: ppl, average, val loss, compute, paired differences to uniform; the levers. ``search_seconds``:
+    the RankAdaptor search that produced the searched plan (run once, shared by its seeds): its allocation cost."""
     from rankadaptor.metrics import paper_average
     from rankadaptor.stats import mean_ci
 
@@ -201,6 +203,7 @@ def summarise(units: dict, rows: list[dict], seeds: list[int]) -> dict:
         if not mine:
             continue
         alloc = mine[0]["summary"].get("allocation") or {}
+        search = search_seconds if row.get("plan") == "searched" else None
         table[row["key"]] = {
             "label": row["label"], "seeds": [u["seed"] for u in mine],
             "params_relative": mine[0]["budget"]["relative"],
@@ -209,8 +212,8 @@ def summarise(units: dict, rows: list[dict], seeds: list[int]) -> dict:
             "ppl": mean_ci([u["results"]["perplexity"]["perplexity"] for u in mine]).to_dict(),
             "average": mean_ci([paper_average(u["results"]["tasks"]) for u in mine]).to_dict(),
             "train_seconds": mean_ci([u["summary"]["train_seconds"] for u in mine]).to_dict(),
-            "allocation_seconds": alloc.get("seconds"), "allocation_note": alloc.get("note"),
-            "total_seconds": mean_ci([total_seconds(u["summary"]) for u in mine]).to_dict(),
+            "allocation_seconds": search or alloc.get("seconds"), "allocation_note": alloc.get("note"),
+            "total_seconds": mean_ci([total_seconds(u["summary"]) + (search or 0.0) for u in mine]).to_dict(),
             "train_steps": mine[0]["summary"].get("steps"),  # every seed trains the same number of steps
             "search_forward_tokens": max(((u["summary"].get("compute") or {}).get("search_forward_tokens") or 0)
                                          for u in mine),
@@ -324,7 +327,7 @@ def main(argv=None) -> int:
                           "seq_len": args.seq_len, "lr": args.lr, "seeds": seeds, "eval_limit": args.eval_limit,
                           "ppl_tokens": args.ppl_tokens, "methods": rows,
                           "validation": args.seeds < 5 or args.eval_limit < 50},
-              **summarise(units, rows, seeds)}
+              **summarise(units, rows, seeds, context["searched"][1].get("seconds") if "searched" in context else None)}
     for row in rows:
         if f"lr:{row['key']}" in context:
             lr, grid = context[f"lr:{row['key']}"]
