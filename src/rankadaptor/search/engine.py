@@ -35,6 +35,7 @@ from rankadaptor.search import noise
 from rankadaptor.search.sampler import completed_data
 from rankadaptor.search.space import SearchSpace, plan_hash
 from rankadaptor.search.storage import ATTEMPT_FLAGS
+from rankadaptor.search.surrogates import DEFAULT_SURROGATE
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class SearchConfig:
     seed: int = 0  # the study's seed: every screening trial runs on it
     poll_interval: float = 5.0  # seconds between looks at the study while other workers hold the budget
     noise_every: int = 8  # re-measure uniform + incumbent on a fresh seed every N completed trials (0 = never)
-    surrogate: str = "hierarchical"  # the surrogate whose cross-validated predictions the final report states
+    surrogate: str = DEFAULT_SURROGATE  # the surrogate whose cross-validated predictions the final report states
     # the surrogate's own optimum joins the finalists: RankAdaptor's strategy only; a baseline strategy (random,
     # TPE, GP) picks among the plans it measured, so a comparison of strategies compares their proposals
     model_finalist: bool = True

@@ -21,7 +21,7 @@ from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search import noise
 from rankadaptor.search.sampler import completed_data, maximise
 from rankadaptor.search.space import SearchSpace, plan_hash
-from rankadaptor.search.surrogates import make_surrogate, oof_predictions
+from rankadaptor.search.surrogates import DEFAULT_SURROGATE, make_surrogate, oof_predictions
 from rankadaptor.stats import mean_ci, paired_difference, verdict_of
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FINAL_SEED_BASE = 10_000  # final re-evaluation seeds: 10000, 10001, ... (screening uses the study's seed)
 
 
-def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = "hierarchical", folds: int = 5,
+def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = DEFAULT_SURROGATE, folds: int = 5,
                  noise_sd: float | None = None, **options) -> dict[str, Any]:
     """Out-of-fold Spearman of the surrogate on all completed trials, with its p-value."""
     X, y, _ = completed_data(space, study)

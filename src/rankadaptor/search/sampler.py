@@ -26,7 +26,7 @@ from scipy import stats
 from rankadaptor.errors import RankAdaptorError
 from rankadaptor.search.space import SearchSpace, plan_hash
 from rankadaptor.search.storage import ATTEMPT_FLAGS
-from rankadaptor.search.surrogates import DEFAULT_SURROGATE, make_surrogate
+from rankadaptor.search.surrogates import DEFAULT_SURROGATE, default_acquisition, make_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,8 @@ class RankAdaptorSampler(optuna.samplers.BaseSampler):
                  surrogate_options: dict | None = None, n_initial: int = 8, pool_size: int = 10_000,
                  n_mutations: int = 2_000, acquisition: str | None = None, kappa: float = 2.0, cv_every: int = 1,
                  climb_starts: int = 1, seed: int | None = None, design_seed: int | None = None):
-        if acquisition is None:  # the surrogate's own (surrogates.py)
-            from rankadaptor.search.surrogates import SURROGATES
-
-            acquisition = SURROGATES[surrogate].acquisition if surrogate in SURROGATES else "ucb"
+        if acquisition is None:
+            acquisition = default_acquisition(surrogate)
         if acquisition not in ACQUISITION_NAMES:
             raise RankAdaptorError(f"acquisition {acquisition!r} unknown; choose from {list(ACQUISITION_NAMES)}")
         if n_initial < 1 or pool_size < 1 or n_mutations < 0:

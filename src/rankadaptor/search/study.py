@@ -28,7 +28,7 @@ from rankadaptor.fileio import check_output, require_file
 from rankadaptor.search.sampler import STRATEGIES
 from rankadaptor.search.space import SearchSpace
 from rankadaptor.search.storage import check_study_name
-from rankadaptor.search.surrogates import DEFAULT_SURROGATE
+from rankadaptor.search.surrogates import DEFAULT_SURROGATE, default_acquisition
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class SearchSettings:
         if self.surrogate not in SURROGATES:
             raise RankAdaptorError(f"surrogate {self.surrogate!r} unknown; choose from {sorted(SURROGATES)}")
         if self.acquisition is None:
-            self.acquisition = SURROGATES[self.surrogate].acquisition
+            self.acquisition = default_acquisition(self.surrogate)
         if self.granularity not in GRANULARITIES:
             raise RankAdaptorError(f"granularity {self.granularity!r} unknown; choose from {list(GRANULARITIES)}")
         if self.meta_method not in META_METHODS:

@@ -121,11 +121,15 @@ class HierarchicalSurrogate:
                        if self._layers[a + 1] == self._layers[a] + 1] if self.pairs else []
         self._fitted = False
 
+    def _layer_means(self, z: np.ndarray) -> np.ndarray:
+        """ℓ: each free layer's mean scaled log-rank, one column per layer."""
+        return np.stack([z[:, m].mean(1) for m in self._members], axis=1)
+
     def _design(self, X: np.ndarray) -> np.ndarray:
         z = self.space.log_features(X)
         cols = [z, z.sum(1, keepdims=True)]  # per-unit deviations δ, then the shared weight μ
         if self._pairs:
-            ell = np.stack([z[:, m].mean(1) for m in self._members], axis=1) - self._ell_mean
+            ell = self._layer_means(z) - self._ell_mean
             cols.append(np.stack([ell[:, a] * ell[:, b] for a, b in self._pairs], axis=1))
         return np.concatenate(cols, axis=1)
 
@@ -137,8 +141,7 @@ class HierarchicalSurrogate:
         from scipy import optimize
 
         X, y = _check(X, y)
-        z = self.space.log_features(X)
-        self._ell_mean = np.stack([z[:, m].mean(1) for m in self._members], axis=1).mean(0)
+        self._ell_mean = self._layer_means(self.space.log_features(X)).mean(0)
         phi = self._design(X)
         self.x_mean, self.y_mean = phi.mean(0), float(y.mean())
         self.y_sd = float(y.std()) or 1.0
@@ -237,6 +240,12 @@ class MLPSurrogate:
 
 SURROGATES: dict[str, type] = {"hierarchical": HierarchicalSurrogate, "ridge": RidgeSurrogate, "mlp": MLPSurrogate}
 DEFAULT_SURROGATE = "hierarchical"  # benchmarks/results/search_compare.md
+
+
+def default_acquisition(surrogate: str) -> str:
+    """The acquisition a search uses with ``surrogate`` unless told otherwise (ucb for an unknown name,
+    which the caller's own check refuses)."""
+    return SURROGATES[surrogate].acquisition if surrogate in SURROGATES else "ucb"
 
 
 def make_surrogate(name: str, space: SearchSpace, seed: int = 0, **options):
