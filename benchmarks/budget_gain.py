@@ -59,7 +59,6 @@ METHODS: list[dict] = [
     {"key": "super-energy", "label": "super-adapter r=32 (nested), PEFT's per-layer energy rule",
      "method": "super-energy"},
 ]
-CUT_METHODS = ("para", "super-search", "super-para", "super-uniform", "super-energy")
 LEVERS: list[tuple[str, str, str]] = [  # (what it isolates, A, B): A - B
     ("allocation: PARA's ranks from scratch vs uniform", "static-para", "uniform"),
     ("allocation: PrunedLoRA's ranks from scratch vs uniform", "static-prunedlora", "uniform"),
@@ -188,7 +187,9 @@ def total_seconds(summary: dict) -> float:
 
 def _cut_row(units: dict, key: str, seeds: list[int]) -> bool:
     """A wide adapter cut to the budget after training (PARA, the super-adapter's cuts)."""
-    return any(units[(key, s)]["summary"]["method"] in CUT_METHODS for s in seeds if (key, s) in units)
+    from rankadaptor.experiments import CUT_AFTER_TRAINING
+
+    return any(units[(key, s)]["summary"]["method"] in CUT_AFTER_TRAINING for s in seeds if (key, s) in units)
 
 
 def summarise(units: dict, rows: list[dict], seeds: list[int], search_seconds: float | None = None) -> dict:

@@ -211,9 +211,10 @@ def main(argv=None) -> int:
     partial.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
     have = {(r["objective"], r["noise"], r["strategy"], r["seed"], r.get("trials")) for r in done}
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     for objective in args.objectives.split(","):
         for noise in [float(x) for x in args.noise.split(",")]:
-            for seed in range(args.seed_offset, args.seed_offset + args.seeds):
+            for seed in seeds:
                 for label in args.strategies.split(","):
                     if (objective, noise, label, seed, args.trials) in have:
                         continue
@@ -225,12 +226,12 @@ def main(argv=None) -> int:
                                                          "trials_to_best", "seconds")}), flush=True)
     wanted = {(o, float(n), s) for o in args.objectives.split(",") for n in args.noise.split(",")
               for s in args.strategies.split(",")}
-    runs = [r for r in done if (r["objective"], r["noise"], r["strategy"]) in wanted and args.seed_offset <= r["seed"] < args.seed_offset + args.seeds
+    runs = [r for r in done if (r["objective"], r["noise"], r["strategy"]) in wanted and r["seed"] in seeds
             and r.get("trials") == args.trials]
     table = summarise(runs)
     result = {"setting": {"space": "30 layers, first 4 / last 2 fixed at r=8, candidates 2..12, budget uniform-8 ± 1 %",
                           "trials": args.trials, "seeds": args.seeds,
-                          "seed_list": list(range(args.seed_offset, args.seed_offset + args.seeds)), "pool": args.pool,
+                          "seed_list": seeds, "pool": args.pool,
                           "strategies": {k: STRATEGIES[k] for k in args.strategies.split(",")}},
               "table": table, "goal": goal_line(table), "runs": runs}
     if args.overhead:

@@ -451,6 +451,8 @@ METHODS: dict[str, Callable[..., MethodRun]] = {
     "super-uniform": _super_cut("uniform"),  # the same super-adapter, uniform truncation
     "super-energy": _super_cut("energy"),  # the same super-adapter, PEFT's per-layer energy rule
 }
+# methods that cut a wide adapter after training: their record's val_loss is the wide adapter's, not the cut's
+CUT_AFTER_TRAINING = ("para", "super-search", "super-para", "super-uniform", "super-energy")
 
 
 # ---- results ----------------------------------------------------------------------------------------

@@ -18,3 +18,9 @@ def test_rows_name_kit_methods_and_levers_name_rows():
     assert all(a in keys and b in keys for _, a, b in bg.LEVERS)
     allowed = {"key", "label", "method", "alloc_steps", "plan", "lr_grid", "overrides"}
     assert all(set(r) <= allowed for r in bg.METHODS)
+
+
+def test_the_cut_rows_the_table_names_are_kit_methods():
+    from rankadaptor.experiments import CUT_AFTER_TRAINING, METHODS
+
+    assert set(CUT_AFTER_TRAINING) <= set(METHODS)
