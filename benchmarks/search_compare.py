@@ -163,10 +163,25 @@ def markdown(result: dict) -> str:
     if result.get("overhead"):
         lines += ["", "Proposal overhead (fit + scoring 10,000 pooled plans + trade climbing; 25 trials of history; "
                   "real pruned SmolLM2-135M spaces; one thread):", ""]
+        trial = real_trial_seconds()
         for k, v in result["overhead"].items():
-            lines.append(f"* {k} ({v['units']} free units): {v['median_seconds']:.2f} s")
+            share = f" ({v['median_seconds'] / trial:.1%} of a real screening trial)" if trial else ""
+            lines.append(f"* {k} ({v['units']} free units): {v['median_seconds']:.2f} s{share}")
+        if trial:
+            lines += ["", f"A real screening trial (5 steps on the pruned model, one thread) takes {trial:.1f} s, the "
+                      "median measured by `python benchmarks/super_sweep.py --part throughput` "
+                      "(`results/super_sweep.json`); issue 14's goal is a proposal under 5 % of it."]
     lines += ["", f"Command: `{result['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def real_trial_seconds() -> float | None:
+    """The median real screening trial measured by super_sweep's throughput part, if it has been run."""
+    path = ROOT / "benchmarks" / "results" / "super_sweep.json"
+    if not path.exists():
+        return None
+    seconds = json.loads(path.read_text()).get("throughput", {}).get("screen_seconds")
+    return float(np.median(seconds)) if seconds else None
 
 
 def goal_line(table: dict) -> str:

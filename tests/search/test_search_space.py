@@ -174,3 +174,57 @@ def test_tilted_draws_aim_at_the_budget():
     assert abs(expected / s.budget - 1) < 1e-3  # untilted draws (mean rank 7) would land 25 % below
     accepted = s.is_valid(s._tilted_batch(4000, np.random.default_rng(0))).mean()
     assert accepted > 0.05
+
+
+def _module_space(budget_rank=8, candidates=None):
+    costs = tuple(tuple(float(c) for c in np.linspace(1, 4, 7) * (1 + i / 10)) for i in range(12))
+    names = tuple(tuple(f"model.layers.{i}.m{j}" for j in range(7)) for i in range(12))
+    probe = SearchSpace(12, granularity="module", module_names=names, module_costs=costs)
+    return SearchSpace(12, granularity="module", module_names=names, module_costs=costs, candidates=candidates,
+                       budget=probe.uniform_budget(budget_rank))
+
+
+def test_tilted_draws_are_the_inverse_cdf_of_the_tilted_probabilities():
+    # the lookup-table draw must give, for the same uniforms, the index a direct inverse-CDF count gives
+    s = _module_space()
+    u = np.random.default_rng(5).random((3000, s.n_free))
+    cum = np.cumsum(s._tilted_probs(), axis=1)
+    cum[:, -1] = 1.0
+    want = np.minimum((cum[None] <= u[:, :, None]).sum(2), len(s.candidates) - 1)
+    got = s._tilted_batch(3000, np.random.default_rng(5))[:, s.free_units]
+    assert np.array_equal(got, np.asarray(s.candidates)[want])
+    kept = s._tilted_batch(3000, np.random.default_rng(5), only_valid=True)
+    assert np.array_equal(kept, s._tilted_batch(3000, np.random.default_rng(5))[s.is_valid(got, free_only=True)])
+    assert 0 < len(kept) < 3000 and s.is_valid(kept).all()
+
+
+def test_validity_of_free_ranks_alone_matches_whole_plans():
+    s = _module_space(candidates=tuple(range(0, 33, 2)))
+    plans = np.concatenate([s.sample(200, 0), s.mutate(s.uniform(), 200, 1, max_changes=6)])
+    plans = np.concatenate([plans, plans + 1, np.where(plans == 4, 34, plans), -plans])  # odd, 34: not candidates
+    plans[:, s.free_units[0]] = np.arange(len(plans)) % 40
+    assert np.array_equal(s.is_valid(plans[:, s.free_units], free_only=True),
+                          s.is_valid(np.where(np.isin(np.arange(s.n_units), s.free_units), plans, s.fixed_rank)))
+    lo, hi = s.budget_bounds()
+    fixed = np.setdiff1d(np.arange(s.n_units), s.free_units)
+    want = (np.isin(plans[:, s.free_units], s.candidates).all(1) & (plans[:, fixed] == s.fixed_rank).all(1)
+            & (plans @ s.unit_costs >= lo - 1e-9) & (plans @ s.unit_costs <= hi + 1e-9))
+    assert np.array_equal(s.is_valid(plans), want) and 0 < want.sum() < len(want)
+    assert not s.is_valid(plans.astype(float) + 0.5).any()  # fractional ranks are never candidates
+
+
+def test_log_features_by_lookup_equal_the_computed_ones():
+    s = _module_space()
+    plans = s.sample(300, 2)
+    assert np.array_equal(s.log_features(plans), s.log_features(plans.astype(float)))
+
+
+def test_unique_rows_equals_numpy_unique_over_rows():
+    from rankadaptor.search.moves import unique_rows
+
+    rng = np.random.default_rng(0)
+    plans = rng.integers(0, 4, (500, 6))
+    plans[::3] = plans[1::3]  # duplicates
+    assert np.array_equal(unique_rows(plans), np.unique(plans, axis=0))
+    wide = plans * 100  # ranks above 255 take numpy's path
+    assert np.array_equal(unique_rows(wide), np.unique(wide, axis=0))

@@ -14,6 +14,8 @@ import numpy as np
 
 from rankadaptor.errors import RankAdaptorError
 
+_BINS = 4096  # lookup bins of the inverse-CDF draw (a power of two, so a draw's bin is computed exactly)
+
 
 class PlanMoves:
     """Sampling and moves of a ``SearchSpace`` (uses its candidates, unit costs, free units and budget)."""
@@ -32,8 +34,7 @@ class PlanMoves:
         have = 0
         for _ in range(50):
             want = max(2 * (n - have), 256)
-            batch = self._tilted_batch(want, rng)
-            batch = batch[self.is_valid(batch)]
+            batch = self._tilted_batch(want, rng, only_valid=True)
             if len(batch) < 0.02 * want:
                 batch = np.concatenate([batch, self.repair(self._tilted_batch(want, rng), rng)])
             out.append(batch)
@@ -46,20 +47,39 @@ class PlanMoves:
             f"could only sample {have} of {n} rank vectors under budget {self.budget:g} ± {self.tolerance:.1%} "
             f"with candidates {list(self.candidates)}; widen the tolerance")
 
-    def _tilted_batch(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def _tilted_batch(self, n: int, rng: np.random.Generator, only_valid: bool = False) -> np.ndarray:
+        """``n`` rows drawn unit by unit from ``_tilted_probs`` by inverse CDF: a unit's index is the number
+        of its cumulative probabilities at or below its uniform draw. ``only_valid``: just the rows inside
+        the budget band (decided from the draws' cost before the rows are built: most are rejected)."""
         cands = np.asarray(self.candidates)
-        k = len(cands)
-        cum = np.cumsum(self._tilted_probs(), axis=1)
-        cum[:, -1] = 1.0
-        # one searchsorted for all units: unit j's CDF shifted by 2j, its uniform draw too
-        shift = 2.0 * np.arange(self.n_free)
-        flat = (cum + shift[:, None]).ravel()
-        u = rng.random((n, self.n_free)) + shift
-        idx = np.searchsorted(flat, u, side="right") - np.arange(self.n_free) * k
-        idx = np.clip(idx, 0, k - 1)
-        r = np.full((n, self.n_units), self.fixed_rank, dtype=np.int64)
+        cum, lo, hi = self._draw_tables()
+        u = rng.random((n, self.n_free))
+        # a lookup table on 2^12 equal bins of [0, 1) decides every draw whose bin holds no CDF step
+        # (exact: u * 2^12 is exact in floating point); the few others are counted directly
+        b = (u * _BINS).astype(np.intp)  # u >= 0: truncation is the floor
+        b += np.arange(self.n_free) * _BINS  # unit j's bins start at j * 2^12 in the flat tables
+        idx, top = lo.take(b).astype(np.intp), hi.take(b)
+        rows, cols = np.nonzero(idx != top)
+        idx[rows, cols] = (cum[cols] <= u[rows, cols, None]).sum(1)
+        idx = np.minimum(idx, len(cands) - 1)
+        if only_valid:
+            idx = idx[self.is_valid(cands[idx], free_only=True)]
+        r = np.full((len(idx), self.n_units), self.fixed_rank, dtype=np.int64)
         r[:, self._free] = cands[idx]
         return r
+
+    def _draw_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per free unit: the cumulative draw probabilities and, per bin [b, b+1) / 2^12, the number of
+        them at or below the bin's start and below its end (equal: every draw in the bin has that index)."""
+        if getattr(self, "_tables", None) is None:
+            cum = np.cumsum(self._tilted_probs(), axis=1)
+            cum[:, -1] = 1.0
+            edges = np.arange(_BINS + 1) / _BINS
+            below = np.stack([np.searchsorted(c, edges, side="right") for c in cum])  # count of cum <= edge
+            strictly = np.stack([np.searchsorted(c, edges, side="left") for c in cum])  # count of cum < edge
+            small = np.uint8 if len(self.candidates) < 256 else np.intp  # small tables: fewer bytes to gather
+            self._tables = (cum, below[:, :-1].astype(small).ravel(), strictly[:, 1:].astype(small).ravel())
+        return self._tables
 
     def _tilted_probs(self) -> np.ndarray:
         """(n_free, n_candidates) draw probabilities whose expected cost is the budget (uniform without one)."""
@@ -214,3 +234,14 @@ class PlanMoves:
         out = np.tile(vec.astype(np.int64), (len(up), 1))
         out[:, self._free] = cands[moves]
         return (out, up, down) if return_moves else out
+
+
+def unique_rows(plans: np.ndarray) -> np.ndarray:
+    """``np.unique(plans, axis=0)`` (same rows, same lexicographic order), fast for ranks below 256: each
+    row compared as one byte string instead of field by field (pools of 10,000 plans per proposal)."""
+    plans = np.asarray(plans)
+    if plans.ndim != 2 or not len(plans) or plans.min() < 0 or plans.max() > 255:
+        return np.unique(plans, axis=0)
+    packed = np.ascontiguousarray(plans, dtype=np.uint8).view(np.dtype((np.void, plans.shape[1]))).ravel()
+    _, first = np.unique(packed, return_index=True)
+    return plans[first]

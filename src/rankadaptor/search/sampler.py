@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.search.moves import unique_rows
 from rankadaptor.search.space import SearchSpace, plan_hash
 from rankadaptor.search.storage import ATTEMPT_FLAGS
 from rankadaptor.search.surrogates import DEFAULT_SURROGATE, default_acquisition, make_surrogate
@@ -207,11 +208,11 @@ def maximise(space: SearchSpace, model, X: np.ndarray, y: np.ndarray, rng: np.ra
     pool = [space.sample(pool_size, rng)]
     for top in X[np.argsort(-y)[:5]]:
         pool.append(space.mutate(top, max(1, n_mutations // 5), rng))
-    pool = np.unique(np.concatenate(pool), axis=0)
+    pool = unique_rows(np.concatenate(pool))
     s = score(pool)
     starts = list(pool[np.argsort(-s)[:climb_starts]]) + [X[int(np.argmax(y))]]
     climbed = [_climb(space, start, score, rng) for start in starts]
-    cands = np.unique(np.concatenate([pool, np.stack(climbed)]), axis=0)
+    cands = unique_rows(np.concatenate([pool, np.stack(climbed)]))
     mean, std = model.predict(cands)
     return cands, score(cands), mean, std
 

@@ -111,6 +111,11 @@ class SearchSpace(PlanMoves):
         self._unit_costs = costs
         self._layer_of = layer_of
         self._free = np.flatnonzero((layer_of >= self.fixed_first) & (layer_of < self.n_layers - self.fixed_last))
+        self._fixed = np.setdiff1d(np.arange(len(costs)), self._free)
+        self._fixed_cost = float(costs[self._fixed].sum()) * self.fixed_rank
+        # membership of a rank in the candidates by lookup (np.isin sorts; a search checks ~10^6 ranks per proposal)
+        self._is_candidate = np.zeros(max(self.candidates) + 1, bool)
+        self._is_candidate[list(self.candidates)] = True
 
     # ----------------------------------------------------------------- basics
     @property
@@ -156,16 +161,21 @@ class SearchSpace(PlanMoves):
             return -np.inf, np.inf
         return self.budget * (1 - self.tolerance), self.budget * (1 + self.tolerance)
 
-    def is_valid(self, ranks: np.ndarray) -> np.ndarray:
-        """Row-wise validity of an (n, n_units) array (or one vector)."""
+    def is_valid(self, ranks: np.ndarray, free_only: bool = False) -> np.ndarray:
+        """Row-wise validity of an (n, n_units) array (or one vector); ``free_only``: of an (n, n_free)
+        array of the free units' ranks (the others at the fixed rank)."""
         r = np.atleast_2d(np.asarray(ranks))
-        if r.shape[1] != self.n_units:
+        if r.shape[1] != (self.n_free if free_only else self.n_units):
             return np.zeros(len(r), bool)
-        fixed = np.setdiff1d(np.arange(self.n_units), self._free)
-        good = np.all(r[:, fixed] == self.fixed_rank, axis=1)
-        good &= np.all(np.isin(r[:, self._free], self.candidates), axis=1)
+        good = np.ones(len(r), bool) if free_only else np.all(r[:, self._fixed] == self.fixed_rank, axis=1)
+        free = r if free_only else r[:, self._free]
+        if np.issubdtype(free.dtype, np.integer):
+            inside = (free >= 0) & (free < len(self._is_candidate))
+            good &= np.all(inside & self._is_candidate[np.where(inside, free, 0)], axis=1)
+        else:
+            good &= np.all(np.isin(free, self.candidates), axis=1)
         lo, hi = self.budget_bounds()
-        c = self.cost(r)
+        c = self._fixed_cost + free @ self._unit_costs[self._free] if free_only else self.cost(r)
         good &= (c >= lo - 1e-9) & (c <= hi + 1e-9)
         return good
 
@@ -221,9 +231,15 @@ class SearchSpace(PlanMoves):
 
     def log_features(self, ranks: np.ndarray) -> np.ndarray:
         """log(1 + rank) of the free units scaled to [0, 1] (the additive surrogate's input)."""
-        r = np.log1p(np.atleast_2d(np.asarray(ranks, float))[:, self._free])
+        r = np.atleast_2d(np.asarray(ranks))[:, self._free]
+        if np.issubdtype(r.dtype, np.integer) and len(r) and r.min() >= 0 and r.max() <= self.candidates[-1]:
+            return self._scaled_log(np.arange(self.candidates[-1] + 1))[r]  # a lookup: pools hold 10^6 ranks
+        return self._scaled_log(r)
+
+    def _scaled_log(self, r: np.ndarray) -> np.ndarray:
+        z = np.log1p(np.asarray(r, float))
         lo, hi = np.log1p(self.candidates[0]), np.log1p(self.candidates[-1])
-        return (r - lo) / (hi - lo) if hi > lo else r * 0.0
+        return (z - lo) / (hi - lo) if hi > lo else z * 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = {"n_layers": self.n_layers, "candidates": list(self.candidates),

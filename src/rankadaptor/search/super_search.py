@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rankadaptor.errors import RankAdaptorError
+from rankadaptor.search.moves import unique_rows
 from rankadaptor.search.space import SearchSpace, plan_hash
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ class BatchedSearch:
         t = time.perf_counter()
         pool = [self.space.sample(self.settings.pool, self.rng)]
         pool += [self.space.mutate(best, 400, self.rng) for best in X[np.argsort(-y)[:5]]]
-        pool = np.unique(np.concatenate(pool), axis=0)
+        pool = unique_rows(np.concatenate(pool))
         pool = pool[[plan_hash(r) not in self.held for r in pool]]
         if not len(pool):
             return False
