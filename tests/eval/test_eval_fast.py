@@ -26,10 +26,11 @@ def test_fast_backend_equals_lm_eval(olmo_root):
         assert fast["tasks"][task]["tokens"] == ref["tasks"][task]["tokens"]
 
 
-@pytest.mark.parametrize("sharing,batch_tokens", [(True, 10**6), (True, 1), (True, 40), (False, 10**6)],
+@pytest.mark.parametrize("sharing,batch_tokens,overhead",
+                         [(True, 10**6, 10**6), (True, 1, 64), (True, 40, 64), (True, 40, 0), (False, 10**6, 10**6)],
                          ids=["shared-prefix-batched", "shared-prefix-one-row", "shared-prefix-chunked",
-                              "whole-sequences-batched"])
-def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path, monkeypatch, sharing, batch_tokens):
+                              "shared-prefix-least-padding", "whole-sequences-batched"])
+def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path, monkeypatch, sharing, batch_tokens, overhead):
     """Every scoring path (a shared prefix run once and the remainders against its cache, or whole
     sequences; many documents per padded chunk, one row per chunk, or chunks that mix documents of
     different prefix chunks) gives HFLM's log-likelihoods and greedy flags."""
@@ -40,6 +41,7 @@ def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path, monkeypatch, sharin
 
     monkeypatch.setattr(fast, "PREFIX_SHARING", sharing)
     monkeypatch.setattr(fast, "BATCH_TOKENS", batch_tokens)
+    monkeypatch.setattr(fast, "FORWARD_OVERHEAD_TOKENS", overhead)
     model, tok = tiny_llama(seed=2), tiny_tokenizer()
     lm = HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=4)
     for task in TASKS:
@@ -50,6 +52,33 @@ def test_fast_loglikelihoods_match_hflm(olmo_root, tmp_path, monkeypatch, sharin
             theirs = lm.loglikelihood(instances, disable_tqdm=True)
             for (a, ga), (b, gb) in zip(ours, theirs, strict=True):
                 assert a == pytest.approx(b, abs=1e-4) and ga == gb, task
+
+
+def test_chunks_are_the_cheapest_cut_of_the_sorted_items():
+    """Runs of length-sorted items: each within the padded-token budget, and together the cheapest
+    (padded tokens + one pass's overhead per run) of every way to cut the list, found by brute force."""
+    import itertools
+    import random
+
+    from rankadaptor.eval.fast import _chunks
+
+    rng = random.Random(0)
+    for trial in range(40):
+        lengths = sorted((rng.randint(1, 30) for _ in range(rng.randint(1, 9))), reverse=True)
+        budget, overhead = rng.choice([30, 45, 80, 200]), rng.choice([0, 5, 64])
+
+        def cost(runs):
+            return sum(len(r) * max(r) + overhead for r in runs)
+
+        def allowed(runs):
+            return all(len(r) == 1 or len(r) * max(r) <= budget for r in runs)
+
+        got = _chunks(lengths, lambda x: x, budget, overhead)
+        assert [x for run in got for x in run] == lengths and allowed(got)
+        best = min(cost(runs) for k in range(len(lengths))
+                   for cuts in itertools.combinations(range(1, len(lengths)), k)
+                   for runs in [[lengths[a:b] for a, b in zip((0, *cuts), (*cuts, len(lengths)))]] if allowed(runs))
+        assert cost(got) == best, (lengths, budget, overhead)
 
 
 def test_unknown_backend(olmo_root):
