@@ -19,6 +19,13 @@ benchmarks/work/budget_gain/ and reused on a rerun (resumable).
     python benchmarks/budget_gain.py --seeds 5 --screen-steps 10 --steps 40       # the full size (hours)
     python benchmarks/budget_gain.py --seeds 2 --screen-steps 5 --steps 20 --eval-limit 10 \
         --ppl-tokens 2048 --search-trials 6 --out budget_gain_validation          # a validation run
+
+``--eval-limit auto`` sizes the accuracy evaluation from a pilot: the finished units of the same
+run at ``--pilot-limit`` documents per task (run it first), each method's comparison with uniform
+gives the documents per task its seven-task average needs to detect ``--detect-points`` (observed
+discordance, 80 % power: ``eval.compare.choose_documents``), and the median need, capped at
+``--most-documents``, is the size; ``--choose-only`` prints the choice and stops. The results say
+how the size was chosen.
 """
 
 from __future__ import annotations
@@ -133,7 +140,7 @@ def one_unit(row: dict, seed: int, pruned, recipe, args, data, context: dict) ->
     """Train one method on one seed, measure it; the result is saved and reused."""
     from rankadaptor.experiments import measure, train_method
 
-    path = WORK / f"{row['key']}-s{seed}-{args.steps}x{args.screen_steps}-{args.eval_limit}-{args.ppl_tokens}.json"
+    path = unit_path(row["key"], seed, args, args.eval_limit)
     if path.exists():
         return json.loads(path.read_text())
     kw: dict = {}
@@ -159,6 +166,27 @@ def one_unit(row: dict, seed: int, pruned, recipe, args, data, context: dict) ->
             "results": res, "budget": run.budget}
     path.write_text(json.dumps(unit, default=str))
     return unit
+
+
+def unit_path(key: str, seed: int, args, eval_limit: int) -> Path:
+    return WORK / f"{key}-s{seed}-{args.steps}x{args.screen_steps}-{eval_limit}-{args.ppl_tokens}.json"
+
+
+def choose_eval_limit(rows: list[dict], seeds: list[int], args) -> dict:
+    """The accuracy evaluation's size from the pilot's units (``--eval-limit auto``)."""
+    from rankadaptor.eval.compare import choose_documents
+
+    missing = [unit_path(r["key"], s, args, args.pilot_limit).name for r in rows for s in seeds
+               if not unit_path(r["key"], s, args, args.pilot_limit).exists()]
+    if missing:
+        raise SystemExit(f"--eval-limit auto needs the pilot at {args.pilot_limit} documents per task; "
+                         f"{len(missing)} of its units are missing (e.g. {missing[0]}): run this command with "
+                         f"--eval-limit {args.pilot_limit} first")
+    results = {(r["key"], s): json.loads(unit_path(r["key"], s, args, args.pilot_limit).read_text())["results"]
+               for r in rows for s in seeds}
+    pilots = {r["key"]: ([results[(r["key"], s)] for s in seeds], [results[("uniform", s)] for s in seeds])
+              for r in rows if r["key"] != "uniform"}
+    return choose_documents(pilots, detect=args.detect_points / 100, most=args.most_documents)
 
 
 def compare(units: dict, a: str, b: str, seeds: list[int]) -> dict | None:
@@ -235,6 +263,15 @@ def _total(row: dict) -> str:
     return f"{row['total_seconds']['mean']:.0f}" if "total_seconds" in row else "—"  # results made before it existed
 
 
+def choice_lines(choice: dict | None) -> list[str]:
+    if not choice:
+        return []
+    return [f"Documents per task: {choice['documents']}, chosen from the pilot at {choice['pilot_documents']} "
+            f"documents per task to detect {choice['detect'] * 100:g} points in the seven-task average "
+            f"(`eval.compare.choose_documents`: the {choice['basis']}; median need "
+            f"{choice['median_need'] or 'unknown'}, cap {choice['cap']}).", ""]
+
+
 def markdown(result: dict) -> str:
     s = result["setting"]
     lines = ["# Where the gain comes from: allocation or trajectory (SmolLM2-135M pruned 20 %, uniform-r8 budget)", "",
@@ -245,6 +282,7 @@ def markdown(result: dict) -> str:
              "points) and windows × seeds (perplexity); validation loss of the recovery corpus paired by seed ('—' for "
              "adapters cut after training: their record holds the wide adapter's loss, not the cut's). "
              "95 % intervals; 'no test' = fewer than 3 pairs or no spread.", "",
+             *choice_lines(s.get("eval_limit_choice")),
              "| method | params / budget | held-out ppl | Δ ppl vs uniform | 7-task avg (%) | Δ avg vs uniform (pts) | "
              "Δ val loss vs uniform | train s (+ allocation s) | total s | steps | search fwd tokens |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -281,7 +319,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--eval-limit", type=int, default=50)
+    ap.add_argument("--eval-limit", default="50",
+                    help="documents per task, or 'auto': chosen from the pilot at --pilot-limit (see above)")
+    ap.add_argument("--pilot-limit", type=int, default=10)
+    ap.add_argument("--detect-points", type=float, default=2.0,
+                    help="--eval-limit auto: the seven-task average difference to detect, in points")
+    ap.add_argument("--most-documents", type=int, default=1000, help="--eval-limit auto: the cap")
+    ap.add_argument("--choose-only", action="store_true", help="--eval-limit auto: print the choice and stop")
     ap.add_argument("--ppl-tokens", type=int, default=4096)
     ap.add_argument("--search-trials", type=int, default=16)
     ap.add_argument("--searched-plan", default=None, help="a RankPlan JSON instead of running the search")
@@ -292,6 +336,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 4 * args.screen_steps:
         ap.error(f"--steps {args.steps} must be >= 4x --screen-steps {args.screen_steps} (issue 14)")
+    if args.eval_limit != "auto" and not (args.eval_limit.isdigit() and int(args.eval_limit) > 0):
+        ap.error(f"--eval-limit {args.eval_limit!r} must be a positive number of documents per task or 'auto'")
+    if args.choose_only and args.eval_limit != "auto":
+        ap.error("--choose-only goes with --eval-limit auto")
     import optuna
     import torch
 
@@ -306,6 +354,14 @@ def main(argv=None) -> int:
     if args.methods:
         wanted = args.methods.split(",")
         rows = [r for r in rows if r["key"] in wanted or r["key"] == "uniform"]
+    seeds = list(range(args.seeds))
+    choice = None
+    if args.eval_limit == "auto":
+        choice = choose_eval_limit(rows, seeds, args)
+        print(json.dumps(choice, indent=1))
+        if args.choose_only:
+            return 0
+    args.eval_limit = choice["documents"] if choice else int(args.eval_limit)
     recipe = Recipe(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                     eval_limit=args.eval_limit, ppl_tokens=args.ppl_tokens, threads=args.threads)
     pruned = ModelCache(pruned_artefact())
@@ -316,7 +372,6 @@ def main(argv=None) -> int:
     for row in rows:
         if row.get("lr_grid"):
             context[f"lr:{row['key']}"] = tuned_lr(pruned, recipe, args, row, data)
-    seeds = list(range(args.seeds))
     units = {}
     for seed in seeds:  # seed-major: a partial run already holds complete pairs
         for row in rows:
@@ -326,7 +381,7 @@ def main(argv=None) -> int:
                          unit["results"]["perplexity"]["perplexity"], unit["seconds_total"])
     result = {"setting": {"steps": args.steps, "screen_steps": args.screen_steps, "batch_size": args.batch_size,
                           "seq_len": args.seq_len, "lr": args.lr, "seeds": seeds, "eval_limit": args.eval_limit,
-                          "ppl_tokens": args.ppl_tokens, "methods": rows,
+                          "ppl_tokens": args.ppl_tokens, "methods": rows, "eval_limit_choice": choice,
                           "validation": args.seeds < 5 or args.eval_limit < 50},
               **summarise(units, rows, seeds, context["searched"][1].get("seconds") if "searched" in context else None)}
     for row in rows:

@@ -24,3 +24,31 @@ def test_the_cut_rows_the_table_names_are_kit_methods():
     from rankadaptor.experiments import CUT_AFTER_TRAINING, METHODS
 
     assert set(CUT_AFTER_TRAINING) <= set(METHODS)
+
+
+def test_eval_limit_auto_is_chosen_from_the_pilots_units(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import pytest
+
+    from rankadaptor.eval.compare import choose_documents
+    from tests.eval.test_eval_compare import pair, result
+
+    bg = _module()
+    monkeypatch.setattr(bg, "WORK", tmp_path)
+    args = SimpleNamespace(steps=20, screen_steps=5, ppl_tokens=4096, pilot_limit=10, detect_points=2.0,
+                           most_documents=1000)
+    rows = [{"key": "uniform"}, {"key": "para"}, {"key": "eva"}]
+    docs = {"uniform": pair(150, 60, 20, 170)[1], "para": pair(150, 60, 20, 170)[0], "eva": pair(150, 30, 20, 200)[0]}
+    with pytest.raises(SystemExit, match="run this command with --eval-limit 10 first"):
+        bg.choose_eval_limit(rows, [0, 1], args)
+    for key, correct in docs.items():
+        for seed in (0, 1):
+            bg.unit_path(key, seed, args, 10).write_text(json.dumps({"results": result({"boolq": (correct, None)})}))
+    base = [result({"boolq": (docs["uniform"], None)})] * 2
+    want = choose_documents({k: ([result({"boolq": (docs[k], None)})] * 2, base) for k in ("para", "eva")},
+                            detect=0.02, most=1000)
+    got = bg.choose_eval_limit(rows, [0, 1], args)
+    assert got["documents"] == want["documents"] and set(got["needs"]) == {"para", "eva"}
+    assert "chosen from the pilot at 400 documents per task to detect 2 points" in bg.choice_lines(got)[0]

@@ -82,6 +82,12 @@ def test_report_headline_orders_by_perplexity_with_paired_intervals(tmp_path):
     assert para["vs_uniform_ppl"]["verdict"] == "significant" and para["vs_uniform_ppl"]["ci_high"] < 0
     assert para["vs_uniform_avg"]["mde"] > 0  # the accuracy difference these documents can detect
     assert "PARA (r=32 → budget) recovered the pruned model best" in report["verdict"]
+    from rankadaptor.eval.compare import choose_documents
+
+    uniform = [done[f"uniform-s{s}"]["results"] for s in (0, 1)]
+    need = choose_documents({m: ([done[f"{m}-s{s}"]["results"] for s in (0, 1)], uniform)
+                             for m in ("para", "rankadaptor")}, detect=0.02)["median_need"]
+    assert f"Detecting 2 points would take about {need} documents per task" in report["verdict"]
     md = (tmp_path / "report.md").read_text()
     assert "adalora-s0: method 'adalora' ended at 130" in md  # refused, and said why
     assert "| AdaLoRA" not in md.split("## Accuracy per task")[0]  # ... and not in the headline

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rankadaptor.errors import RankAdaptorError
-from rankadaptor.eval.compare import compare_results, comparison_text, sample_sizes
+from rankadaptor.eval.compare import choose_documents, compare_results, comparison_text, sample_sizes
 from rankadaptor.eval.results import doc_block
 
 
@@ -112,6 +112,22 @@ def test_sample_sizes_from_one_run_and_from_a_pair():
     paired = sample_sizes(result({"boolq": (a, None)}), result({"boolq": (b, None)}), detect=0.02)
     assert paired["tasks"]["boolq"]["docs_needed"] < one["tasks"]["boolq"]["docs_needed"]
     assert paired["average_docs_per_task"] == paired["tasks"]["boolq"]["docs_needed"]  # one task: the same
+
+
+def test_documents_chosen_from_a_pilot_are_the_median_need_capped():
+    base = result({"boolq": (pair(150, 60, 20, 170)[0], None)})
+    pilots, want = {}, []
+    for k, (a_only, b_only) in enumerate([(60, 20), (45, 35), (30, 10)]):
+        a, b = pair(150, a_only, b_only, 400 - 150 - a_only - b_only)
+        pilots[f"m{k}"] = (result({"boolq": (b, None)}), result({"boolq": (a, None)}))
+        want.append(sample_sizes(*pilots[f"m{k}"], detect=0.05)["average_docs_per_task"])
+    pilots["same"] = (base, base)  # never disagrees: no estimate
+    chosen = choose_documents(pilots, detect=0.05, most=10**6)
+    assert chosen["needs"]["same"] is None and chosen["pilot_documents"] == 400
+    assert chosen["documents"] == sorted(want)[1] == chosen["median_need"]
+    assert choose_documents(pilots, detect=0.05, most=50)["documents"] == 50
+    with pytest.raises(RankAdaptorError, match="at least one pilot"):
+        choose_documents({})
 
 
 def test_refusals_name_the_mismatch():

@@ -261,6 +261,30 @@ def sample_sizes(first, against=None, detect: float = DEFAULT_DETECT) -> dict:
             "average_docs_per_task": avg if any(sds) else None}
 
 
+def choose_documents(pilots: Mapping[str, tuple], detect: float = DEFAULT_DETECT, most: int = 1000) -> dict:
+    """Documents per task for the next run, chosen from a pilot: ``pilots`` maps a comparison's name to
+    its two evaluations on the same documents (``(results A, results B)``, each any number of seeds).
+
+    Each comparison's need is the documents per task its seven-task average needs to detect ``detect``
+    (80 % power, from its observed discordance: ``sample_sizes``); the choice is the median need
+    (half the comparisons resolved at ``detect``), capped at ``most``. A comparison whose documents
+    never disagreed gives no estimate and is listed as such.
+    """
+    if not pilots:
+        raise RankAdaptorError("choose_documents needs at least one pilot comparison (two evaluations on the same "
+                               "documents)")
+    needs = {name: sample_sizes(a, b, detect=detect)["average_docs_per_task"] for name, (a, b) in pilots.items()}
+    known = sorted(v for v in needs.values() if v)
+    median = known[len(known) // 2] if known else None
+    chosen = most if median is None else min(int(median), int(most))
+    pilot = next(iter(pilots.values()))[0]
+    pilot = pilot[0] if isinstance(pilot, (list, tuple)) else pilot
+    return {"documents": chosen, "median_need": median, "needs": needs, "detect": detect, "cap": int(most),
+            "pilot_documents": max(int(t["n"]) for t in pilot["tasks"].values()),
+            "basis": "median over the comparisons of the documents per task the seven-task average needs, "
+                     "from the pilot's observed discordance (80 % power, alpha 0.05)"}
+
+
 # --------------------------------------------------------------------------- tables
 
 

@@ -55,6 +55,23 @@ def refused_units(done: dict[str, dict]) -> dict[str, str]:
     return {key: unit["refused"] for key, unit in done.items() if unit.get("refused")}
 
 
+SIZE_DETECT = 0.02  # the seven-task average difference a report says how many documents would resolve
+
+
+def evaluation_size(runs: list[dict]) -> dict | None:
+    """From this run's discordance (each recovered method vs uniform), the documents per task that the
+    seven-task average needs to detect ``SIZE_DETECT`` (``eval.compare.choose_documents``)."""
+    from rankadaptor.eval.compare import choose_documents
+
+    by_method: dict[str, list[dict]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        by_method.setdefault(r["method"], []).append(r["results"])
+    base = by_method.get(BASELINE)
+    pilots = {m: (res, base) for m, res in by_method.items() if base and m not in (*UNRECOVERED, BASELINE)
+              and all(x.get("tasks") for x in res + base) and len(res) == len(base)}
+    return choose_documents(pilots, detect=SIZE_DETECT, most=10**6) if pilots else None
+
+
 def headline(runs: list[dict]) -> list[dict]:
     """One row per method: mean perplexity, params, paired differences to uniform r=8, compute."""
     from rankadaptor.eval.compare import compare_results
@@ -104,8 +121,9 @@ def headline_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def verdict_paragraph(rows: list[dict]) -> str:
-    """Which method is best at this budget and by how much, and what the run does not resolve."""
+def verdict_paragraph(rows: list[dict], size: dict | None = None) -> str:
+    """Which method is best at this budget and by how much, and what the run does not resolve
+    (``size``: ``evaluation_size``'s answer, said when accuracy is unresolved)."""
     recovered = [r for r in rows if r["method"] not in UNRECOVERED and r["ppl"] is not None]
     if not recovered:
         return "No recovered model was measured."
@@ -139,6 +157,11 @@ def verdict_paragraph(rows: list[dict]) -> str:
     if mdes:
         parts.append(f"Accuracy differences are not resolved at this size: its documents detect only differences of "
                      f"about ±{min(mdes) * 100:.0f} points or more in the seven-task average.")
+        if size and size["median_need"]:
+            parts.append(f"Detecting {size['detect'] * 100:g} points would take about {size['median_need']} documents "
+                         f"per task at this many seeds (the median over the methods' comparisons with uniform, "
+                         f"from this run's discordance: `eval.compare.choose_documents`); run "
+                         f"`rankadaptor compare` on two results files for one comparison's own number.")
     return " ".join(parts)
 
 
@@ -148,7 +171,7 @@ def write_report(out: Path, cfg, done: dict[str, dict], provenance: dict[str, An
     (workers, threads, wall seconds, units resumed from an earlier run)."""
     runs = collect_runs(done)
     rows = headline(runs)
-    verdict = verdict_paragraph(rows)
+    verdict = verdict_paragraph(rows, evaluation_size(runs))
     refused = refused_units(done)
     summary = summarise(runs)
     lines = [f"# rankadaptor demo ({cfg.name} preset)", "",
