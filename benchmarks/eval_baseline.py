@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     from rankadaptor.models.loading import load_model
     from rankadaptor.provenance import git_commit
 
+    started_at = git_commit()  # the code that runs is the code imported now, not HEAD when a task ends
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     loaded = load_model(args.model)
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
             continue
         ev = evaluate(loaded.model, loaded.tokenizer, tasks=[task], limit=args.limit, batch_size=args.batch_size,
                       seed=args.seed, backend=args.backend)
-        rows[task] = {**ev["tasks"][task], "git_commit": git_commit(), "command": command}
+        rows[task] = {**ev["tasks"][task], "git_commit": started_at, "command": command}
         write_json_atomic(part, {"key": key, "row": rows[task]})
         print(f"{task}: n={rows[task]['n']} acc={rows[task]['acc']:.4f} in {rows[task]['wall_s']:.0f} s", flush=True)
     if missing:
