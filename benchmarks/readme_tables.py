@@ -62,6 +62,7 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "super_validity": script_table("super_validity", "markdown"),
     "super_sweep": script_table("super_sweep", "markdown"),
     "search_real_data": script_table("search_real_data", "markdown"),
+    "search_real": script_table("search_real", "markdown"),
 }
 
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
