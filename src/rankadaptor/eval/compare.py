@@ -277,8 +277,7 @@ def choose_documents(pilots: Mapping[str, tuple], detect: float = DEFAULT_DETECT
     known = sorted(v for v in needs.values() if v)
     median = known[len(known) // 2] if known else None
     chosen = most if median is None else min(int(median), int(most))
-    pilot = next(iter(pilots.values()))[0]
-    pilot = pilot[0] if isinstance(pilot, (list, tuple)) else pilot
+    pilot = _as_side(next(iter(pilots.values()))[0], None, "A")[0][0]
     return {"documents": chosen, "median_need": median, "needs": needs, "detect": detect, "cap": int(most),
             "pilot_documents": max(int(t["n"]) for t in pilot["tasks"].values()),
             "basis": "median over the comparisons of the documents per task the seven-task average needs, "

@@ -55,6 +55,14 @@ def refused_units(done: dict[str, dict]) -> dict[str, str]:
     return {key: unit["refused"] for key, unit in done.items() if unit.get("refused")}
 
 
+def _by_method(runs: list[dict]) -> dict[str, list[dict]]:
+    """The runs of each method, in seed order (the order their paired comparisons use)."""
+    by_method: dict[str, list[dict]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        by_method.setdefault(r["method"], []).append(r)
+    return by_method
+
+
 SIZE_DETECT = 0.02  # the seven-task average difference a report says how many documents would resolve
 
 
@@ -63,11 +71,9 @@ def evaluation_size(runs: list[dict]) -> dict | None:
     seven-task average needs to detect ``SIZE_DETECT`` (``eval.compare.choose_documents``)."""
     from rankadaptor.eval.compare import choose_documents
 
-    by_method: dict[str, list[dict]] = {}
-    for r in sorted(runs, key=lambda r: r["seed"]):
-        by_method.setdefault(r["method"], []).append(r["results"])
-    base = by_method.get(BASELINE)
-    pilots = {m: (res, base) for m, res in by_method.items() if base and m not in (*UNRECOVERED, BASELINE)
+    results = {m: [r["results"] for r in mruns] for m, mruns in _by_method(runs).items()}
+    base = results.get(BASELINE)
+    pilots = {m: (res, base) for m, res in results.items() if base and m not in (*UNRECOVERED, BASELINE)
               and all(x.get("tasks") for x in res + base) and len(res) == len(base)}
     return choose_documents(pilots, detect=SIZE_DETECT, most=10**6) if pilots else None
 
@@ -76,9 +82,7 @@ def headline(runs: list[dict]) -> list[dict]:
     """One row per method: mean perplexity, params, paired differences to uniform r=8, compute."""
     from rankadaptor.eval.compare import compare_results
 
-    by_method: dict[str, list[dict]] = {}
-    for r in sorted(runs, key=lambda r: r["seed"]):
-        by_method.setdefault(r["method"], []).append(r)
+    by_method = _by_method(runs)
     base = [r["results"] for r in by_method.get(BASELINE, [])]
     rows = []
     for method, mruns in by_method.items():

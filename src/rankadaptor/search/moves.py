@@ -96,8 +96,7 @@ class PlanMoves:
 
         theta = 0.0
         if self.budget is not None:
-            base = float(self._unit_costs.sum() - costs.sum()) * self.fixed_rank
-            expected = lambda t: base + float(((probs(t) * cands).sum(1) * costs).sum())  # noqa: E731
+            expected = lambda t: self._fixed_cost + float(((probs(t) * cands).sum(1) * costs).sum())  # noqa: E731
             lo, hi = -60.0, 60.0
             for _ in range(60):  # the expected cost rises with theta: bisect for the budget
                 theta = (lo + hi) / 2
@@ -132,7 +131,7 @@ class PlanMoves:
         ranks = np.atleast_2d(np.asarray(ranks))
         idx = np.clip(np.searchsorted(cands, ranks[:, self._free]), 0, len(cands) - 1)
         costs = self._unit_costs[self._free]
-        base = float(self._unit_costs.sum() - costs.sum()) * self.fixed_rank
+        base = self._fixed_cost
         lo, hi = self.budget_bounds()
         if self.budget is None:
             target = base + cands[idx] @ costs

@@ -112,7 +112,9 @@ class SearchSpace(PlanMoves):
         self._layer_of = layer_of
         self._free = np.flatnonzero((layer_of >= self.fixed_first) & (layer_of < self.n_layers - self.fixed_last))
         self._fixed = np.setdiff1d(np.arange(len(costs)), self._free)
-        self._fixed_cost = float(costs[self._fixed].sum()) * self.fixed_rank
+        # what every plan pays for the units held at the fixed rank (the draws, the repair and the
+        # budget checks all add the free units' cost to it)
+        self._fixed_cost = float(costs.sum() - costs[self._free].sum()) * self.fixed_rank
         # membership of a rank in the candidates by lookup (np.isin sorts; a search checks ~10^6 ranks per proposal)
         self._is_candidate = np.zeros(max(self.candidates) + 1, bool)
         self._is_candidate[list(self.candidates)] = True
@@ -189,9 +191,8 @@ class SearchSpace(PlanMoves):
         return vec
 
     def _cost_range(self) -> tuple[float, float]:
-        base = float(self._unit_costs.sum() - self._unit_costs[self._free].sum()) * self.fixed_rank
         free = float(self._unit_costs[self._free].sum())
-        return base + free * self.candidates[0], base + free * self.candidates[-1]
+        return self._fixed_cost + free * self.candidates[0], self._fixed_cost + free * self.candidates[-1]
 
     def _check_budget_reachable(self) -> None:
         lo_reach, hi_reach = self._cost_range()
