@@ -42,8 +42,9 @@ STRATEGIES = {  # label -> SearchSettings fields
     "gp": {"strategy": "gp"},
 }
 # how the default was chosen (surrogate, acquisition): on search seeds this table never reports
-DEVELOPMENT = ("the default (hierarchical surrogate, Thompson sampling) was chosen on search seeds 100-109 "
-               "(`--seed-offset 100 --seeds 10`), not on the seeds reported here")
+DEVELOPMENT = ("the default (hierarchical surrogate, Thompson sampling; the final model weighing the measured noise "
+               "by its degrees of freedom) was chosen on search seeds 100-109 (`--seed-offset 100 --seeds 10`), not "
+               "on the seeds reported here")
 DEFAULT_LABEL = "rankadaptor-hierarchical"  # rankadaptor.search.surrogates.DEFAULT_SURROGATE
 
 

@@ -74,3 +74,33 @@ def test_only_rankadaptor_adds_its_surrogates_optimum_to_the_finalists(strategy)
         assert all(tuple(f["ranks"]) in measured for f in result.report["finalists"])
     else:
         assert "model" in sources
+
+
+def test_the_final_model_weighs_the_measured_noise_by_its_repeats_and_proposals_take_it_as_known(monkeypatch):
+    # the pick's model pools the repeats' noise with its fit (a noise measured from 1-3 repeats can be 10x off);
+    # proposals take it as known (on development seeds pooling there made Thompson sampling over-explore)
+    from rankadaptor.search import final, surrogates
+
+    calls, phase = [], ["search"]
+    fit, finalize = surrogates.HierarchicalSurrogate.fit, final.finalize
+
+    def spy(self, X, y, noise_sd=None, noise_dof=None):
+        calls.append((phase[0], noise_sd, noise_dof))
+        return fit(self, X, y, noise_sd, noise_dof)
+
+    def finalize_spy(*args, **kwargs):
+        phase[0] = "final"
+        return finalize(*args, **kwargs)
+
+    monkeypatch.setattr(surrogates.HierarchicalSurrogate, "fit", spy)
+    monkeypatch.setattr(final, "finalize", finalize_spy)
+    settings = SearchSettings(study="s", trials=12, fixed_first=1, fixed_last=1, n_initial=3, noise_every=3,
+                              final_seeds=2, cv_every=100)
+    space = make_space(settings, COSTS)
+    obj = additive(space, noise=0.002, seed=1)
+    run_study(settings, obj, COSTS, obj.identity(), storage=optuna.storages.InMemoryStorage())
+    measured = [c for c in calls if c[1] is not None]  # fits after the first noise repeat
+    at_end = [dof for stage, _, dof in measured if stage == "final"]
+    proposals = [dof for stage, _, dof in measured if stage == "search"]
+    assert at_end and all(dof is not None and dof >= 1 for dof in at_end)
+    assert proposals and all(dof is None for dof in proposals)

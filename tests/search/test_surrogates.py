@@ -118,3 +118,25 @@ def test_hierarchical_posterior_draws_scatter_around_the_mean():
     assert np.all(std > 0)
     assert np.allclose(draws.mean(0), mean, atol=4 * std.max() / np.sqrt(300))
     assert np.allclose(draws.std(0), std, rtol=0.25)
+
+
+@pytest.mark.parametrize("name", ["hierarchical", "ridge"])
+def test_a_noise_measured_from_few_repeats_is_pooled_with_the_fit_by_its_degrees_of_freedom(name):
+    # true noise sd 0.004; one repeat that happened to agree "measures" 0.0002. Taken as known, the model would
+    # explain the noise as signal; weighted by its one degree of freedom it pulls the fitted noise toward it
+    # without pinning it there, and with a thousand degrees of freedom the measurement decides.
+    space = _space()
+    obj = additive(space, noise=0.004, seed=3)
+    X = space.sample(30, 1)
+    y = np.array([obj(x, seed=0) for x in X])
+
+    def noise_sd(**kw):
+        model = make_surrogate(name, space).fit(X, y, **kw)
+        standardised = np.sqrt(model.noise_var) if name == "hierarchical" else 1 / np.sqrt(model.beta)
+        return standardised * model.y_sd
+
+    free = noise_sd()
+    assert noise_sd(noise_sd=0.0002) == pytest.approx(max(0.0002, 0.03 * y.std()))  # known exactly: taken as it is
+    assert 2 * 0.0002 < noise_sd(noise_sd=0.0002, noise_dof=1) < free
+    assert noise_sd(noise_sd=0.0002, noise_dof=1000) < 0.2 * free
+    assert noise_sd(noise_sd=0.02, noise_dof=1000) > 2 * free

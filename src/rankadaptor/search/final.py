@@ -30,13 +30,13 @@ FINAL_SEED_BASE = 10_000  # final re-evaluation seeds: 10000, 10001, ... (screen
 
 
 def oof_spearman(space: SearchSpace, study: optuna.Study, surrogate: str = DEFAULT_SURROGATE, folds: int = 5,
-                 noise_sd: float | None = None, **options) -> dict[str, Any]:
+                 noise_sd: float | None = None, noise_dof: int | None = None, **options) -> dict[str, Any]:
     """Out-of-fold Spearman of the surrogate on all completed trials, with its p-value."""
     X, y, _ = completed_data(space, study)
     if len(y) < max(folds, 6) or np.std(y) == 0:
         return {"spearman": None, "p_value": None, "n": int(len(y)), "better_than_chance": False,
                 "surrogate": surrogate}
-    pred = oof_predictions(surrogate, space, X, y, folds=folds, noise_sd=noise_sd, **options)
+    pred = oof_predictions(surrogate, space, X, y, folds=folds, noise_sd=noise_sd, noise_dof=noise_dof, **options)
     res = st.spearmanr(pred, y) if np.std(pred) > 0 else None
     rho = 0.0 if res is None or np.isnan(res.statistic) else float(res.statistic)
     p = 1.0 if res is None else float(res.pvalue)
@@ -55,9 +55,12 @@ def finalize(study: optuna.Study, space: SearchSpace, objective, config, surroga
     order = np.argsort(-y)
     finalists = [("measured", X[i]) for i in order[:config.finalists]]
     measured_noise = noise.estimate(study)
-    cv = oof_spearman(space, study, config.surrogate, noise_sd=measured_noise["noise_sd"], **options)
+    cv = oof_spearman(space, study, config.surrogate, noise_sd=measured_noise["noise_sd"],
+                      noise_dof=measured_noise["noise_dof"], **options)
     if config.model_finalist and len(y) >= 3:  # the surrogate's optimum joins the finalists; fresh seeds decide
-        model = make_surrogate(config.surrogate, space, config.seed, **options).fit(X, y, measured_noise["noise_sd"])
+        # the measured noise counts for as many degrees of freedom as it has (1-3 repeats can be 10x off)
+        model = make_surrogate(config.surrogate, space, config.seed, **options)
+        model.fit(X, y, measured_noise["noise_sd"], measured_noise["noise_dof"])
         cands, _, mean, _ = maximise(space, model, X, y, np.random.default_rng(config.seed), kappa=0.0)
         finalists.append(("model", cands[int(np.argmax(mean))]))
     uniform = space.uniform()

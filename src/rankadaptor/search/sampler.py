@@ -161,6 +161,9 @@ class RankAdaptorSampler(optuna.samplers.BaseSampler):
     def _guided(self, X: np.ndarray, y: np.ndarray, held: set[str],
                 noise_sd: float | None) -> tuple[np.ndarray, dict[str, Any]]:
         t0 = time.perf_counter()
+        # Proposals take the measured noise as known, unlike the final model, which weighs it by its degrees
+        # of freedom: on development seeds pooling it here made Thompson sampling's draws wider and the search
+        # worse (benchmarks/results/search_compare.md)
         self.model.fit(X, y, noise_sd)
         t_fit = time.perf_counter() - t0
         cands, s, mean, std = maximise(self.space, self.model, X, y, self.rng, self.acquisition, self.kappa,

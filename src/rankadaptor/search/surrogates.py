@@ -1,11 +1,11 @@
 """Surrogates: what the search believes about plans it has not measured (RankAdaptor §3.2's "performance model").
 
-A surrogate is a small class with ``fit(X, y, noise_sd=None)``, ``predict(X) -> (mean, std)``,
+A surrogate is a small class with ``fit(X, y, noise_sd=None, noise_dof=None)``, ``predict(X) -> (mean, std)``,
 ``sample_function(rng)`` (one posterior draw, for Thompson sampling) and ``acquisition`` (the one a
 search uses with it unless told otherwise):
 ``X`` holds rank vectors of the space (one per row), ``y`` the measured values oriented so that
-larger is better, ``noise_sd`` the noise the search measured by repeating plans (``search/noise.py``),
-and ``std`` is the surrogate's own uncertainty about the mean (what the acquisition explores), not
+larger is better, ``noise_sd`` the noise the search measured by repeating plans (``search/noise.py``)
+and ``noise_dof`` the degrees of freedom of that measurement (None: the noise is known exactly), and ``std`` is the surrogate's own uncertainty about the mean (what the acquisition explores), not
 the noise of one more measurement. Register a new one in ``SURROGATES``.
 
 * ``hierarchical`` (default; Thompson sampling): Bayesian linear model on log(1 + rank) per free
@@ -43,7 +43,8 @@ class RidgeSurrogate:
         self.space, self.min_noise, self.iterations = space, float(min_noise), int(iterations)
         self._fitted = False
 
-    def fit(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None = None) -> "RidgeSurrogate":
+    def fit(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None = None,
+            noise_dof: int | None = None) -> "RidgeSurrogate":
         X, y = _check(X, y)
         phi = self.space.log_features(X)
         self.x_mean = phi.mean(0)
@@ -52,8 +53,12 @@ class RidgeSurrogate:
         Phi, t = phi - self.x_mean, (y - self.y_mean) / self.y_sd
         n, p = Phi.shape
         eig = np.linalg.eigvalsh(Phi.T @ Phi).clip(min=0)
-        # measured noise (standardised) is the observation noise; without it the evidence decides, floored
+        # measured noise (standardised): known exactly (noise_dof None) it is the observation noise; measured
+        # from a few repeats it is pooled with the fit's residuals, weighted by its degrees of freedom; without
+        # it the evidence decides, floored
         known = None if noise_sd is None or not np.isfinite(noise_sd) else max(noise_sd / self.y_sd, self.min_noise)
+        exact = known is not None and noise_dof is None
+        dof = float(noise_dof or 0) if known is not None else 0.0
         beta = 1.0 / (known ** 2 if known is not None else 0.25)
         # alpha0: the prior under which the plans' effects spread as much as the measured values do. The
         # evidence may make the prior broader but at most 10x narrower: left alone it collapses to
@@ -66,9 +71,10 @@ class RidgeSurrogate:
             m = beta * S @ Phi.T @ t
             gamma = float(np.sum(beta * eig / (alpha + beta * eig)))
             alpha = float(np.clip(gamma / max(m @ m, 1e-12), 1e-3 * alpha0, 10 * alpha0))
-            if known is None:
-                resid = float(np.sum((t - Phi @ m) ** 2))
-                beta = float(min((n - gamma) / max(resid, 1e-12), 1.0 / self.min_noise ** 2)) if n > gamma else \
+            if not exact:  # MacKay's update, the repeats adding dof residuals of mean square known²
+                resid = float(np.sum((t - Phi @ m) ** 2)) + dof * (known or 0.0) ** 2
+                free = n - gamma + dof
+                beta = float(min(free / max(resid, 1e-12), 1.0 / self.min_noise ** 2)) if free > 0 else \
                     1.0 / self.min_noise ** 2
         S = np.linalg.inv(alpha * np.eye(p) + beta * Phi.T @ Phi)  # the posterior at the final precisions
         self.S, self.m, self.alpha, self.beta = S, beta * S @ Phi.T @ t, alpha, beta
@@ -137,7 +143,8 @@ class HierarchicalSurrogate:
         p = self.space.n_free
         return np.concatenate([np.zeros(p, int), [1], np.full(len(self._pairs), 2, int)])
 
-    def fit(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None = None) -> "HierarchicalSurrogate":
+    def fit(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None = None,
+            noise_dof: int | None = None) -> "HierarchicalSurrogate":
         from scipy import optimize
 
         X, y = _check(X, y)
@@ -151,6 +158,11 @@ class HierarchicalSurrogate:
         scale = np.array([max(float(np.sum(Phi[:, groups == g].var(0))), 1e-9) if np.any(groups == g) else 1.0
                           for g in range(3)])
         known = None if noise_sd is None or not np.isfinite(noise_sd) else max(noise_sd / self.y_sd, self.min_noise)
+        # A noise measured from a few repeats is not known: its sample variance over noise_dof degrees of freedom
+        # is one more likelihood term for the noise hyper-parameter (dof·s²/σ² ~ χ²_dof), so one or two repeats
+        # that happened to agree cannot pin the noise near zero and let the weights chase noise.
+        exact = known is not None and noise_dof is None
+        dof = float(noise_dof or 0) if known is not None else 0.0
         n_groups = 3 if self._pairs else 2
         # hyper-prior: log prior variances ~ N(log 0.5, 1.5²) per group (weakly "the groups share the
         # spread"), log noise variance ~ N(log 0.25, 1.5²) (an eighth to a half of the spread is noise)
@@ -158,7 +170,7 @@ class HierarchicalSurrogate:
 
         def neg_log_post(theta: np.ndarray) -> float:
             var = np.exp(theta[:n_groups]) / scale[:n_groups]
-            noise_var = known ** 2 if known is not None else float(np.exp(theta[-1]))
+            noise_var = known ** 2 if exact else float(np.exp(theta[-1]))
             K = (Phi * var[groups]) @ Phi.T + noise_var * np.eye(len(t))
             try:
                 L = np.linalg.cholesky(K)
@@ -166,13 +178,15 @@ class HierarchicalSurrogate:
                 return 1e10
             a = np.linalg.solve(L, t)
             nll = 0.5 * a @ a + float(np.log(np.diag(L)).sum())
+            if dof:  # -log p(s² | σ²) of the repeats, up to a constant
+                nll += 0.5 * dof * (theta[-1] + known ** 2 / noise_var)
             return nll + 0.5 * float(np.sum((theta - prior_mean) ** 2)) / 1.5 ** 2
 
         res = optimize.minimize(neg_log_post, prior_mean, method="L-BFGS-B",
                                 bounds=[(-12.0, 4.0)] * n_groups + [(2 * np.log(self.min_noise), 1.0)])
         theta = res.x
         self.prior_var = np.exp(theta[:n_groups]) / scale[:n_groups]
-        self.noise_var = known ** 2 if known is not None else float(np.exp(theta[-1]))
+        self.noise_var = known ** 2 if exact else float(np.exp(theta[-1]))
         d = self.prior_var[groups]
         # posterior of the weights: S = (D⁻¹ + ΦᵀΦ/σ²)⁻¹, m = S Φᵀ t / σ²
         S = np.linalg.inv(np.diag(1.0 / d) + Phi.T @ Phi / self.noise_var)
@@ -213,7 +227,8 @@ class MLPSurrogate:
         self.ensemble_size, self.init_state = int(ensemble_size), init_state
         self.ensemble: Ensemble | None = None
 
-    def fit(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None = None) -> "MLPSurrogate":
+    def fit(self, X: np.ndarray, y: np.ndarray, noise_sd: float | None = None,
+            noise_dof: int | None = None) -> "MLPSurrogate":
         X, y = _check(X, y)
         feats = self.space.features(X)
         if self.ensemble is None:  # online incremental learning (RankAdaptor §3.3): later fits continue
@@ -260,14 +275,14 @@ def make_surrogate(name: str, space: SearchSpace, seed: int = 0, **options):
 
 
 def oof_predictions(name: str, space: SearchSpace, X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
-                    noise_sd: float | None = None, **options) -> np.ndarray:
+                    noise_sd: float | None = None, noise_dof: int | None = None, **options) -> np.ndarray:
     """Out-of-fold predictions of a fresh surrogate per fold (how well it predicts plans it has not seen)."""
     order = np.random.default_rng(seed).permutation(len(y))
     pred = np.empty(len(y))
     for k in range(folds):
         test = order[k::folds]
         train = np.setdiff1d(order, test)
-        model = make_surrogate(name, space, seed + k, **options).fit(X[train], y[train], noise_sd)
+        model = make_surrogate(name, space, seed + k, **options).fit(X[train], y[train], noise_sd, noise_dof)
         pred[test] = model.predict(X[test])[0]
     return pred
 
