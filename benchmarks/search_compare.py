@@ -164,25 +164,32 @@ def markdown(result: dict) -> str:
     if result.get("overhead"):
         lines += ["", "Proposal overhead (fit + scoring 10,000 pooled plans + trade climbing; 25 trials of history; "
                   "real pruned SmolLM2-135M spaces; one thread):", ""]
-        trial = real_trial_seconds()
+        trial, trial_cpu = real_trial_seconds()
+        here = result.get("processor")
+        same = trial is not None and trial_cpu == here  # a share across two machines would mean nothing
         for k, v in result["overhead"].items():
-            share = f" ({v['median_seconds'] / trial:.1%} of a real screening trial)" if trial else ""
+            share = f" ({v['median_seconds'] / trial:.1%} of a real screening trial)" if same else ""
             lines.append(f"* {k} ({v['units']} free units): {v['median_seconds']:.2f} s{share}")
         if trial:
-            lines += ["", f"A real screening trial (5 steps on the pruned model, one thread) takes {trial:.1f} s, the "
-                      "median measured by `python benchmarks/super_sweep.py --part throughput` "
+            lines += ["", f"A real screening trial (5 steps on the pruned model, one thread) takes {trial:.1f} s on "
+                      f"{trial_cpu}, the median measured by `python benchmarks/super_sweep.py --part throughput` "
                       "(`results/super_sweep.json`); issue 14's goal is a proposal under 5 % of it."]
+            if not same:
+                lines.append(f"These proposals were timed on another processor ({here}), so no share is stated: "
+                             "re-run the throughput part on this machine to compare.")
     lines += ["", f"Command: `{result['command']}`"]
     return "\n".join(lines) + "\n"
 
 
-def real_trial_seconds() -> float | None:
-    """The median real screening trial measured by super_sweep's throughput part, if it has been run."""
+def real_trial_seconds() -> tuple[float | None, str | None]:
+    """The median real screening trial measured by super_sweep's throughput part, and the processor it ran on."""
     path = ROOT / "benchmarks" / "results" / "super_sweep.json"
     if not path.exists():
         return None
-    seconds = json.loads(path.read_text()).get("throughput", {}).get("screen_seconds")
-    return float(np.median(seconds)) if seconds else None
+    record = json.loads(path.read_text())
+    seconds = record.get("throughput", {}).get("screen_seconds")
+    cpu = record.get("provenance", {}).get("hardware", {}).get("processor")
+    return (float(np.median(seconds)), cpu) if seconds else (None, None)
 
 
 def goal_line(table: dict) -> str:
@@ -251,7 +258,10 @@ def main(argv=None) -> int:
                           "strategies": {k: STRATEGIES[k] for k in args.strategies.split(",")}},
               "table": table, "goal": goal_line(table), "runs": runs}
     if args.overhead:
+        from rankadaptor.provenance import hardware
+
         result["overhead"] = overhead(args.pool)
+        result["processor"] = hardware()["processor"]
     result["command"] = "python benchmarks/search_compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
     paths = write_results(args.out, result, markdown(result), seed=0)
     print(markdown(result))
