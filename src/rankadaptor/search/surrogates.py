@@ -5,8 +5,9 @@ A surrogate is a small class with ``fit(X, y, noise_sd=None, noise_dof=None)``, 
 search uses with it unless told otherwise):
 ``X`` holds rank vectors of the space (one per row), ``y`` the measured values oriented so that
 larger is better, ``noise_sd`` the noise the search measured by repeating plans (``search/noise.py``)
-and ``noise_dof`` the degrees of freedom of that measurement (None: the noise is known exactly), and ``std`` is the surrogate's own uncertainty about the mean (what the acquisition explores), not
-the noise of one more measurement. Register a new one in ``SURROGATES``.
+and ``noise_dof`` the degrees of freedom of that measurement (None: the noise is known exactly), and
+``std`` is the surrogate's own uncertainty about the mean (what the acquisition explores), not the
+noise of one more measurement. Register a new one in ``SURROGATES``.
 
 * ``hierarchical`` (default; Thompson sampling): Bayesian linear model on log(1 + rank) per free
   unit whose weights shrink toward one shared weight (a concave per-unit effect that differs
@@ -53,12 +54,9 @@ class RidgeSurrogate:
         Phi, t = phi - self.x_mean, (y - self.y_mean) / self.y_sd
         n, p = Phi.shape
         eig = np.linalg.eigvalsh(Phi.T @ Phi).clip(min=0)
-        # measured noise (standardised): known exactly (noise_dof None) it is the observation noise; measured
-        # from a few repeats it is pooled with the fit's residuals, weighted by its degrees of freedom; without
-        # it the evidence decides, floored
-        known = None if noise_sd is None or not np.isfinite(noise_sd) else max(noise_sd / self.y_sd, self.min_noise)
-        exact = known is not None and noise_dof is None
-        dof = float(noise_dof or 0) if known is not None else 0.0
+        # measured noise: known exactly it is the observation noise; measured from a few repeats it is pooled
+        # with the fit's residuals, weighted by its degrees of freedom; without it the evidence decides, floored
+        known, exact, dof = _standardised_noise(noise_sd, noise_dof, self.y_sd, self.min_noise)
         beta = 1.0 / (known ** 2 if known is not None else 0.25)
         # alpha0: the prior under which the plans' effects spread as much as the measured values do. The
         # evidence may make the prior broader but at most 10x narrower: left alone it collapses to
@@ -157,12 +155,10 @@ class HierarchicalSurrogate:
         # scale each group so that a unit prior variance means "this group alone explains the spread of y"
         scale = np.array([max(float(np.sum(Phi[:, groups == g].var(0))), 1e-9) if np.any(groups == g) else 1.0
                           for g in range(3)])
-        known = None if noise_sd is None or not np.isfinite(noise_sd) else max(noise_sd / self.y_sd, self.min_noise)
         # A noise measured from a few repeats is not known: its sample variance over noise_dof degrees of freedom
         # is one more likelihood term for the noise hyper-parameter (dof·s²/σ² ~ χ²_dof), so one or two repeats
         # that happened to agree cannot pin the noise near zero and let the weights chase noise.
-        exact = known is not None and noise_dof is None
-        dof = float(noise_dof or 0) if known is not None else 0.0
+        known, exact, dof = _standardised_noise(noise_sd, noise_dof, self.y_sd, self.min_noise)
         n_groups = 3 if self._pairs else 2
         # hyper-prior: log prior variances ~ N(log 0.5, 1.5²) per group (weakly "the groups share the
         # spread"), log noise variance ~ N(log 0.25, 1.5²) (an eighth to a half of the spread is noise)
@@ -285,6 +281,15 @@ def oof_predictions(name: str, space: SearchSpace, X: np.ndarray, y: np.ndarray,
         model = make_surrogate(name, space, seed + k, **options).fit(X[train], y[train], noise_sd, noise_dof)
         pred[test] = model.predict(X[test])[0]
     return pred
+
+
+def _standardised_noise(noise_sd: float | None, noise_dof: int | None, y_sd: float,
+                        min_noise: float) -> tuple[float | None, bool, float]:
+    """(measured noise in units of y's spread, floored at ``min_noise``; whether it is known exactly, i.e. no
+    ``noise_dof`` was given; its degrees of freedom, 0 when exact or not measured)."""
+    known = None if noise_sd is None or not np.isfinite(noise_sd) else max(noise_sd / y_sd, min_noise)
+    exact = known is not None and noise_dof is None
+    return known, exact, float(noise_dof or 0) if known is not None else 0.0
 
 
 def _check(X, y) -> tuple[np.ndarray, np.ndarray]:
