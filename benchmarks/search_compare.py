@@ -16,7 +16,7 @@ measured trial, and the proposal overhead; and the paired difference of the frac
 and TPE. ``--overhead`` also times one proposal (fit + pool scoring + climb) at 10,000 candidates
 on the real model's per-layer and per-module spaces.
 
-    python benchmarks/search_compare.py                       # the full table (~30 min on one core)
+    python benchmarks/search_compare.py --seeds 20 --overhead  # the committed table (~40 min on one core)
     python benchmarks/search_compare.py --seeds 2 --noise 0.002 --objectives additive   # a quick look
 """
 
@@ -214,7 +214,7 @@ def goal_line(table: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=25)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="search seeds offset .. offset+seeds-1 (develop on seeds the committed table does not report)")
     ap.add_argument("--noise", default="0.002,0.01")
