@@ -20,3 +20,23 @@ def test_every_strategy_spends_the_whole_trial_budget(monkeypatch):
     monkeypatch.setattr(study, "run_study",
                         lambda settings, *a, **kw: run_study(replace(settings, patience=8), *a, **kw))
     assert compare.one_run("additive", 0.002, "rankadaptor-hierarchical", 3, trials=25, pool=500)["trials_run"] < 25
+
+
+def _run(strategy, seed, fraction, trials_run=25):
+    return {"objective": "additive", "noise": 0.002, "strategy": strategy, "seed": seed, "fraction": fraction,
+            "trials_to_best": 10, "oracle_gain": 0.01, "trials_run": trials_run, "propose_seconds": None}
+
+
+def test_the_converging_row_is_paired_with_the_same_searches_run_to_the_budget():
+    compare = load_benchmark("search_compare")
+    runs = [_run(compare.DEFAULT_LABEL, s, 0.6 + 0.01 * s) for s in range(4)]
+    runs += [_run(compare.CONVERGING_LABEL, s, 0.5 + 0.01 * s + 0.001 * (s % 2), trials_run=20 if s < 3 else 25)
+             for s in range(4)]
+    table = compare.summarise(runs)
+    stop = table[f"additive|0.002|{compare.CONVERGING_LABEL}"]
+    assert stop["vs_full_budget"]["n"] == 4 and stop["vs_full_budget"]["significant"]
+    assert abs(stop["vs_full_budget"]["mean"] + 0.0995) < 1e-9
+    assert "vs_full_budget" not in table[f"additive|0.002|{compare.DEFAULT_LABEL}"]
+    text = compare.markdown({"setting": {"space": "s", "trials": 25, "seeds": 4}, "table": table, "command": "x"})
+    assert "3 of 4 searches stopped early (21.2 trials on average); -0.099 [" in text
+    assert "| 21.2 (20-25) |" in text and "| 25.0 (25-25) |" in text
