@@ -89,7 +89,7 @@ def one_run(objective_name: str, noise: float, label: str, seed: int, trials: in
 
 
 def summarise(runs: list[dict]) -> dict:
-    from rankadaptor.stats import mean_ci, paired_difference
+    from rankadaptor.stats import mean_ci
 
     table = {}
     for key in sorted({(r["objective"], r["noise"], r["strategy"]) for r in runs}):
@@ -102,21 +102,26 @@ def summarise(runs: list[dict]) -> dict:
         if rs[0]["propose_seconds"] is not None:
             row["propose_seconds"] = float(np.mean([r["propose_seconds"] for r in rs]))
         for other in ("random", "tpe"):
-            base = {r["seed"]: r["fraction"] for r in runs if (r["objective"], r["noise"], r["strategy"]) ==
-                    (key[0], key[1], other)}
-            common = [r for r in rs if r["seed"] in base]
-            if key[2] != other and len(common) >= 2:
-                row[f"vs_{other}"] = paired_difference([r["fraction"] for r in common],
-                                                       [base[r["seed"]] for r in common])
-        if key[2] == CONVERGING_LABEL:  # what stopping early cost: the same searches run to the budget, by seed
-            full = {r["seed"]: r["fraction"] for r in runs if (r["objective"], r["noise"], r["strategy"]) ==
-                    (key[0], key[1], DEFAULT_LABEL)}
-            common = [r for r in rs if r["seed"] in full]
-            if len(common) >= 2:
-                row["vs_full_budget"] = paired_difference([r["fraction"] for r in common],
-                                                          [full[r["seed"]] for r in common])
+            if key[2] != other and (d := _paired(runs, rs, other)) is not None:
+                row[f"vs_{other}"] = d
+        # what stopping early cost: the same searches run to the budget
+        if key[2] == CONVERGING_LABEL and (d := _paired(runs, rs, DEFAULT_LABEL)) is not None:
+            row["vs_full_budget"] = d
         table["|".join(map(str, key))] = row
     return table
+
+
+def _paired(runs: list[dict], cell: list[dict], other: str) -> dict | None:
+    """The cell's fraction minus another strategy's on the same objective, noise and seeds (None below 2 seeds)."""
+    from rankadaptor.stats import paired_difference
+
+    objective, noise = cell[0]["objective"], cell[0]["noise"]
+    base = {r["seed"]: r["fraction"] for r in runs if (r["objective"], r["noise"], r["strategy"]) ==
+            (objective, noise, other)}
+    common = [r for r in cell if r["seed"] in base]
+    if len(common) < 2:
+        return None
+    return paired_difference([r["fraction"] for r in common], [base[r["seed"]] for r in common])
 
 
 def overhead(pool: int = 10_000, repeats: int = 3) -> dict:
@@ -167,14 +172,10 @@ def markdown(result: dict) -> str:
              "vs random (paired) | vs TPE (paired) | s / proposal |", "|---|---|---|---|---|---|---|---|---|"]
     for key, row in result["table"].items():
         objective, noise, strategy = key.split("|")
-        cells = []
-        for other in ("random", "tpe"):
-            d = row.get(f"vs_{other}")
-            cells.append("—" if d is None else f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] "
-                                               f"{d.get('verdict', 'significant' if d['significant'] else 'not significant')}")
+        cells = [_difference(row[f"vs_{other}"], 2) if f"vs_{other}" in row else "—" for other in ("random", "tpe")]
         f, t = row["fraction"], row["trials_to_best"]
         per = f"{row['propose_seconds']:.2f}" if "propose_seconds" in row else "—"
-        ran = row.get("trials_run") or [s["trials"]]
+        ran = row["trials_run"]
         lines.append(f"| {objective} | {noise} | {strategy} | {f['mean']:.2f} [{f['ci_low']:.2f}, {f['ci_high']:.2f}] | "
                      f"{np.mean(ran):.1f} ({min(ran)}-{max(ran)}) | {t['mean']:.1f} [{t['ci_low']:.1f}, "
                      f"{t['ci_high']:.1f}] | {cells[0]} | {cells[1]} | {per} |")
@@ -186,8 +187,7 @@ def markdown(result: dict) -> str:
             d, ran = row["vs_full_budget"], row["trials_run"]
             early = sum(r < s["trials"] for r in ran)
             lines.append(f"* {objective}, sd {noise}: {early} of {len(ran)} searches stopped early ({np.mean(ran):.1f} "
-                         f"trials on average); {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] "
-                         f"{d.get('verdict', 'significant' if d['significant'] else 'not significant')}")
+                         f"trials on average); {_difference(d, 3)}")
     goal = result.get("goal")
     if goal:
         lines += ["", f"Goal (issue 14): the default ({DEFAULT_LABEL}) reaches >= 70 % of the oracle gain at noise sd "
@@ -210,6 +210,12 @@ def markdown(result: dict) -> str:
                              "re-run the throughput part on this machine to compare.")
     lines += ["", f"Command: `{result['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def _difference(d: dict, digits: int) -> str:
+    """A paired difference as 'mean [low, high] verdict'."""
+    verdict = d.get("verdict", "significant" if d["significant"] else "not significant")
+    return f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}] {verdict}"
 
 
 def real_trial_seconds() -> tuple[float | None, str | None]:
