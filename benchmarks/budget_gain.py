@@ -9,7 +9,7 @@ AdaLoRA's learning-rate grid). Measured with ``experiments.measure``: THE held-o
 (``eval.compare.compare_results``: paired bootstrap over documents x seeds) and on the recovery
 corpus's validation loss (paired by seed, ``stats.paired_difference``).
 
-The methods are data (``METHODS`` below: a label, a row of ``experiments.METHODS`` and options);
+The methods are data (``METHODS`` below: a label, a row of ``experiment_methods.METHODS`` and options);
 ``LEVERS`` names the paired contrasts that answer the question: a static allocation vs uniform
 (does the allocation alone help?), a dynamic method vs its own allocation trained from scratch
 (does the trajectory help?), EVA's initialisation vs its allocation alone. Add a method by adding
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 WORK = ROOT / "benchmarks" / "work" / "budget_gain"
 
-# key, label, experiments.METHODS row, options: alloc_steps "screen" (allocation from a screening-length run),
+# key, label, experiment_methods.METHODS row, options: alloc_steps "screen" (allocation from a screening-length run),
 # plan "searched" (the search's pick), lr_grid (multipliers of the recipe's lr tried at the screening length)
 METHODS: list[dict] = [
     {"key": "uniform", "label": "uniform r=8", "method": "uniform"},
@@ -86,7 +86,7 @@ def searched_plan(pruned, recipe, args, data):
     """A RankAdaptor search at the screening length (per layer), the allocators' plans as seeds; cached."""
     import optuna
 
-    from rankadaptor.experiments import allocation
+    from rankadaptor.experiment_methods import allocation
     from rankadaptor.lora.ranks import RankPlan, module_costs
     from rankadaptor.search.objective import RecoverEvalObjective
     from rankadaptor.search.storage import open_storage
@@ -215,7 +215,7 @@ def total_seconds(summary: dict) -> float:
 
 def _cut_row(units: dict, key: str, seeds: list[int]) -> bool:
     """A wide adapter cut to the budget after training (PARA, the super-adapter's cuts)."""
-    from rankadaptor.experiments import CUT_AFTER_TRAINING
+    from rankadaptor.experiment_methods import CUT_AFTER_TRAINING
 
     return any(units[(key, s)]["summary"]["method"] in CUT_AFTER_TRAINING for s in seeds if (key, s) in units)
 

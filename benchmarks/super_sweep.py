@@ -1,7 +1,7 @@
 """Wide-then-cut on SmolLM2-135M pruned 20 % (issue 15, item 6): compression sweep, compute, throughput.
 
 * ``--part sweep``: per seed one nested-rank super-adapter (r = 32, the kit's recipe;
-  ``experiments.super_adapter``), and optionally a plain LoRA r = 32 trained the same way; each cut
+  ``experiment_methods.super_adapter``), and optionally a plain LoRA r = 32 trained the same way; each cut
   to 25 / 50 / 75 / 90 % fewer LoRA parameters by PARA's global threshold, uniform truncation (SVD
   and prefix cuts), PEFT's per-layer energy rule and RankAdaptor on the cheap fidelity
   (``--search-trials`` scores). Held-out perplexity (first ``--ppl-tokens`` Brown held-out tokens)
@@ -80,7 +80,9 @@ class Kit:
         return float(heldout_perplexity(model, self.tok, n_tokens=self.args.ppl_tokens).ppl)
 
     def wide(self, seed: int, nested: bool = True) -> Path:
-        return self.ex.super_adapter(self.pruned, self.recipe, seed, nested=nested)
+        from rankadaptor.experiment_methods import super_adapter
+
+        return super_adapter(self.pruned, self.recipe, seed, nested=nested)
 
     def space(self, budget, study="sweep", trials=1, **kw):
         from rankadaptor.lora.ranks import module_costs

@@ -1,6 +1,6 @@
 """Validity of the super-adapter's cheap fidelity (issue 15, item 5) on SmolLM2-135M pruned 20 %.
 
-One nested-rank super-adapter (r = 32, the kit's recipe, seed 0; ``experiments.super_adapter``) and
+One nested-rank super-adapter (r = 32, the kit's recipe, seed 0; ``experiment_methods.super_adapter``) and
 ``--plans`` rank plans at uniform-r8's budget ± 1 % in the super search's per-layer space: uniform
 truncation, PARA's global threshold and PEFT's energy rule (projected onto the space) and random
 valid plans. For every plan:
@@ -77,6 +77,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     from rankadaptor import experiments as ex
     from rankadaptor.compress.cut import cut
+    from rankadaptor.experiment_methods import super_adapter
     from rankadaptor.fileio import read_json, write_json_atomic
     from rankadaptor.lora.ranks import count_lora_params, module_costs
     from rankadaptor.lora.recover import recover
@@ -88,7 +89,7 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     recipe = ex.Recipe()
     pruned = ex.ModelCache(ex.pruned_artefact())
-    wide = ex.super_adapter(pruned, recipe, args.seed)
+    wide = super_adapter(pruned, recipe, args.seed)
     loaded = pruned.fresh()
     tok = loaded.tokenizer
     costs = module_costs(loaded.model)

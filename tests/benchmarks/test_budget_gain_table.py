@@ -9,7 +9,7 @@ def _module():
 
 
 def test_rows_name_kit_methods_and_levers_name_rows():
-    from rankadaptor.experiments import METHODS
+    from rankadaptor.experiment_methods import METHODS
 
     bg = _module()
     keys = [r["key"] for r in bg.METHODS]
@@ -21,7 +21,7 @@ def test_rows_name_kit_methods_and_levers_name_rows():
 
 
 def test_the_cut_rows_the_table_names_are_kit_methods():
-    from rankadaptor.experiments import CUT_AFTER_TRAINING, METHODS
+    from rankadaptor.experiment_methods import CUT_AFTER_TRAINING, METHODS
 
     assert set(CUT_AFTER_TRAINING) <= set(METHODS)
 

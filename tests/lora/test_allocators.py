@@ -68,7 +68,7 @@ def test_eva_records_its_own_ranks_and_initialises_from_its_components(setting):
 
 
 def test_para_and_prunedlora_allocations_from_short_runs(setting):
-    from rankadaptor.experiments import prunedlora_at_budget
+    from rankadaptor.experiment_methods import prunedlora_at_budget
 
     model, tok, data, budget = setting
     para = A.para(copy.deepcopy(model), tok, data, budget, RecoveryConfig(max_steps=2, batch_size=2, seq_len=32),

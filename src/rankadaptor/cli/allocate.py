@@ -80,7 +80,7 @@ def run(args) -> int:
               "para": {"tokenizer": loaded.tokenizer, "data": data, "config": config, "high_rank": args.high_rank},
               "prunedlora": {"tokenizer": loaded.tokenizer, "data": data, "config": config}}[args.allocator]
         if args.allocator == "prunedlora":
-            from rankadaptor.experiments import prunedlora_at_budget
+            from rankadaptor.experiment_methods import prunedlora_at_budget
 
             kw["method"] = prunedlora_at_budget(loaded.model, args.high_rank, budget, args.steps)
     alloc = allocators.get_allocator(args.allocator)(loaded.model, budget=budget, **kw)
