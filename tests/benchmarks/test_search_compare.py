@@ -40,3 +40,18 @@ def test_the_converging_row_is_paired_with_the_same_searches_run_to_the_budget()
     text = compare.markdown({"setting": {"space": "s", "trials": 25, "seeds": 4}, "table": table, "command": "x"})
     assert "3 of 4 searches stopped early (21.2 trials on average); -0.099 [" in text
     assert "| 21.2 (20-25) |" in text and "| 25.0 (25-25) |" in text
+
+
+def test_the_exploration_row_is_paired_with_the_default_and_a_goal_needs_both_baselines():
+    compare = load_benchmark("search_compare")
+    runs = [_run(compare.DEFAULT_LABEL, s, 0.6 + 0.02 * s) for s in range(4)]
+    runs += [_run(compare.VARIANCE_LABEL, s, 0.7 + 0.02 * s + 0.002 * (s % 2)) for s in range(4)]
+    table = compare.summarise(runs)
+    explore = table[f"additive|0.002|{compare.VARIANCE_LABEL}"]["vs_default"]
+    assert explore["n"] == 4 and abs(explore["mean"] - 0.101) < 1e-9
+    text = compare.markdown({"setting": {"space": "s", "trials": 25, "seeds": 4, "seed_list": [100, 101, 102, 103]},
+                             "table": table, "goal": compare.goal_line(table), "command": "x"})
+    assert "* additive, sd 0.002: +0.101 [" in text
+    assert "a development run" in text  # seeds >= 100 are never the reported table's
+    # without random and TPE in the run the goal is not judged (it was "NOT met ... ahead: no" before)
+    assert "additive: not judged (fraction 0.63; random and TPE not run)" in text
