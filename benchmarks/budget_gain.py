@@ -42,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 WORK = ROOT / "benchmarks" / "work" / "budget_gain"
+# the full size (the defaults); a run below it in any of these says so above its table
+FULL = {"seeds": 5, "steps": 40, "eval_limit": 50, "ppl_tokens": 4096}
 
 # key, label, experiment_methods.METHODS row, options: alloc_steps "screen" (allocation from a screening-length run),
 # plan "searched" (the search's pick), lr_grid (multipliers of the recipe's lr tried at the screening length)
@@ -272,10 +274,24 @@ def choice_lines(choice: dict | None) -> list[str]:
             f"{choice['median_need'] or 'unknown'}, cap {choice['cap']}).", ""]
 
 
+def reductions(setting: dict) -> list[str]:
+    """What a run left out of the full size (``FULL``, and every row of ``METHODS``); empty for a full run."""
+    out = [f"{setting[k]} {what} (full: {FULL[k]})" for k, what in
+           (("steps", "steps"), ("eval_limit", "documents per task"), ("ppl_tokens", "perplexity tokens"))
+           if setting[k] < FULL[k]]
+    if len(setting["seeds"]) < FULL["seeds"]:
+        out.append(f"{len(setting['seeds'])} seeds (full: {FULL['seeds']})")
+    keys = {r["key"] for r in setting["methods"]}
+    if not {r["key"] for r in METHODS} <= keys:
+        out.append(f"{sum(r['key'] in keys for r in METHODS)} of the {len(METHODS)} methods")
+    return out
+
+
 def markdown(result: dict) -> str:
     s = result["setting"]
+    reduced = reductions(s)
     lines = ["# Where the gain comes from: allocation or trajectory (SmolLM2-135M pruned 20 %, uniform-r8 budget)", "",
-             f"{'VALIDATION RUN (reduced size; not the result). ' if s['validation'] else ''}Recovery {s['steps']} steps "
+             (f"REDUCED SIZE: {', '.join(reduced)}. " if reduced else "") + f"Recovery {s['steps']} steps "
              f"× {s['batch_size']}×{s['seq_len']} tokens at lr {s['lr']} (screening length {s['screen_steps']}); seeds "
              f"{s['seeds']}; seven tasks on the first {s['eval_limit']} documents each, held-out perplexity on "
              f"{s['ppl_tokens']} Brown held-out tokens. Δ vs uniform: paired bootstrap over documents × seeds (average, "
@@ -313,20 +329,20 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=FULL["seeds"])
     ap.add_argument("--screen-steps", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=40, help="recovery length (>= 4x --screen-steps)")
+    ap.add_argument("--steps", type=int, default=FULL["steps"], help="recovery length (>= 4x --screen-steps)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--eval-limit", default="50",
+    ap.add_argument("--eval-limit", default=str(FULL["eval_limit"]),
                     help="documents per task, or 'auto': chosen from the pilot at --pilot-limit (see above)")
     ap.add_argument("--pilot-limit", type=int, default=10)
     ap.add_argument("--detect-points", type=float, default=2.0,
                     help="--eval-limit auto: the seven-task average difference to detect, in points")
     ap.add_argument("--most-documents", type=int, default=1000, help="--eval-limit auto: the cap")
     ap.add_argument("--choose-only", action="store_true", help="--eval-limit auto: print the choice and stop")
-    ap.add_argument("--ppl-tokens", type=int, default=4096)
+    ap.add_argument("--ppl-tokens", type=int, default=FULL["ppl_tokens"])
     ap.add_argument("--search-trials", type=int, default=16)
     ap.add_argument("--searched-plan", default=None, help="a RankPlan JSON instead of running the search")
     ap.add_argument("--methods", default=None, help="comma-separated keys of METHODS to run (default all)")
@@ -382,7 +398,9 @@ def main(argv=None) -> int:
     result = {"setting": {"steps": args.steps, "screen_steps": args.screen_steps, "batch_size": args.batch_size,
                           "seq_len": args.seq_len, "lr": args.lr, "seeds": seeds, "eval_limit": args.eval_limit,
                           "ppl_tokens": args.ppl_tokens, "methods": rows, "eval_limit_choice": choice,
-                          "validation": args.seeds < 5 or args.eval_limit < 50},
+                          "validation": bool(reductions({"steps": args.steps, "eval_limit": args.eval_limit,
+                                                         "ppl_tokens": args.ppl_tokens, "seeds": seeds,
+                                                         "methods": rows}))},
               **summarise(units, rows, seeds, context["searched"][1].get("seconds") if "searched" in context else None)}
     for row in rows:
         if f"lr:{row['key']}" in context:

@@ -52,3 +52,17 @@ def test_eval_limit_auto_is_chosen_from_the_pilots_units(tmp_path, monkeypatch):
     got = bg.choose_eval_limit(rows, [0, 1], args)
     assert got["documents"] == want["documents"] and set(got["needs"]) == {"para", "eva"}
     assert "chosen from the pilot at 400 documents per task to detect 2 points" in bg.choice_lines(got)[0]
+
+
+def test_a_run_below_the_full_size_names_every_reduction_above_its_table():
+    bg = _module()
+    full = {**bg.FULL, "seeds": list(range(bg.FULL["seeds"])), "methods": bg.METHODS}
+    assert bg.reductions(full) == []
+    part = {**full, "steps": 20, "eval_limit": 10, "seeds": [0, 1], "methods": bg.METHODS[:5]}
+    assert bg.reductions(part) == ["20 steps (full: 40)", "10 documents per task (full: 50)", "2 seeds (full: 5)",
+                                   f"5 of the {len(bg.METHODS)} methods"]
+    import json
+    from pathlib import Path
+
+    committed = json.loads((Path(bg.__file__).parent / "results" / "budget_gain.json").read_text())
+    assert "REDUCED SIZE: 20 steps (full: 40), 10 documents per task (full: 50). Recovery" in bg.markdown(committed)
