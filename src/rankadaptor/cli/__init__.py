@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from rankadaptor.fileio import describe_io_error, release_claims
+    from rankadaptor.errors import describe_io_error
+    from rankadaptor.fileio import release_claims
 
     try:
         from rankadaptor.device import default_device, default_dtype
