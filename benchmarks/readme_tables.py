@@ -60,6 +60,7 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "budget_gain": script_table("budget_gain", "markdown"),
     "budget_gain_validation": script_table("budget_gain", "markdown"),
     "budget_gain_long": script_table("budget_gain", "markdown"),
+    "budget_gain_eva": script_table("budget_gain", "markdown"),
     "super_validity": script_table("super_validity", "markdown"),
     "super_sweep": script_table("super_sweep", "markdown"),
     "search_real_data": script_table("search_real_data", "markdown"),
