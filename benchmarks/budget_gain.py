@@ -395,12 +395,11 @@ def main(argv=None) -> int:
             units[(row["key"], seed)] = unit
             logging.info("%s seed %d: val loss %.4f, ppl %.2f, %.0f s", row["key"], seed, unit["summary"]["val_loss"],
                          unit["results"]["perplexity"]["perplexity"], unit["seconds_total"])
-    result = {"setting": {"steps": args.steps, "screen_steps": args.screen_steps, "batch_size": args.batch_size,
-                          "seq_len": args.seq_len, "lr": args.lr, "seeds": seeds, "eval_limit": args.eval_limit,
-                          "ppl_tokens": args.ppl_tokens, "methods": rows, "eval_limit_choice": choice,
-                          "validation": bool(reductions({"steps": args.steps, "eval_limit": args.eval_limit,
-                                                         "ppl_tokens": args.ppl_tokens, "seeds": seeds,
-                                                         "methods": rows}))},
+    setting = {"steps": args.steps, "screen_steps": args.screen_steps, "batch_size": args.batch_size,
+               "seq_len": args.seq_len, "lr": args.lr, "seeds": seeds, "eval_limit": args.eval_limit,
+               "ppl_tokens": args.ppl_tokens, "methods": rows, "eval_limit_choice": choice}
+    setting["validation"] = bool(reductions(setting))  # below the full size in any way (the table says which)
+    result = {"setting": setting,
               **summarise(units, rows, seeds, context["searched"][1].get("seconds") if "searched" in context else None)}
     for row in rows:
         if f"lr:{row['key']}" in context:
