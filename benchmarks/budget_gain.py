@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 WORK = ROOT / "benchmarks" / "work" / "budget_gain"
 # the full size (the defaults); a run below it in any of these says so above its table
-FULL = {"seeds": 5, "steps": 40, "eval_limit": 50, "ppl_tokens": 4096}
+FULL = {"seeds": 5, "steps": 40, "eval_limit": 50, "ppl_tokens": 4096, "search_trials": 16}
 
 # key, label, experiment_methods.METHODS row, options: alloc_steps "screen" (allocation from a screening-length run),
 # plan "searched" (the search's pick), lr_grid (multipliers of the recipe's lr tried at the screening length)
@@ -142,7 +142,7 @@ def one_unit(row: dict, seed: int, pruned, recipe, args, data, context: dict) ->
     """Train one method on one seed, measure it; the result is saved and reused."""
     from rankadaptor.experiments import measure, train_method
 
-    path = unit_path(row["key"], seed, args, args.eval_limit)
+    path = unit_path(row, seed, args, args.eval_limit)
     if path.exists():
         return json.loads(path.read_text())
     kw: dict = {}
@@ -170,21 +170,25 @@ def one_unit(row: dict, seed: int, pruned, recipe, args, data, context: dict) ->
     return unit
 
 
-def unit_path(key: str, seed: int, args, eval_limit: int) -> Path:
-    return WORK / f"{key}-s{seed}-{args.steps}x{args.screen_steps}-{eval_limit}-{args.ppl_tokens}.json"
+def unit_path(row: dict, seed: int, args, eval_limit: int) -> Path:
+    """Where one method's run on one seed is saved: the name holds everything its result depends on."""
+    name = f"{row['key']}-s{seed}-{args.steps}x{args.screen_steps}-{eval_limit}-{args.ppl_tokens}"
+    if row.get("plan") == "searched":  # and the searched plan on the search's size (or the plan file given)
+        name += f"-given-{Path(args.searched_plan).stem}" if args.searched_plan else f"-search{args.search_trials}"
+    return WORK / f"{name}.json"
 
 
 def choose_eval_limit(rows: list[dict], seeds: list[int], args) -> dict:
     """The accuracy evaluation's size from the pilot's units (``--eval-limit auto``)."""
     from rankadaptor.eval.compare import choose_documents
 
-    missing = [unit_path(r["key"], s, args, args.pilot_limit).name for r in rows for s in seeds
-               if not unit_path(r["key"], s, args, args.pilot_limit).exists()]
+    missing = [unit_path(r, s, args, args.pilot_limit).name for r in rows for s in seeds
+               if not unit_path(r, s, args, args.pilot_limit).exists()]
     if missing:
         raise SystemExit(f"--eval-limit auto needs the pilot at {args.pilot_limit} documents per task; "
                          f"{len(missing)} of its units are missing (e.g. {missing[0]}): run this command with "
                          f"--eval-limit {args.pilot_limit} first")
-    results = {(r["key"], s): json.loads(unit_path(r["key"], s, args, args.pilot_limit).read_text())["results"]
+    results = {(r["key"], s): json.loads(unit_path(r, s, args, args.pilot_limit).read_text())["results"]
                for r in rows for s in seeds}
     pilots = {r["key"]: ([results[(r["key"], s)] for s in seeds], [results[("uniform", s)] for s in seeds])
               for r in rows if r["key"] != "uniform"}
@@ -282,6 +286,9 @@ def reductions(setting: dict) -> list[str]:
     if len(setting["seeds"]) < FULL["seeds"]:
         out.append(f"{len(setting['seeds'])} seeds (full: {FULL['seeds']})")
     keys = {r["key"] for r in setting["methods"]}
+    trials = setting.get("search_trials")
+    if "searched" in keys and trials is not None and trials < FULL["search_trials"]:
+        out.append(f"a {trials}-trial search (full: {FULL['search_trials']})")
     if not {r["key"] for r in METHODS} <= keys:
         out.append(f"{sum(r['key'] in keys for r in METHODS)} of the {len(METHODS)} methods")
     return out
@@ -343,7 +350,7 @@ def main(argv=None) -> int:
     ap.add_argument("--most-documents", type=int, default=1000, help="--eval-limit auto: the cap")
     ap.add_argument("--choose-only", action="store_true", help="--eval-limit auto: print the choice and stop")
     ap.add_argument("--ppl-tokens", type=int, default=FULL["ppl_tokens"])
-    ap.add_argument("--search-trials", type=int, default=16)
+    ap.add_argument("--search-trials", type=int, default=FULL["search_trials"])
     ap.add_argument("--searched-plan", default=None, help="a RankPlan JSON instead of running the search")
     ap.add_argument("--methods", default=None, help="comma-separated keys of METHODS to run (default all)")
     ap.add_argument("--methods-json", default=None, help="a JSON list of extra method rows (same keys as METHODS)")
@@ -397,7 +404,8 @@ def main(argv=None) -> int:
                          unit["results"]["perplexity"]["perplexity"], unit["seconds_total"])
     setting = {"steps": args.steps, "screen_steps": args.screen_steps, "batch_size": args.batch_size,
                "seq_len": args.seq_len, "lr": args.lr, "seeds": seeds, "eval_limit": args.eval_limit,
-               "ppl_tokens": args.ppl_tokens, "methods": rows, "eval_limit_choice": choice}
+               "ppl_tokens": args.ppl_tokens, "methods": rows, "eval_limit_choice": choice,
+               "search_trials": None if args.searched_plan else args.search_trials}
     setting["validation"] = bool(reductions(setting))  # below the full size in any way (the table says which)
     result = {"setting": setting,
               **summarise(units, rows, seeds, context["searched"][1].get("seconds") if "searched" in context else None)}

@@ -45,7 +45,7 @@ def test_eval_limit_auto_is_chosen_from_the_pilots_units(tmp_path, monkeypatch):
         bg.choose_eval_limit(rows, [0, 1], args)
     for key, correct in docs.items():
         for seed in (0, 1):
-            bg.unit_path(key, seed, args, 10).write_text(json.dumps({"results": result({"boolq": (correct, None)})}))
+            bg.unit_path({"key": key}, seed, args, 10).write_text(json.dumps({"results": result({"boolq": (correct, None)})}))
     base = [result({"boolq": (docs["uniform"], None)})] * 2
     want = choose_documents({k: ([result({"boolq": (docs[k], None)})] * 2, base) for k in ("para", "eva")},
                             detect=0.02, most=1000)
@@ -61,8 +61,24 @@ def test_a_run_below_the_full_size_names_every_reduction_above_its_table():
     part = {**full, "steps": 20, "eval_limit": 10, "seeds": [0, 1], "methods": bg.METHODS[:5]}
     assert bg.reductions(part) == ["20 steps (full: 40)", "10 documents per task (full: 50)", "2 seeds (full: 5)",
                                    f"5 of the {len(bg.METHODS)} methods"]
+    # a short search is a reduction only where the searched plan is one of the rows
+    assert bg.reductions({**full, "search_trials": 6}) == ["a 6-trial search (full: 16)"]
+    assert bg.reductions({**part, "search_trials": 6}) == bg.reductions(part)
     import json
     from pathlib import Path
 
     committed = json.loads((Path(bg.__file__).parent / "results" / "budget_gain.json").read_text())
     assert "REDUCED SIZE: 20 steps (full: 40), 10 documents per task (full: 50). Recovery" in bg.markdown(committed)
+
+
+def test_the_searched_plans_runs_are_saved_apart_for_each_search_size():
+    from types import SimpleNamespace
+
+    bg = _module()
+    args = SimpleNamespace(steps=40, screen_steps=10, ppl_tokens=4096, search_trials=6, searched_plan=None)
+    searched = next(r for r in bg.METHODS if r.get("plan") == "searched")
+    six = bg.unit_path(searched, 0, args, 10)
+    sixteen = bg.unit_path(searched, 0, SimpleNamespace(**{**vars(args), "search_trials": 16}), 10)
+    given = bg.unit_path(searched, 0, SimpleNamespace(**{**vars(args), "searched_plan": "/x/mine.json"}), 10)
+    assert len({six, sixteen, given}) == 3 and given.name.endswith("-given-mine.json")
+    assert bg.unit_path({"key": "uniform"}, 0, args, 10).name == "uniform-s0-40x10-10-4096.json"
