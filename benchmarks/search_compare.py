@@ -61,6 +61,7 @@ PAIRED_WITH_DEFAULT = {
     CONVERGING_LABEL: "vs_full_budget",  # what stopping early cost: the same searches run to the budget
     VARIANCE_LABEL: "vs_default",  # what Thompson's focus on plausible optima buys over learning alone
 }
+SETTING = {"space": "30 layers, first 4 / last 2 fixed at r=8, candidates 2..12, budget uniform-8 ± 1 %"}
 DEVELOPMENT_SEEDS = 100  # search seeds from here on are for development; the committed table reports 0-19
 
 
@@ -99,6 +100,31 @@ def one_run(objective_name: str, noise: float, label: str, seed: int, trials: in
             "propose_seconds": float(np.mean(overhead)) if overhead else None,
             "objective_calls": report["objective_calls"], "trials_run": report["objective_calls"]["trials"],
             "seconds": round(seconds, 1)}
+
+
+def run_all(partial: Path, objectives: list[str], noises: list[float], strategies: list[str], seeds: list[int],
+            trials: int, pool: int) -> list[dict]:
+    """Every (objective, noise, seed, strategy) search at ``trials``; finished runs are read from ``partial``
+    (a JSON line per run, shared with search_trials.py) and new ones appended to it, so a rerun resumes."""
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    done = [r for r in done if "trials_run" in r]  # runs made before every strategy spent the full budget: redo
+    have = {(r["objective"], r["noise"], r["strategy"], r["seed"], r.get("trials")) for r in done}
+    for objective in objectives:
+        for noise in noises:
+            for seed in seeds:
+                for label in strategies:
+                    if (objective, noise, label, seed, trials) in have:
+                        continue
+                    run = {**one_run(objective, noise, label, seed, trials, pool), "trials": trials}
+                    done.append(run)
+                    with partial.open("a") as fh:
+                        fh.write(json.dumps(run) + "\n")
+                    print(json.dumps({k: run[k] for k in ("objective", "noise", "strategy", "seed", "trials",
+                                                         "fraction", "trials_to_best", "seconds")}), flush=True)
+    wanted = {(o, n, s) for o in objectives for n in noises for s in strategies}
+    return [r for r in done if (r["objective"], r["noise"], r["strategy"]) in wanted and r["seed"] in seeds
+            and r.get("trials") == trials]
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -290,31 +316,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    partial = Path(args.partial)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
-    done = [r for r in done if "trials_run" in r]  # runs made before every strategy spent the full budget: redo
-    have = {(r["objective"], r["noise"], r["strategy"], r["seed"], r.get("trials")) for r in done}
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
-    for objective in args.objectives.split(","):
-        for noise in [float(x) for x in args.noise.split(",")]:
-            for seed in seeds:
-                for label in args.strategies.split(","):
-                    if (objective, noise, label, seed, args.trials) in have:
-                        continue
-                    run = {**one_run(objective, noise, label, seed, args.trials, args.pool), "trials": args.trials}
-                    done.append(run)
-                    with partial.open("a") as fh:
-                        fh.write(json.dumps(run) + "\n")
-                    print(json.dumps({k: run[k] for k in ("objective", "noise", "strategy", "seed", "fraction",
-                                                         "trials_to_best", "seconds")}), flush=True)
-    wanted = {(o, float(n), s) for o in args.objectives.split(",") for n in args.noise.split(",")
-              for s in args.strategies.split(",")}
-    runs = [r for r in done if (r["objective"], r["noise"], r["strategy"]) in wanted and r["seed"] in seeds
-            and r.get("trials") == args.trials]
+    runs = run_all(Path(args.partial), args.objectives.split(","), [float(x) for x in args.noise.split(",")],
+                   args.strategies.split(","), seeds, args.trials, args.pool)
     table = summarise(runs)
-    result = {"setting": {"space": "30 layers, first 4 / last 2 fixed at r=8, candidates 2..12, budget uniform-8 ± 1 %",
-                          "trials": args.trials, "seeds": args.seeds,
+    result = {"setting": {**SETTING, "trials": args.trials, "seeds": args.seeds,
                           "seed_list": seeds, "pool": args.pool,
                           "strategies": {k: STRATEGIES[k] for k in args.strategies.split(",")}},
               "table": table, "goal": goal_line(table), "runs": runs}
