@@ -29,8 +29,16 @@ GOAL = 0.70  # issue 14: the default reaches >= 70 % of the oracle gain at noise
 
 
 def cells(runs: list[dict], budgets: list[int]) -> dict:
-    """Per budget, search_compare's summary of the runs at that budget (fraction, paired vs random and TPE)."""
-    return {str(b): sc.summarise([r for r in runs if r["trials"] == b]) for b in budgets}
+    """Per budget, search_compare's summary of the runs at that budget (fraction, paired vs random and TPE),
+    each cell with its runs' fractions in seed order (the resumable store keeps the whole runs)."""
+    table = {}
+    for b in budgets:
+        at = [r for r in runs if r["trials"] == b]
+        table[str(b)] = sc.summarise(at)
+        for key, cell in table[str(b)].items():
+            cell["fractions"] = [r["fraction"] for r in sorted(at, key=lambda r: r["seed"])
+                                 if "|".join(map(str, (r["objective"], r["noise"], r["strategy"]))) == key]
+    return table
 
 
 def calls(runs: list[dict], strategy: str, budget: int) -> float:
@@ -119,7 +127,7 @@ def main(argv=None) -> int:
         else {}
     result = {"setting": {**sc.SETTING, "budgets": budgets, "seeds": args.seeds, "seed_list": seeds, "pool": args.pool,
                           "noise": noises, "objectives": objectives, "strategies": strategies},
-              "table": table, "calls": calls_default, "goal": GOAL, "runs": runs}
+              "table": table, "calls": calls_default, "goal": GOAL}
     result["command"] = "python benchmarks/search_trials.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(result)
     paths = write_results(args.out, result, text, seed=0)
