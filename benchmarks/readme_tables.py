@@ -57,6 +57,7 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "para_quality": script_table("para_quality", "markdown"),
     "prunedlora_ablation": script_table("prunedlora_ablation", "markdown"),
     "search_compare": script_table("search_compare", "markdown"),
+    "search_trials": script_table("search_trials", "markdown"),
     "budget_gain": script_table("budget_gain", "markdown"),
     "budget_gain_validation": script_table("budget_gain", "markdown"),
     "budget_gain_long": script_table("budget_gain", "markdown"),
