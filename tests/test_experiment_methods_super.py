@@ -1,6 +1,8 @@
 """The super-adapter rows of the experiment kit: one wide adapter per seed, cut four ways at the budget."""
 
 import pytest
+import torch
+from peft import PeftModel
 
 from rankadaptor import experiments as ex
 from rankadaptor.lora.ranks import RankPlan, count_lora_params
@@ -33,3 +35,10 @@ def test_cut_rows_share_one_wide_adapter_and_meet_the_budget(tiny, tmp_path):
     assert search.budget["params"] == count_lora_params(cache.model, plan)
     c = search.record["compute"]
     assert c["train_steps"] == RECIPE.steps and c["search_forward_tokens"] == 12 * search.record["cut"]["split_tokens"]
+
+    # what is measured is the written cut alone: the search's in-memory cut no longer hooks the model (its update
+    # was once added on top of the loaded adapter's, and the searched row measured the sum)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    alone = PeftModel.from_pretrained(cache.fresh().model, search.adapter).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(search.model(ids).logits, alone(ids).logits)

@@ -54,6 +54,20 @@ def test_cut_to_plan_is_a_peft_adapter_equal_to_the_in_memory_cut(tmp_path, wide
         torch.testing.assert_close(model(_ids()).logits, tiny_llama()(_ids()).logits)
 
 
+def test_one_live_in_memory_cut_per_model(wide):
+    model = tiny_llama()
+    first = InMemoryCut(model, read_adapter(wide))
+    with torch.no_grad():
+        once = model(_ids()).logits
+    with pytest.raises(RankAdaptorError, match="already carries another in-memory cut's hooks"):
+        InMemoryCut(model, read_adapter(wide))  # its update would be added to the first one's
+    first.remove()
+    with InMemoryCut(model, read_adapter(wide)), torch.no_grad():  # the model is free again: one update, not two
+        torch.testing.assert_close(model(_ids()).logits, once)
+    first.attach()
+    first.remove()
+
+
 def test_svd_cut_is_the_best_rank_b_approximation_and_prefix_the_trained_components(wide):
     adapter = read_adapter(wide)
     name = "model.layers.2.self_attn.q_proj"

@@ -378,11 +378,11 @@ def run_super(args) -> int:
     loaded = load_model(args.model)
     costs = module_costs(loaded.model)
     space = make_space(settings, costs)  # an unreachable budget fails before the corpus is read
-    objective = SuperFidelity(loaded.model, loaded.tokenizer, args.super, space,
-                              search_split(loaded.tokenizer, args.search_blocks, data=args.data), args.cut,
-                              finetune_steps=args.finetune_steps, identity=loaded.identity)
-    identity = {"model": args.model, "model_identity": loaded.identity, **objective.identity()}
-    result = run_super_search(settings, objective, costs, identity, batch=args.batch, validate=args.validate)
+    with SuperFidelity(loaded.model, loaded.tokenizer, args.super, space,
+                       search_split(loaded.tokenizer, args.search_blocks, data=args.data), args.cut,
+                       finetune_steps=args.finetune_steps, identity=loaded.identity) as objective:
+        identity = {"model": args.model, "model_identity": loaded.identity, **objective.identity()}
+        result = run_super_search(settings, objective, costs, identity, batch=args.batch, validate=args.validate)
     state = result.state
     if settings.create_only:
         print(f"study {args.study} ready ({state['n_complete']} completed trials so far)")

@@ -213,8 +213,12 @@ def rule_ranks(rule: str, adapter: LoraAdapter, budget: int, spectra=None) -> di
 
 
 # ---- the in-memory fast path ------------------------------------------------------------------------
+_LIVE_CUT = "_rankadaptor_live_cut"  # the base model's attribute naming the InMemoryCut whose hooks it carries
+
+
 class InMemoryCut:
     """The adapter on ``model`` as hooks whose rank per module is a number to set; ``with`` removes them.
+    One live cut per model: attaching a second before the first is removed is refused.
 
     ``model`` is the plain base model (no LoRA wrapping); its outputs then equal those of the PEFT
     adapter ``cut(adapter, ranks, how)`` writes, loaded onto the same model.
@@ -242,8 +246,16 @@ class InMemoryCut:
 
     def attach(self) -> None:
         if not self._hooks:
+            # hooks are invisible in the module tree: a second cut (or a PEFT adapter loaded on top) would add its
+            # update to this one's, and every score after it would be of the sum. One live cut per model.
+            other = self.model.__dict__.get(_LIVE_CUT)
+            if other is not None and other is not self:
+                raise RankAdaptorError("this model already carries another in-memory cut's hooks (an open "
+                                       "SuperFidelity or InMemoryCut); call its close() / remove() first, or "
+                                       "use a fresh copy of the model")
             modules = dict(self.model.named_modules())
             self._hooks = [modules[n].register_forward_hook(self._hook(n)) for n in self.factors]
+            self.model.__dict__[_LIVE_CUT] = self
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
@@ -265,6 +277,8 @@ class InMemoryCut:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self.model.__dict__.get(_LIVE_CUT) is self:
+            del self.model.__dict__[_LIVE_CUT]
 
     def __enter__(self) -> "InMemoryCut":
         return self

@@ -116,6 +116,16 @@ class SuperFidelity:
         self.stats = {"evaluations": 0, "cache_hits": 0, "seconds": 0.0, "final_scores": 0, "finetunes": 0,
                       "finetune_seconds": 0.0}
 
+    def close(self) -> None:
+        """Take the cut's hooks off the model: it is the plain base model again (for PEFT, training, a new cut)."""
+        self.cut.remove()
+
+    def __enter__(self) -> "SuperFidelity":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def identity(self) -> dict[str, Any]:
         from rankadaptor.provenance import sha256_file
 

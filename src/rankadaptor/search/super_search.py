@@ -354,10 +354,12 @@ def search_budget(loaded, adapter_dir, budget: float, work, trials: int = 100, h
                               storage=f"sqlite:///{work / 'study.db'}", out=str(work / "plan.json"), final_seeds=0)
     space = make_space(settings, costs)
     split = search_split(loaded.tokenizer, n_blocks, seq_len, data=data)
-    objective = SuperFidelity(loaded.model, loaded.tokenizer, adapter_dir, space, split, how, identity=loaded.identity)
     t0 = time.perf_counter()
-    result = run_super_search(settings, objective, costs, {"model": loaded.identity, **objective.identity()},
-                              batch=batch, adapter_path=adapter_path)
+    # the cut's hooks come off the model when the search ends: the caller measures the written adapter on it
+    with SuperFidelity(loaded.model, loaded.tokenizer, adapter_dir, space, split, how,
+                       identity=loaded.identity) as objective:
+        result = run_super_search(settings, objective, costs, {"model": loaded.identity, **objective.identity()},
+                                  batch=batch, adapter_path=adapter_path)
     return {"plan": space.to_rank_plan(result.report["best"]["ranks"]).to_dict(), "state": result.state,
             "seconds": time.perf_counter() - t0, "split_tokens": split.identity["tokens"],
             "evaluations": objective.stats["evaluations"], "report": str(result.paths["report"])}
