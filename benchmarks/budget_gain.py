@@ -18,7 +18,7 @@ benchmarks/work/budget_gain/ and reused on a rerun (resumable).
 
     python benchmarks/budget_gain.py --seeds 5 --screen-steps 10 --steps 40       # the full size (hours)
     python benchmarks/budget_gain.py --seeds 2 --screen-steps 5 --steps 20 --eval-limit 10 \
-        --ppl-tokens 2048 --search-trials 6 --out budget_gain_validation          # a validation run
+        --ppl-tokens 2048 --search-trials 6 --out budget_gain_check               # a quick check (minutes)
 
 ``--eval-limit auto`` sizes the accuracy evaluation from a pilot: the finished units of the same
 run at ``--pilot-limit`` documents per task (run it first), each method's comparison with uniform

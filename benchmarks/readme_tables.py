@@ -58,8 +58,6 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "prunedlora_ablation": script_table("prunedlora_ablation", "markdown"),
     "search_compare": script_table("search_compare", "markdown"),
     "search_trials": script_table("search_trials", "markdown"),
-    "budget_gain": script_table("budget_gain", "markdown"),
-    "budget_gain_validation": script_table("budget_gain", "markdown"),
     "budget_gain_long": script_table("budget_gain", "markdown"),
     "budget_gain_eva": script_table("budget_gain", "markdown"),
     "super_validity": script_table("super_validity", "markdown"),
