@@ -126,7 +126,7 @@ def run_sweep(kit: Kit, state: dict, save) -> None:
                         continue
                     if objective is None or objective.how != how:
                         if objective is not None:
-                            objective.cut.remove()
+                            objective.close()
                         objective = kit.objective(wide, kit.space("uniform:8")[1], how)
                     budget = int(math.floor((1 - red) * objective.adapter.params))
                     t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def run_sweep(kit: Kit, state: dict, save) -> None:
                 entry["uncompressed"] = kit.heldout(kit.loaded.model)
                 save()
             if objective is not None:
-                objective.cut.remove()
+                objective.close()
 
 
 def study_name(kind: str, seed: int, method: str, reduction: float) -> str:
@@ -209,7 +209,7 @@ def run_throughput(kit: Kit, state: dict, save) -> None:
             seconds.append(time.perf_counter() - t)
         out["cheap_seconds"] = seconds
         out["cheap_tokens"] = kit.split.identity["tokens"]
-        objective.cut.remove()
+        objective.close()
         save()
     if "storage" not in out:
         out["storage"] = storage_costs(kit.args.storage_trials, kit.space("uniform:8")[1])
@@ -298,7 +298,7 @@ def run_search500(kit: Kit, state: dict, save) -> None:
                                    "params": params},
                           "designs_cheap": by_design, "uniform_ppl": ppl_uniform,
                           "best_so_far": [min(values[:i + 1]) for i in range(len(values))]}
-    objective.cut.remove()
+    objective.close()
     save()
 
 
